@@ -1,0 +1,14 @@
+//! tokenbroker keeps OAuth 2.0 access tokens fresh and serves them to local programs.
+//!
+//! # Layout
+//! - values: [`secret`], [`clock`], [`token`] (pure; no I/O)
+//! - adapters: [`store`] (sled, behind a trait), [`provider`] (token endpoints)
+//! - core: [`broker`] (serve a token, one refresh per account at a time, persist rotation)
+//! - drivers: [`scheduler`] (the sweep tick), [`api`] (HTTP on a Unix socket and loopback TCP)
+//! - edges: [`config`], [`daemon`], [`dev`], [`cli`]
+
+pub mod secret;
+pub mod clock;
+pub mod token;
+pub mod store;
+pub mod provider;

@@ -1,0 +1,279 @@
+//! Turning a token endpoint's HTTP answer into a token or a classified error.
+//!
+//! Pure functions over status, headers and bytes, so hostile input can be thrown at them
+//! directly. Secrets in the answer are checked for shape and moved into secret types at once.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::error::ProviderError;
+use crate::secret::{AccessToken, RefreshToken};
+
+/// The longest lifetime we believe (a year); larger values are clamped.
+const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest `Retry-After` we honour; a hostile value cannot silence an account for longer.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The longest token we accept.
+const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// How much of an `error_description` we keep.
+const MAX_DESCRIPTION_LEN: usize = 200;
+
+/// A successful token response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenResponse {
+    /// The new access token.
+    pub access_token: AccessToken,
+    /// `Bearer`, normalised; other types as sent.
+    pub token_type: String,
+    /// `expires_in`, or the provider's default lifetime when absent, zero, negative or garbled.
+    pub lifetime: Duration,
+    /// A new refresh token (rotation), when the provider sent one.
+    pub refresh_token: Option<RefreshToken>,
+    /// Granted scopes, when sent.
+    pub scope: Option<String>,
+    /// The provider's user id (Dropbox `account_id`, `team_id`, or OIDC-style `user_id`).
+    pub user_id: Option<String>,
+}
+
+/// Interprets a token endpoint answer. `secrets` are values we sent, scrubbed from any
+/// description the provider echoes back.
+///
+/// # Errors
+/// Any non-success, an error body (even with 200), or a body that is not a valid token.
+pub fn parse(
+    status: u16,
+    retry_after_header: Option<&str>,
+    body: &[u8],
+    default_lifetime: Duration,
+    secrets: &[&str],
+) -> Result<TokenResponse, ProviderError> {
+    let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
+    let header_wait = retry_after_header.and_then(parse_retry_after);
+    if status == 429 {
+        let body_wait = json.as_ref().and_then(json_retry_after);
+        return Err(ProviderError::RateLimited { retry_after: header_wait.or(body_wait) });
+    }
+    if (500..600).contains(&status) {
+        return Err(ProviderError::Unavailable { status, retry_after: header_wait });
+    }
+    if let Some(object) = &json {
+        if let Some(error) = object.get("error") {
+            return Err(oauth_error(error, object.get("error_description"), secrets));
+        }
+    }
+    if status != 200 {
+        return Err(ProviderError::UnexpectedStatus { endpoint: "token", status });
+    }
+    let Some(object) = json else {
+        return Err(malformed("the body is not a JSON object"));
+    };
+    success(&object, default_lifetime)
+}
+
+fn success(object: &Map<String, Value>, default_lifetime: Duration) -> Result<TokenResponse, ProviderError> {
+    let access_token = match object.get("access_token") {
+        Some(Value::String(token)) => checked_token(token, "access_token")?,
+        Some(_) => return Err(malformed("access_token is not a string")),
+        None => return Err(malformed("no access_token")),
+    };
+    let token_type = match object.get("token_type") {
+        Some(Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => "Bearer".to_owned(),
+        Some(Value::String(kind)) if is_plain(kind, 64) => kind.clone(),
+        Some(_) => return Err(malformed("token_type is not a short string")),
+        // RFC 6749 requires it, but every provider we serve issues bearer tokens.
+        None => "Bearer".to_owned(),
+    };
+    let refresh_token = match object.get("refresh_token") {
+        Some(Value::String(token)) if !token.is_empty() => Some(RefreshToken::new(checked_token(token, "refresh_token")?.expose())),
+        Some(Value::String(_)) | Some(Value::Null) | None => None,
+        Some(_) => return Err(malformed("refresh_token is not a string")),
+    };
+    let lifetime = expires_in(object.get("expires_in")).unwrap_or(default_lifetime).min(MAX_LIFETIME);
+    let scope = match object.get("scope") {
+        Some(Value::String(scope)) if is_plain(scope, 4096) || scope.is_empty() => Some(scope.clone()),
+        Some(Value::Array(items)) => Some(items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")),
+        _ => None,
+    };
+    let user_id = ["account_id", "team_id", "user_id"]
+        .iter()
+        .find_map(|key| object.get(*key).and_then(Value::as_str))
+        .filter(|id| is_plain(id, 256))
+        .map(str::to_owned);
+    Ok(TokenResponse { access_token, token_type, lifetime, refresh_token, scope, user_id })
+}
+
+/// `expires_in` as a positive number of seconds (number or numeric string); anything else
+/// (absent, zero, negative, garbage) means "unknown".
+fn expires_in(value: Option<&Value>) -> Option<Duration> {
+    let seconds = match value? {
+        Value::Number(number) => number.as_f64()?,
+        Value::String(text) => text.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 1.0).then(|| Duration::from_secs_f64(seconds.min(MAX_LIFETIME.as_secs_f64())))
+}
+
+/// Tokens go into HTTP headers and environment variables: printable ASCII only.
+fn checked_token(token: &str, field: &str) -> Result<AccessToken, ProviderError> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(malformed(&format!("{field} is empty, too long, or has characters a token cannot have")));
+    }
+    Ok(AccessToken::new(token))
+}
+
+fn is_plain(text: &str, max: usize) -> bool {
+    !text.is_empty() && text.len() <= max && text.chars().all(|c| !c.is_control())
+}
+
+fn oauth_error(error: &Value, description: Option<&Value>, secrets: &[&str]) -> ProviderError {
+    // Dropbox once folded the description into `error` ("invalid_client: Invalid client_id...");
+    // classify by the part before the colon.
+    let (code, folded) = match error {
+        Value::String(text) => match text.split_once(':') {
+            Some((code, rest)) => (code.trim().to_owned(), Some(rest.trim().to_owned())),
+            None => (text.trim().to_owned(), None),
+        },
+        Value::Object(object) => (object.get(".tag").and_then(Value::as_str).unwrap_or("unknown").to_owned(), None),
+        _ => ("unknown".to_owned(), None),
+    };
+    let description = description.and_then(Value::as_str).map(str::to_owned).or(folded).map(|text| clean(&text, secrets));
+    let code = clean(&code, secrets);
+    match code.as_str() {
+        "invalid_grant" => ProviderError::InvalidGrant { description },
+        "invalid_client" | "unauthorized_client" => ProviderError::ClientRejected { code, description },
+        // GitHub's names for the same two failures, sent with HTTP 200.
+        "bad_refresh_token" => ProviderError::InvalidGrant { description },
+        "incorrect_client_credentials" => ProviderError::ClientRejected { code, description },
+        _ => ProviderError::Rejected { code, description },
+    }
+}
+
+/// Keeps a provider's text short, printable and free of anything we sent it.
+pub(crate) fn clean(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        text = text.replace(secret, "[REDACTED]");
+    }
+    let mut cleaned: String = text.chars().filter(|c| !c.is_control()).take(MAX_DESCRIPTION_LEN).collect();
+    if cleaned.is_empty() {
+        cleaned.push('-');
+    }
+    cleaned
+}
+
+/// Dropbox's JSON `retry_after`, at the top level or inside `error`.
+fn json_retry_after(object: &Map<String, Value>) -> Option<Duration> {
+    let value = object.get("retry_after").or_else(|| object.get("error")?.get("retry_after"))?;
+    let seconds = value.as_f64().or_else(|| value.as_str()?.trim().parse().ok())?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())))
+}
+
+/// A `Retry-After` header in seconds (the HTTP-date form falls back to our own backoff).
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}
+
+fn malformed(reason: &str) -> ProviderError {
+    ProviderError::Malformed { reason: reason.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::FailureKind;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn ok(body: &str) -> TokenResponse {
+        parse(200, None, body.as_bytes(), HOUR, &[]).unwrap()
+    }
+
+    fn err(status: u16, header: Option<&str>, body: &str) -> ProviderError {
+        parse(status, header, body.as_bytes(), HOUR, &["rt-sent-secret"]).unwrap_err()
+    }
+
+    #[test]
+    fn dropbox_refresh_response_has_no_refresh_token() {
+        let response = ok(r#"{"access_token": "sl.abc", "token_type": "bearer", "expires_in": 14400}"#);
+        assert_eq!(response.access_token.expose(), "sl.abc");
+        assert_eq!(response.token_type, "Bearer");
+        assert_eq!(response.lifetime, Duration::from_secs(14400));
+        assert!(response.refresh_token.is_none());
+    }
+
+    #[test]
+    fn dropbox_code_response_carries_account_and_scope() {
+        let response = ok(r#"{"access_token": "sl.x", "token_type": "bearer", "expires_in": 14400, "refresh_token": "rt2",
+            "scope": "account_info.read files.content.read", "uid": "12", "account_id": "dbid:AAH"}"#);
+        assert_eq!(response.refresh_token.unwrap().expose(), "rt2");
+        assert_eq!(response.user_id.as_deref(), Some("dbid:AAH"));
+        assert_eq!(response.scope.as_deref(), Some("account_info.read files.content.read"));
+    }
+
+    #[test]
+    fn odd_expires_in_values_fall_back_without_a_loop() {
+        for (value, expected) in [
+            ("\"14400\"", Duration::from_secs(14400)),
+            ("0", HOUR),
+            ("-5", HOUR),
+            ("null", HOUR),
+            ("\"soon\"", HOUR),
+            ("1e300", MAX_LIFETIME),
+        ] {
+            let body = format!(r#"{{"access_token": "a", "token_type": "bearer", "expires_in": {value}}}"#);
+            assert_eq!(ok(&body).lifetime, expected, "{value}");
+        }
+        assert_eq!(ok(r#"{"access_token": "a", "token_type": "bearer"}"#).lifetime, HOUR);
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let grant = err(400, None, r#"{"error": "invalid_grant", "error_description": "refresh token is invalid or revoked"}"#);
+        assert_eq!(grant.kind(), FailureKind::Reauth);
+        assert!(grant.to_string().contains("refresh token is invalid or revoked"));
+        let legacy = err(400, None, r#"{"error": "invalid_client: Invalid client_id or client_secret"}"#);
+        assert!(matches!(&legacy, ProviderError::ClientRejected { code, .. } if code == "invalid_client"));
+        assert_eq!(legacy.kind(), FailureKind::Configuration);
+        assert_eq!(err(401, None, r#"{"error": "invalid_client"}"#).kind(), FailureKind::Configuration);
+        assert_eq!(err(400, None, r#"{"error": "unauthorized_client"}"#).kind(), FailureKind::Configuration);
+        assert_eq!(err(200, None, r#"{"error": "bad_refresh_token"}"#).kind(), FailureKind::Reauth);
+        assert_eq!(err(200, None, r#"{"error": "invalid_scope", "access_token": "x"}"#).kind(), FailureKind::Configuration);
+        assert_eq!(err(404, None, "<html>not found</html>").kind(), FailureKind::Configuration);
+        assert_eq!(err(302, None, "").kind(), FailureKind::Configuration);
+    }
+
+    #[test]
+    fn rate_limits_and_outages_carry_their_wait() {
+        assert_eq!(err(429, Some("30"), "").retry_after(), Some(Duration::from_secs(30)));
+        let json = r#"{"error_summary": "too_many_requests/", "error": {"reason": {".tag": "too_many_requests"}, "retry_after": 30}}"#;
+        assert_eq!(err(429, None, json).retry_after(), Some(Duration::from_secs(30)));
+        assert_eq!(err(429, None, r#"{"retry_after": 7}"#).retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(err(429, Some("99999999"), "").retry_after(), Some(MAX_RETRY_AFTER));
+        let outage = err(503, Some("12"), "busy");
+        assert_eq!(outage.kind(), FailureKind::Transient);
+        assert_eq!(outage.retry_after(), Some(Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn garbage_is_transient_and_never_a_token() {
+        for body in ["", "not json", "[]", "{}", r#"{"access_token": 5}"#, r#"{"access_token": ""}"#,
+            r#"{"access_token": "a b"}"#, r#"{"access_token": "a\nInjected: x"}"#, "\u{0}\u{1}"] {
+            let error = err(200, None, body);
+            assert_eq!(error.kind(), FailureKind::Transient, "{body}");
+        }
+        let huge = format!(r#"{{"access_token": "{}"}}"#, "a".repeat(MAX_TOKEN_LEN + 1));
+        assert!(parse(200, None, huge.as_bytes(), HOUR, &[]).is_err());
+    }
+
+    #[test]
+    fn echoed_secrets_and_control_characters_are_scrubbed() {
+        let error = err(400, None, "{\"error\": \"invalid_grant\", \"error_description\": \"token rt-sent-secret is bad\\u001b[31m\"}");
+        let text = error.to_string();
+        assert!(!text.contains("rt-sent-secret"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        let long = format!(r#"{{"error": "invalid_grant", "error_description": "{}"}}"#, "x".repeat(5000));
+        assert!(err(400, None, &long).to_string().len() < 400);
+    }
+}

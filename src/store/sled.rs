@@ -1,0 +1,354 @@
+//! The embedded sled backend, used by the rules in CRATES.md.
+//!
+//! One writer at a time (a mutex), a blocking `flush()` before a write is acknowledged, a
+//! small cache, open errors and panics turned into `StoreError`, and a snapshot file
+//! (`accounts.snapshot`, written temp + fsync + rename) that restores an emptied store.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::schema::{self, SCHEMA_VERSION};
+use super::{Config, Store, StoreError};
+use crate::token::{AccountName, AccountRecord};
+
+const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const SNAPSHOT_FILE: &str = "accounts.snapshot";
+const SNAPSHOT_MAGIC: &[u8] = b"tokenbroker-snapshot-1\n";
+
+/// Accounts in a sled database under `store.dir/db`.
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    accounts: sled::Tree,
+    dir: PathBuf,
+    /// Serialises writes and flushes: sled's concurrent flushes have deadlocked in the past.
+    writer: Mutex<()>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `config.dir`, restoring from the snapshot if the
+    /// database is new but a snapshot exists.
+    ///
+    /// # Errors
+    /// The directory cannot be prepared; the database is locked, corrupt, or newer.
+    pub fn open(config: &Config) -> Result<Self, StoreError> {
+        let dir = config.dir.clone();
+        prepare_dir(&dir)?;
+        let db_path = dir.join("db");
+        let opened = panic::catch_unwind(AssertUnwindSafe(|| {
+            sled::Config::new().path(&db_path).cache_capacity(CACHE_CAPACITY).open()
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(error))) if error.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::Locked { path: db_path });
+            }
+            Ok(Err(error)) => return Err(open_error(&dir, &db_path, error.to_string())),
+            Err(_) => return Err(open_error(&dir, &db_path, "the database engine panicked while reading it".into())),
+        };
+        let accounts = db.open_tree("accounts").map_err(|e| engine("open accounts tree", e))?;
+        let store = Self { db, accounts, dir, writer: Mutex::new(()) };
+        store.check_schema(&db_path)?;
+        store.restore_snapshot_if_empty()?;
+        restrict_files(&store.dir)?;
+        Ok(store)
+    }
+
+    fn check_schema(&self, db_path: &Path) -> Result<(), StoreError> {
+        match self.db.get(SCHEMA_KEY).map_err(|e| engine("read schema version", e))? {
+            None => {
+                self.db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes()).map_err(|e| engine("write schema version", e))?;
+                self.flush()
+            }
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Decode { key: "schema_version".into(), reason: "not a 4-byte version".into() })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema { path: db_path.to_owned(), found, supported: SCHEMA_VERSION });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn restore_snapshot_if_empty(&self) -> Result<(), StoreError> {
+        if !self.accounts.is_empty() {
+            return Ok(());
+        }
+        let Some(values) = read_snapshot(&self.dir.join(SNAPSHOT_FILE))? else { return Ok(()) };
+        for (key, value) in &values {
+            schema::decode(key, value)?; // refuse to restore what we could not read back
+            self.accounts.insert(key.as_slice(), value.as_slice()).map_err(|e| engine("restore snapshot", e))?;
+        }
+        tracing::warn!(accounts = values.len(), "store was empty; restored accounts from {SNAPSHOT_FILE}");
+        self.flush()
+    }
+
+    /// Rewrites the snapshot from the tree; called with the writer lock held.
+    fn write_snapshot(&self) -> Result<(), StoreError> {
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        for entry in self.accounts.iter() {
+            let (key, value) = entry.map_err(|e| engine("read for snapshot", e))?;
+            for part in [key.as_ref(), value.as_ref()] {
+                let len = u32::try_from(part.len()).expect("keys and values are far below 4 GiB");
+                bytes.extend_from_slice(&len.to_be_bytes());
+                bytes.extend_from_slice(part);
+            }
+        }
+        write_atomically(&self.dir.join(SNAPSHOT_FILE), &bytes).map_err(|source| StoreError::Io { operation: "snapshot write", source })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock leaves nothing half-written that the next writer must
+        // know about (sled's insert is atomic), so a poisoned lock is safe to take over.
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Store for SledStore {
+    fn load_all(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        self.accounts
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| engine("read", e))?;
+                schema::decode(&key, &value)
+            })
+            .collect()
+    }
+
+    fn put(&self, record: &AccountRecord) -> Result<(), StoreError> {
+        let _writer = self.lock();
+        let value = schema::encode(record);
+        self.accounts.insert(record.name.as_str(), value).map_err(|e| engine("write", e))?;
+        self.flush_locked()?;
+        self.write_snapshot()
+    }
+
+    fn remove(&self, name: &AccountName) -> Result<bool, StoreError> {
+        let _writer = self.lock();
+        let existed = self.accounts.remove(name.as_str()).map_err(|e| engine("delete", e))?.is_some();
+        self.flush_locked()?;
+        self.write_snapshot()?;
+        Ok(existed)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let _writer = self.lock();
+        self.flush_locked()
+    }
+}
+
+impl SledStore {
+    fn flush_locked(&self) -> Result<(), StoreError> {
+        self.db.flush().map(drop).map_err(|e| match e {
+            sled::Error::Io(source) => StoreError::Io { operation: "flush", source },
+            other => engine("flush", other),
+        })
+    }
+}
+
+fn engine(operation: &'static str, error: sled::Error) -> StoreError {
+    match error {
+        sled::Error::Io(source) => StoreError::Io { operation, source },
+        other => StoreError::Engine { operation, reason: other.to_string() },
+    }
+}
+
+fn open_error(dir: &Path, db_path: &Path, reason: String) -> StoreError {
+    let snapshot = dir.join(SNAPSHOT_FILE);
+    let recovery = if snapshot.exists() {
+        format!(
+            "a snapshot of every account is at {}: stop tokenbroker, move {} aside, and start it again to restore from the snapshot",
+            snapshot.display(),
+            db_path.display()
+        )
+    } else {
+        "no snapshot exists; restore the store directory from a backup or reconnect the accounts".into()
+    };
+    StoreError::Open { path: db_path.to_owned(), reason, recovery }
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
+    let wrap = |source| StoreError::PrepareDir { path: dir.to_owned(), source };
+    fs::create_dir_all(dir).map_err(wrap)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(wrap)
+}
+
+/// Gives every file under the store directory mode 0600 and every directory 0700, whatever
+/// the umask was when sled created them.
+fn restrict_files(dir: &Path) -> Result<(), StoreError> {
+    let wrap = |source| StoreError::PrepareDir { path: dir.to_owned(), source };
+    for entry in fs::read_dir(dir).map_err(wrap)? {
+        let entry = entry.map_err(wrap)?;
+        let path = entry.path();
+        if entry.file_type().map_err(wrap)?.is_dir() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(wrap)?;
+            restrict_files(&path)?;
+        } else {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(wrap)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Splits one length-prefixed part off the front.
+fn take_part(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, tail) = bytes.split_first_chunk::<4>()?;
+    tail.split_at_checked(usize::try_from(u32::from_be_bytes(*len)).ok()?)
+}
+
+fn read_snapshot(path: &Path) -> Result<Option<Entries>, StoreError> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut file) => file.read_to_end(&mut bytes).map_err(|source| StoreError::Io { operation: "snapshot read", source })?,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StoreError::Io { operation: "snapshot read", source }),
+    };
+    let bad = |reason: &str| StoreError::Decode { key: SNAPSHOT_FILE.into(), reason: reason.into() };
+    let mut rest = bytes.strip_prefix(SNAPSHOT_MAGIC).ok_or_else(|| bad("not a tokenbroker snapshot"))?;
+    let mut entries = Vec::new();
+    while !rest.is_empty() {
+        let (key, tail) = take_part(rest).ok_or_else(|| bad("truncated"))?;
+        let (value, tail) = take_part(tail).ok_or_else(|| bad("truncated"))?;
+        entries.push((key.to_vec(), value.to_vec()));
+        rest = tail;
+    }
+    Ok(Some(entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::RefreshToken;
+
+    fn record(name: &str, refresh: &str) -> AccountRecord {
+        AccountRecord::new(name.parse().unwrap(), "dropbox".into(), RefreshToken::new(refresh))
+    }
+
+    fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open(&Config { dir: dir.to_owned() })
+    }
+
+    #[test]
+    fn writes_survive_reopen_and_removal_is_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        {
+            let store = open(&dir).unwrap();
+            store.put(&record("a", "rt-a")).unwrap();
+            store.put(&record("b", "rt-b")).unwrap();
+            assert!(store.remove(&"b".parse().unwrap()).unwrap());
+            assert!(!store.remove(&"b".parse().unwrap()).unwrap());
+        }
+        let store = open(&dir).unwrap();
+        assert_eq!(store.load_all().unwrap(), vec![record("a", "rt-a")]);
+    }
+
+    #[test]
+    fn directory_is_0700_and_files_0600() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let store = open(&dir).unwrap();
+        store.put(&record("a", "rt-a")).unwrap();
+        drop(store);
+        let _ = open(&dir).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        let mut seen = 0;
+        let mut stack = vec![dir.clone()];
+        while let Some(path) = stack.pop() {
+            for entry in fs::read_dir(&path).unwrap() {
+                let entry = entry.unwrap();
+                let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+                if entry.file_type().unwrap().is_dir() {
+                    assert_eq!(mode, 0o700, "{:?}", entry.path());
+                    stack.push(entry.path());
+                } else {
+                    assert_eq!(mode, 0o600, "{:?}", entry.path());
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 2, "expected database files and a snapshot");
+    }
+
+    #[test]
+    fn a_second_opener_gets_a_clear_locked_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = open(tmp.path()).unwrap();
+        let error = open(tmp.path()).unwrap_err();
+        assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+        assert!(error.to_string().contains("locked by another process"));
+    }
+
+    #[test]
+    fn a_lost_database_is_restored_from_the_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = open(tmp.path()).unwrap();
+            store.put(&record("a", "rt-a")).unwrap();
+            store.put(&record("b", "rt-b")).unwrap();
+        }
+        fs::rename(tmp.path().join("db"), tmp.path().join("db.broken")).unwrap();
+        let store = open(tmp.path()).unwrap();
+        assert_eq!(store.load_all().unwrap(), vec![record("a", "rt-a"), record("b", "rt-b")]);
+    }
+
+    #[test]
+    fn a_corrupt_database_fails_with_a_recovery_hint_not_a_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = open(tmp.path()).unwrap();
+            store.put(&record("a", "rt-a")).unwrap();
+        }
+        // Overwrite every database file with garbage.
+        let mut stack = vec![tmp.path().join("db")];
+        while let Some(path) = stack.pop() {
+            for entry in fs::read_dir(&path).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    fs::write(entry.path(), vec![0xA5; 4096]).unwrap();
+                }
+            }
+        }
+        match open(tmp.path()) {
+            Err(StoreError::Open { recovery, .. }) => assert!(recovery.contains("accounts.snapshot"), "{recovery}"),
+            Err(other) => panic!("unexpected error {other}"),
+            // sled may treat garbage as an empty log; the snapshot must then bring the account back.
+            Ok(store) => assert_eq!(store.load_all().unwrap(), vec![record("a", "rt-a")]),
+        }
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = open(tmp.path()).unwrap();
+            store.db.insert(SCHEMA_KEY, &99u32.to_be_bytes()).unwrap();
+            store.flush().unwrap();
+        }
+        assert!(matches!(open(tmp.path()), Err(StoreError::NewerSchema { found: 99, .. })));
+    }
+}

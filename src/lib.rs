@@ -12,3 +12,6 @@ pub mod clock;
 pub mod token;
 pub mod store;
 pub mod provider;
+pub mod broker;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;

@@ -1,0 +1,765 @@
+//! The core: serve an account's access token, refresh it at most once at a time, and make
+//! every change durable before it is acknowledged.
+//!
+//! The broker composes the store, the providers and the clock. It knows nothing of HTTP,
+//! clap or signals. It does spawn one short task per refresh attempt: a caller that hangs up
+//! must not cut an attempt off between the provider's answer and the store write (that would
+//! lose a rotated refresh token), so attempts run detached and callers only wait for them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{OwnedMutexGuard, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::clock::SharedClock;
+use crate::provider::{FailureKind, Provider, ProviderError, TokenResponse};
+use crate::secret::{AccessToken, RefreshToken};
+use crate::store::{Store, StoreError};
+use crate::token::{AccountName, AccountRecord, IssuedToken, RefreshPolicy};
+
+/// A caller that presents a rejected token may force a refresh at most this often.
+pub const REJECTED_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// What we tell a caller to wait when an account needs to be connected again.
+const REAUTH_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The broker's settings, as plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// When to refresh and how to back off.
+    pub policy: RefreshPolicy,
+    /// Refreshes in flight at once, all providers together.
+    pub max_concurrent: usize,
+}
+
+/// An account's state as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Holding a token and refreshing on schedule.
+    Active,
+    /// A refresh is in flight.
+    Refreshing,
+    /// The last refresh failed (transiently, or on configuration); the old token is served while valid.
+    Degraded,
+    /// The provider refused the grant; the account must be connected again.
+    NeedsReauth,
+}
+
+impl Status {
+    /// The name used by the API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Refreshing => "refreshing",
+            Self::Degraded => "degraded",
+            Self::NeedsReauth => "needs_reauth",
+        }
+    }
+}
+
+/// An account without its secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountView {
+    /// The account's name.
+    pub name: AccountName,
+    /// Its provider's name.
+    pub provider: String,
+    /// Where it stands.
+    pub status: Status,
+    /// When the current access token expires.
+    pub expires_at: Option<SystemTime>,
+    /// Granted scopes.
+    pub scope: Option<String>,
+    /// The provider's id for the user.
+    pub provider_user_id: Option<String>,
+    /// The last successful refresh.
+    pub last_refresh: Option<SystemTime>,
+    /// The last failure, without secrets.
+    pub last_error: Option<String>,
+    /// When the next refresh (or retry) is due.
+    pub next_refresh: Option<SystemTime>,
+}
+
+/// A token handed to a client.
+#[derive(Debug, Clone)]
+pub struct ServedToken {
+    /// The bearer token.
+    pub access_token: AccessToken,
+    /// `Bearer`.
+    pub token_type: String,
+    /// When it expires.
+    pub expires_at: SystemTime,
+    /// Time left at the moment it was served.
+    pub expires_in: Duration,
+    /// Granted scopes.
+    pub scope: Option<String>,
+}
+
+/// Why the broker could not do what was asked. Messages carry no secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// No such account.
+    #[error("no account named {0}")]
+    UnknownAccount(AccountName),
+    /// The account's provider is not configured.
+    #[error("provider {0:?} is not configured")]
+    UnknownProvider(String),
+    /// The grant was refused; the account must be connected again.
+    #[error("account {0} needs to be connected again (the provider refused its grant)")]
+    NeedsReauth(AccountName),
+    /// No token good enough could be had.
+    #[error("no valid token for account {name}: {message}")]
+    Unavailable {
+        /// The account.
+        name: AccountName,
+        /// Why, without secrets.
+        message: String,
+        /// When trying again makes sense.
+        retry_after: Duration,
+    },
+    /// The caller asked for more validity than a token of this provider ever has.
+    #[error("min_valid of {requested}s exceeds the {lifetime}s lifetime of this account's tokens")]
+    MinValidTooLarge {
+        /// Seconds requested.
+        requested: u64,
+        /// Seconds a token lives.
+        lifetime: u64,
+    },
+    /// The provider refused a new grant, so nothing was stored.
+    #[error("the provider did not accept the refresh token: {0}")]
+    GrantRejected(String),
+    /// The store failed; nothing was acknowledged.
+    #[error("store failure: {0}")]
+    Store(String),
+}
+
+impl BrokerError {
+    /// How long a client should wait before asking again, when that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => Some(*retry_after),
+            Self::NeedsReauth(_) => Some(REAUTH_RETRY_AFTER),
+            _ => None,
+        }
+    }
+}
+
+/// The broker. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+type RandomSource = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    providers: RwLock<HashMap<String, Arc<Provider>>>,
+    policy: RwLock<RefreshPolicy>,
+    accounts: RwLock<BTreeMap<AccountName, Arc<Slot>>>,
+    permits: Semaphore,
+    random: RandomSource,
+    last_tick: Mutex<Option<SystemTime>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("accounts", &self.accounts.read().map(|a| a.len()).unwrap_or(0)).finish_non_exhaustive()
+    }
+}
+
+/// One account: its state, and the lock that makes its refreshes single-flight.
+#[derive(Debug)]
+struct Slot {
+    state: Mutex<SlotState>,
+    flight: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    record: AccountRecord,
+    /// When the next scheduled refresh or retry is due.
+    due_at: SystemTime,
+    /// No call to the provider before this (its `Retry-After`).
+    not_before: Option<SystemTime>,
+    /// Consecutive failed attempts.
+    failures: u32,
+    /// Attempts finished so far; a waiter that saw another number shares the latest outcome.
+    attempts: u64,
+    last_outcome: Result<(), Failure>,
+    last_forced: Option<SystemTime>,
+    /// The latest record could not be written; the next sweep tries again.
+    unsaved: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Failure {
+    kind: FailureKind,
+    message: String,
+}
+
+/// Why a refresh is wanted; decides whether backoff may be skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The sweep found the account due.
+    Schedule,
+    /// A caller needs a fresher token; waits out backoff.
+    Demand,
+    /// An admin or a rejected token asked; skips backoff, not `Retry-After`.
+    Force,
+}
+
+impl Broker {
+    /// Loads every stored account and returns a broker ready to serve them.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub fn open(store: Arc<dyn Store>, providers: Vec<Arc<Provider>>, clock: SharedClock, config: Config) -> Result<Self, StoreError> {
+        Self::open_with_random(store, providers, clock, config, Arc::new(|| rand::random::<f64>()))
+    }
+
+    /// As `open`, with a chosen source of randomness for jitter (tests pass a constant).
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub fn open_with_random(
+        store: Arc<dyn Store>,
+        providers: Vec<Arc<Provider>>,
+        clock: SharedClock,
+        config: Config,
+        random: RandomSource,
+    ) -> Result<Self, StoreError> {
+        let records = store.load_all()?;
+        let inner = Inner {
+            store,
+            clock,
+            providers: RwLock::new(providers.into_iter().map(|p| (p.name().to_owned(), p)).collect()),
+            policy: RwLock::new(config.policy),
+            accounts: RwLock::new(BTreeMap::new()),
+            permits: Semaphore::new(config.max_concurrent.max(1)),
+            random,
+            last_tick: Mutex::new(None),
+        };
+        let broker = Self { inner: Arc::new(inner) };
+        for record in records {
+            let slot = broker.new_slot(record);
+            let name = slot.state().record.name.clone();
+            write(&broker.inner.accounts).insert(name, slot);
+        }
+        Ok(broker)
+    }
+
+    /// The current token if it has at least `min_valid` left (the policy's default when
+    /// `None`); otherwise refreshes first, one upstream call however many callers wait.
+    ///
+    /// # Errors
+    /// Unknown account, needs re-auth, or no good-enough token could be had.
+    pub async fn token(&self, name: &AccountName, min_valid: Option<Duration>) -> Result<ServedToken, BrokerError> {
+        let slot = self.slot(name)?;
+        let wanted = {
+            let state = slot.state();
+            let wanted = self.wanted_validity(&state, min_valid)?;
+            if let Some(served) = self.serve_if_valid(&state, wanted)? {
+                return Ok(served);
+            }
+            wanted
+        };
+        let now_ok = |broker: &Self, state: &SlotState| broker.serve_if_valid(state, wanted).ok().flatten().is_some();
+        self.refresh_shared(&slot, Trigger::Demand, now_ok).await?;
+        let state = slot.state();
+        self.serve_if_valid(&state, wanted)?.ok_or_else(|| self.unavailable(&state))
+    }
+
+    /// A caller's API call was refused with `rejected`. If that is still the current token,
+    /// refresh at once (at most every 30 s); either way answer with the current token.
+    ///
+    /// # Errors
+    /// As `token`.
+    pub async fn reject(&self, name: &AccountName, rejected: &AccessToken) -> Result<ServedToken, BrokerError> {
+        let slot = self.slot(name)?;
+        let must_refresh = {
+            let state = slot.state();
+            let now = self.now();
+            let is_current = state.record.token.as_ref().is_some_and(|t| &t.access_token == rejected);
+            let recently = state.last_forced.is_some_and(|at| now.duration_since(at).unwrap_or(Duration::ZERO) < REJECTED_REFRESH_INTERVAL);
+            is_current && !recently
+        };
+        if must_refresh {
+            slot.state().last_forced = Some(self.now());
+            let still_current = |_: &Self, state: &SlotState| state.record.token.as_ref().is_some_and(|t| &t.access_token != rejected);
+            self.refresh_shared(&slot, Trigger::Force, still_current).await?;
+        }
+        self.token(name, None).await
+    }
+
+    /// Refreshes now, skipping backoff (not `Retry-After`); for admins.
+    ///
+    /// # Errors
+    /// Unknown account, needs re-auth, or the refresh failed.
+    pub async fn refresh_now(&self, name: &AccountName) -> Result<AccountView, BrokerError> {
+        let slot = self.slot(name)?;
+        self.refresh_shared(&slot, Trigger::Force, |_, _| false).await?;
+        self.account(name)
+    }
+
+    /// Stores a refresh token obtained elsewhere, after proving it works with a refresh.
+    /// An existing account's grant is replaced only once the new one has worked. A provider
+    /// that cannot be reached leaves the grant stored and retried (the view says degraded).
+    ///
+    /// # Errors
+    /// Unknown provider, the provider refused the grant (nothing stored), or the store failed.
+    pub async fn import(&self, name: AccountName, provider: &str, refresh_token: RefreshToken) -> Result<AccountView, BrokerError> {
+        let provider_handle = self.provider(provider)?;
+        let existing = read(&self.inner.accounts).get(&name).cloned();
+        let guard = match &existing {
+            Some(slot) => Some(slot.flight.clone().lock_owned().await),
+            None => None,
+        };
+        let broker = self.clone();
+        let provider = provider.to_owned();
+        // Detached for the same reason as refreshes: a rotated token must reach the store.
+        tokio::spawn(async move {
+            let _guard = guard;
+            let answer = {
+                let _permit = broker.inner.permits.acquire().await.expect("the semaphore is never closed");
+                provider_handle.refresh(&refresh_token).await
+            };
+            let now = broker.now();
+            let mut record = AccountRecord::new(name.clone(), provider.clone(), refresh_token);
+            let failure = match answer {
+                Ok(response) => {
+                    record = with_response(record, response, now);
+                    None
+                }
+                Err(error) if error.kind() == FailureKind::Transient => {
+                    tracing::warn!(account = %name, provider, error = %error, "first refresh of an imported grant failed; it is stored and will be retried");
+                    record.last_error = Some(error.to_string());
+                    Some(error)
+                }
+                Err(error) => return Err(BrokerError::GrantRejected(error.to_string())),
+            };
+            broker.persist(record.clone()).await.map_err(|e| BrokerError::Store(e.to_string()))?;
+            tracing::info!(account = %name, provider, "grant imported");
+            let slot = broker.new_slot(record);
+            if let Some(error) = failure {
+                let mut state = slot.state();
+                broker.note_failure(&mut state, &error, now);
+            }
+            write(&broker.inner.accounts).insert(name.clone(), slot);
+            broker.account(&name)
+        })
+        .await
+        .map_err(|_| BrokerError::Store("import task failed".into()))?
+    }
+
+    /// Adds a grant from the configuration if the store has none for that name yet; the
+    /// next sweep refreshes it. Returns whether it was added.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn seed(&self, name: AccountName, provider: &str, refresh_token: RefreshToken) -> Result<bool, BrokerError> {
+        if read(&self.inner.accounts).contains_key(&name) {
+            return Ok(false);
+        }
+        let record = AccountRecord::new(name.clone(), provider.to_owned(), refresh_token);
+        self.persist(record.clone()).await.map_err(|e| BrokerError::Store(e.to_string()))?;
+        write(&self.inner.accounts).entry(name).or_insert_with(|| self.new_slot(record));
+        Ok(true)
+    }
+
+    /// Forgets an account, after any refresh of it in flight has finished.
+    ///
+    /// # Errors
+    /// Unknown account, or the store failed (the account is kept).
+    pub async fn remove(&self, name: &AccountName) -> Result<(), BrokerError> {
+        let slot = self.slot(name)?;
+        let _flight = slot.flight.lock().await;
+        let store = self.inner.store.clone();
+        let key = name.clone();
+        tokio::task::spawn_blocking(move || store.remove(&key))
+            .await
+            .map_err(|_| BrokerError::Store("store task failed".into()))?
+            .map_err(|e| BrokerError::Store(e.to_string()))?;
+        write(&self.inner.accounts).remove(name);
+        tracing::info!(account = %name, "account removed");
+        Ok(())
+    }
+
+    /// Starts a refresh of every account that is due and not already refreshing, and
+    /// retries unsaved records. Returns at once; the handles finish with the attempts.
+    pub fn sweep(&self) -> Vec<JoinHandle<()>> {
+        let now = self.now();
+        *self.inner.last_tick.lock().expect("tick lock is never poisoned") = Some(now);
+        let slots: Vec<Arc<Slot>> = read(&self.inner.accounts).values().cloned().collect();
+        let mut started = Vec::new();
+        for slot in slots {
+            let (due, unsaved) = {
+                let state = slot.state();
+                let due = !state.record.needs_reauth && now >= state.due_at && state.not_before.is_none_or(|t| now >= t);
+                (due, state.unsaved.then(|| state.record.clone()))
+            };
+            if let Some(record) = unsaved {
+                let broker = self.clone();
+                let slot = slot.clone();
+                started.push(tokio::spawn(async move {
+                    if broker.persist(record).await.is_ok() {
+                        slot.state().unsaved = false;
+                    }
+                }));
+            }
+            if due && slot.flight.try_lock().is_ok() {
+                let broker = self.clone();
+                started.push(tokio::spawn(async move {
+                    let still_due = |broker: &Broker, state: &SlotState| broker.now() < state.due_at;
+                    // Failures are recorded in the account's state; nobody else waits here.
+                    let _ = broker.refresh_shared(&slot, Trigger::Schedule, still_due).await;
+                }));
+            }
+        }
+        started
+    }
+
+    /// When the scheduler last swept.
+    pub fn last_tick(&self) -> Option<SystemTime> {
+        *self.inner.last_tick.lock().expect("tick lock is never poisoned")
+    }
+
+    /// Every account, by name.
+    pub fn accounts(&self) -> Vec<AccountView> {
+        let slots: Vec<Arc<Slot>> = read(&self.inner.accounts).values().cloned().collect();
+        slots.iter().map(|slot| view(slot)).collect()
+    }
+
+    /// One account.
+    ///
+    /// # Errors
+    /// Unknown account.
+    pub fn account(&self, name: &AccountName) -> Result<AccountView, BrokerError> {
+        let slot = self.slot(name)?;
+        Ok(view(&slot))
+    }
+
+    /// Whether the account holds a token that is still valid now.
+    pub fn has_valid_token(&self, name: &AccountName) -> bool {
+        let Ok(slot) = self.slot(name) else { return false };
+        let state = slot.state();
+        !state.record.needs_reauth && state.record.token.as_ref().is_some_and(|t| t.remaining(self.now()) > Duration::ZERO)
+    }
+
+    /// Flushes the store; for shutdown.
+    ///
+    /// # Errors
+    /// The flush failed.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.store.flush()
+    }
+
+    // === the refresh machinery ===
+
+    /// Runs one attempt for `slot`, or shares one: callers that arrive while an attempt is
+    /// in flight wait for it and take its outcome instead of starting another. `satisfied`
+    /// tells a caller that got the lock after someone else's attempt that it needs none.
+    async fn refresh_shared(
+        &self,
+        slot: &Arc<Slot>,
+        trigger: Trigger,
+        satisfied: impl Fn(&Self, &SlotState) -> bool,
+    ) -> Result<(), BrokerError> {
+        let seen = slot.state().attempts;
+        let guard = slot.flight.clone().lock_owned().await;
+        {
+            let state = slot.state();
+            if state.attempts != seen {
+                return state.last_outcome.clone().map_err(|_| self.unavailable(&state));
+            }
+            if satisfied(self, &state) {
+                return Ok(());
+            }
+            self.may_call_provider(&state, trigger)?;
+        }
+        let broker = self.clone();
+        let detached_slot = slot.clone();
+        let attempt = tokio::spawn(async move { broker.attempt(&detached_slot, guard).await });
+        let outcome = attempt.await.map_err(|_| BrokerError::Store("refresh task failed".into()))?;
+        outcome.map_err(|_| self.unavailable(&slot.state()))
+    }
+
+    /// Refuses a provider call that the account's state forbids.
+    fn may_call_provider(&self, state: &SlotState, trigger: Trigger) -> Result<(), BrokerError> {
+        let now = self.now();
+        if state.record.needs_reauth {
+            return Err(BrokerError::NeedsReauth(state.record.name.clone()));
+        }
+        let held_off = state.not_before.is_some_and(|t| now < t);
+        let backing_off = trigger == Trigger::Demand && state.failures > 0 && now < state.due_at;
+        if held_off || backing_off {
+            return Err(self.unavailable(state));
+        }
+        Ok(())
+    }
+
+    /// One call to the provider and its consequences. Holds the flight lock throughout.
+    async fn attempt(&self, slot: &Slot, _flight: OwnedMutexGuard<()>) -> Result<(), Failure> {
+        let (name, provider_name, refresh_token) = {
+            let state = slot.state();
+            (state.record.name.clone(), state.record.provider.clone(), state.record.refresh_token.clone())
+        };
+        let answer = match self.provider(&provider_name) {
+            Ok(provider) => {
+                let _permit = self.inner.permits.acquire().await.expect("the semaphore is never closed");
+                tracing::debug!(account = %name, provider = provider_name, "refreshing");
+                provider.refresh(&refresh_token).await.map_err(Into::into)
+            }
+            Err(error) => Err(AttemptError::Unconfigured(error)),
+        };
+        let now = self.now();
+        let outcome = match answer {
+            Ok(response) => self.on_success(slot, response, now).await,
+            Err(error) => self.on_failure(slot, error, now).await,
+        };
+        let mut state = slot.state();
+        state.attempts += 1;
+        state.last_outcome = outcome.clone();
+        outcome
+    }
+
+    async fn on_success(&self, slot: &Slot, response: TokenResponse, now: SystemTime) -> Result<(), Failure> {
+        let rotated = response.refresh_token.is_some();
+        let lifetime = response.lifetime;
+        let record = with_response(slot.state().record.clone(), response, now);
+        // The new grant reaches the disk before its access token can be served.
+        let saved = self.persist(record.clone()).await;
+        let mut state = slot.state();
+        let token = record.token.as_ref().expect("a successful refresh holds a token");
+        state.due_at = self.policy().due_at(token, (self.inner.random)());
+        state.not_before = None;
+        state.failures = 0;
+        state.record = record;
+        match saved {
+            Ok(()) => {
+                state.unsaved = false;
+                tracing::info!(account = %state.record.name, expires_in = lifetime.as_secs(), rotated, "refreshed");
+                Ok(())
+            }
+            Err(error) => {
+                // The provider may have rotated the grant already: keep the new one in memory,
+                // serve it, and let the sweep retry the write.
+                state.unsaved = true;
+                state.record.last_error = Some(format!("refreshed, but the store write failed: {error}"));
+                tracing::error!(account = %state.record.name, error = %error, "refreshed, but the store write failed; retrying on the next tick");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_failure(&self, slot: &Slot, error: AttemptError, now: SystemTime) -> Result<(), Failure> {
+        let failure = Failure { kind: error.kind(), message: error.to_string() };
+        let record = {
+            let mut state = slot.state();
+            match &error {
+                AttemptError::Provider(provider_error) => self.note_failure(&mut state, provider_error, now),
+                AttemptError::Unconfigured(_) => {
+                    state.failures += 1;
+                    state.due_at = now + self.policy().backoff_max;
+                }
+            }
+            state.record.last_error = Some(failure.message.clone());
+            if failure.kind == FailureKind::Reauth {
+                state.record.needs_reauth = true;
+            }
+            let name = &state.record.name;
+            match failure.kind {
+                FailureKind::Reauth => tracing::error!(account = %name, error = %failure.message, "grant refused; the account must be connected again"),
+                FailureKind::Configuration => tracing::error!(account = %name, error = %failure.message, "refresh refused: configuration error"),
+                FailureKind::Transient => tracing::warn!(account = %name, error = %failure.message, failures = state.failures, "refresh failed; will retry"),
+            }
+            state.record.clone()
+        };
+        // Best effort: the status survives a restart if the disk allows.
+        if let Err(store_error) = self.persist(record).await {
+            tracing::warn!(error = %store_error, "could not record the failure in the store");
+        }
+        Err(failure)
+    }
+
+    /// Schedules the retry after a provider failure.
+    fn note_failure(&self, state: &mut SlotState, error: &ProviderError, now: SystemTime) {
+        let policy = self.policy();
+        state.failures = state.failures.saturating_add(1);
+        state.not_before = error.retry_after().map(|wait| now + wait);
+        state.due_at = match error.kind() {
+            FailureKind::Transient => now + policy.backoff(state.failures, error.retry_after(), (self.inner.random)()),
+            FailureKind::Configuration => now + policy.backoff_max.max(error.retry_after().unwrap_or_default()),
+            FailureKind::Reauth => now,
+        };
+    }
+
+    // === helpers ===
+
+    fn wanted_validity(&self, state: &SlotState, min_valid: Option<Duration>) -> Result<Duration, BrokerError> {
+        let lifetime = state.record.token.as_ref().map(|t| t.lifetime);
+        match (min_valid, lifetime) {
+            (Some(requested), Some(lifetime)) if requested >= lifetime => {
+                Err(BrokerError::MinValidTooLarge { requested: requested.as_secs(), lifetime: lifetime.as_secs() })
+            }
+            (Some(requested), _) => Ok(requested),
+            (None, Some(lifetime)) => Ok(self.policy().default_min_valid(lifetime)),
+            (None, None) => Ok(self.policy().min_valid),
+        }
+    }
+
+    fn serve_if_valid(&self, state: &SlotState, wanted: Duration) -> Result<Option<ServedToken>, BrokerError> {
+        if state.record.needs_reauth {
+            return Err(BrokerError::NeedsReauth(state.record.name.clone()));
+        }
+        let Some(token) = &state.record.token else { return Ok(None) };
+        let left = token.remaining(self.now());
+        Ok((left >= wanted && left > Duration::ZERO).then(|| ServedToken {
+            access_token: token.access_token.clone(),
+            token_type: token.token_type.clone(),
+            expires_at: token.expires_at,
+            expires_in: left,
+            scope: token.scope.clone(),
+        }))
+    }
+
+    fn unavailable(&self, state: &SlotState) -> BrokerError {
+        let name = state.record.name.clone();
+        if state.record.needs_reauth {
+            return BrokerError::NeedsReauth(name);
+        }
+        let now = self.now();
+        let retry_at = state.not_before.unwrap_or(state.due_at).max(state.due_at);
+        let retry_after = retry_at.duration_since(now).unwrap_or(Duration::ZERO).max(Duration::from_secs(1));
+        let message = state.record.last_error.clone().unwrap_or_else(|| "the token is too close to expiry".into());
+        BrokerError::Unavailable { name, message, retry_after }
+    }
+
+    fn new_slot(&self, record: AccountRecord) -> Arc<Slot> {
+        let now = self.now();
+        let due_at = match &record.token {
+            Some(token) => self.policy().due_at(token, (self.inner.random)()),
+            None => now,
+        };
+        Arc::new(Slot {
+            state: Mutex::new(SlotState {
+                record,
+                due_at,
+                not_before: None,
+                failures: 0,
+                attempts: 0,
+                last_outcome: Ok(()),
+                last_forced: None,
+                unsaved: false,
+            }),
+            flight: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    async fn persist(&self, record: AccountRecord) -> Result<(), StoreError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.put(&record))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Engine { operation: "write", reason: "the store task panicked".into() }))
+    }
+
+    fn slot(&self, name: &AccountName) -> Result<Arc<Slot>, BrokerError> {
+        read(&self.inner.accounts).get(name).cloned().ok_or_else(|| BrokerError::UnknownAccount(name.clone()))
+    }
+
+    fn provider(&self, name: &str) -> Result<Arc<Provider>, BrokerError> {
+        read(&self.inner.providers).get(name).cloned().ok_or_else(|| BrokerError::UnknownProvider(name.to_owned()))
+    }
+
+    fn policy(&self) -> RefreshPolicy {
+        read(&self.inner.policy).clone()
+    }
+
+    fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+}
+
+/// What stopped an attempt.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Unconfigured(BrokerError),
+}
+
+impl AttemptError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            Self::Provider(error) => error.kind(),
+            Self::Unconfigured(_) => FailureKind::Configuration,
+        }
+    }
+}
+
+/// The record after a successful refresh: a new refresh token replaces the old one only
+/// when the provider sent one (Dropbox never does).
+fn with_response(mut record: AccountRecord, response: TokenResponse, now: SystemTime) -> AccountRecord {
+    record.token = Some(IssuedToken {
+        access_token: response.access_token,
+        token_type: response.token_type,
+        expires_at: now + response.lifetime,
+        lifetime: response.lifetime,
+        scope: response.scope.or_else(|| record.token.as_ref().and_then(|t| t.scope.clone())),
+    });
+    if let Some(rotated) = response.refresh_token {
+        record.refresh_token = rotated;
+    }
+    record.provider_user_id = response.user_id.or(record.provider_user_id);
+    record.needs_reauth = false;
+    record.last_refresh = Some(now);
+    record.last_error = None;
+    record
+}
+
+fn view(slot: &Slot) -> AccountView {
+    let refreshing = slot.flight.try_lock().is_err();
+    let state = slot.state();
+    let record = &state.record;
+    let status = if record.needs_reauth {
+        Status::NeedsReauth
+    } else if refreshing {
+        Status::Refreshing
+    } else if state.failures > 0 || state.unsaved {
+        Status::Degraded
+    } else {
+        Status::Active
+    };
+    AccountView {
+        name: record.name.clone(),
+        provider: record.provider.clone(),
+        status,
+        expires_at: record.token.as_ref().map(|t| t.expires_at),
+        scope: record.token.as_ref().and_then(|t| t.scope.clone()),
+        provider_user_id: record.provider_user_id.clone(),
+        last_refresh: record.last_refresh,
+        last_error: record.last_error.clone(),
+        next_refresh: (!record.needs_reauth).then_some(state.due_at),
+    }
+}
+
+impl Slot {
+    fn state(&self) -> MutexGuard<'_, SlotState> {
+        // Every update of the state is a set of plain assignments; a panic cannot leave it torn.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,365 @@
+//! Broker behaviour in controlled time: a `ManualClock`, a real sled store in a temp
+//! directory, and the fake provider on loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::provider::{self, AuthMethod, EndpointSource, Endpoints, Preset};
+use crate::store::{self, SledStore};
+use crate::testing::{FakeProvider, Reply};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const START: Duration = Duration::from_secs(1_800_000_000);
+
+struct Harness {
+    fake: FakeProvider,
+    clock: ManualClock,
+    store: Arc<SledStore>,
+    broker: Broker,
+    _dir: tempfile::TempDir,
+}
+
+fn name(text: &str) -> AccountName {
+    text.parse().unwrap()
+}
+
+async fn harness() -> Harness {
+    harness_with(RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() }).await
+}
+
+async fn harness_with(policy: RefreshPolicy) -> Harness {
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(&store::Config { dir: dir.path().join("store") }).unwrap());
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + START);
+    let provider = Provider::new(provider::Config {
+        name: "fake".into(),
+        preset: Preset::Generic,
+        client_id: "client".into(),
+        client_secret: None,
+        auth_method: AuthMethod::None,
+        endpoints: EndpointSource::Fixed(Endpoints { token: fake.token_url().parse().unwrap(), authorize: None, revoke: None }),
+        scopes: vec![],
+        default_lifetime: HOUR,
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_millis(500),
+    })
+    .unwrap();
+    let broker = Broker::open_with_random(
+        store.clone(),
+        vec![Arc::new(provider)],
+        Arc::new(clock.clone()),
+        Config { policy, max_concurrent: 4 },
+        Arc::new(|| 0.5),
+    )
+    .unwrap();
+    Harness { fake, clock, store, broker, _dir: dir }
+}
+
+impl Harness {
+    /// Imports account `a` with a 4-hour token; one token call.
+    async fn import(&self) -> String {
+        let refresh = self.fake.grant("a");
+        self.broker.import(name("a"), "fake", RefreshToken::new(&refresh)).await.unwrap();
+        refresh
+    }
+
+    async fn sweep(&self) {
+        for handle in self.broker.sweep() {
+            handle.await.unwrap();
+        }
+    }
+
+    fn stored_refresh_token(&self) -> String {
+        let records = self.store.load_all().unwrap();
+        records[0].refresh_token.expose().to_owned()
+    }
+
+    fn status(&self) -> Status {
+        self.broker.account(&name("a")).unwrap().status
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_token_is_served_from_memory() {
+    let h = harness().await;
+    h.import().await;
+    assert_eq!(h.fake.token_calls(), 1);
+    for _ in 0..5 {
+        let served = h.broker.token(&name("a"), None).await.unwrap();
+        assert_eq!(served.access_token.expose(), h.fake.issued_access_tokens()[0]);
+        assert_eq!(served.expires_in, HOUR * 4);
+    }
+    assert_eq!(h.fake.token_calls(), 1);
+}
+
+#[tokio::test]
+async fn the_sweep_refreshes_ahead_of_expiry_and_not_before() {
+    let h = harness().await;
+    h.import().await;
+    // Due at min(ahead 1h, 4h/2) before expiry: 3 h after issue.
+    h.clock.advance(HOUR * 3 - Duration::from_secs(1));
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 1, "not yet due");
+    h.clock.advance(Duration::from_secs(1));
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 2, "due");
+    let served = h.broker.token(&name("a"), None).await.unwrap();
+    assert_eq!(served.access_token.expose(), h.fake.issued_access_tokens()[1]);
+    assert_eq!(served.expires_in, HOUR * 4);
+}
+
+#[tokio::test]
+async fn a_machine_that_slept_past_expiry_catches_up_on_the_next_tick() {
+    let h = harness().await;
+    h.import().await;
+    h.clock.advance(HOUR * 9); // suspended through two expiries
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 2);
+    assert_eq!(h.broker.token(&name("a"), None).await.unwrap().expires_in, HOUR * 4);
+}
+
+#[tokio::test]
+async fn every_served_token_has_at_least_min_valid_left() {
+    let h = harness().await;
+    h.import().await;
+    h.clock.advance(HOUR * 4 - Duration::from_secs(120));
+    // Two minutes left: fine by default (60 s), not for a caller that wants five.
+    let served = h.broker.token(&name("a"), None).await.unwrap();
+    assert_eq!(served.expires_in, Duration::from_secs(120));
+    assert_eq!(h.fake.token_calls(), 1);
+    let served = h.broker.token(&name("a"), Some(Duration::from_secs(300))).await.unwrap();
+    assert!(served.expires_in >= Duration::from_secs(300));
+    assert_eq!(h.fake.token_calls(), 2);
+    // After a wall-clock jump past expiry the token is refreshed, never served expired.
+    h.clock.advance(HOUR * 5);
+    let served = h.broker.token(&name("a"), None).await.unwrap();
+    assert_eq!(served.expires_in, HOUR * 4);
+    assert_eq!(h.fake.token_calls(), 3);
+}
+
+#[tokio::test]
+async fn min_valid_beyond_the_lifetime_is_refused_without_a_call() {
+    let h = harness().await;
+    h.import().await;
+    let error = h.broker.token(&name("a"), Some(HOUR * 5)).await.unwrap_err();
+    assert!(matches!(error, BrokerError::MinValidTooLarge { lifetime: 14400, .. }), "{error}");
+    assert_eq!(h.fake.token_calls(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_callers_share_one_refresh() {
+    let h = harness().await;
+    h.import().await;
+    h.clock.advance(HOUR * 4); // expired: every caller needs a refresh
+    h.fake.push([Reply::Delay(Duration::from_millis(200), Box::new(Reply::Issue))]);
+    let callers: Vec<_> = (0..200)
+        .map(|_| {
+            let broker = h.broker.clone();
+            tokio::spawn(async move { broker.token(&name("a"), None).await.map(|t| t.access_token.expose().to_owned()) })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for caller in callers {
+        tokens.push(caller.await.unwrap().unwrap());
+    }
+    assert_eq!(h.fake.token_calls(), 2, "one import call and one shared refresh");
+    let fresh = &h.fake.issued_access_tokens()[1];
+    assert!(tokens.iter().all(|t| t == fresh));
+}
+
+#[tokio::test]
+async fn concurrent_callers_share_one_failure_too() {
+    let h = harness().await;
+    h.import().await;
+    h.clock.advance(HOUR * 4);
+    h.fake.push([Reply::Delay(Duration::from_millis(200), Box::new(Reply::oauth_error(503, "temporarily_unavailable", "")))]);
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let broker = h.broker.clone();
+            tokio::spawn(async move { broker.token(&name("a"), None).await })
+        })
+        .collect();
+    for caller in callers {
+        assert!(matches!(caller.await.unwrap(), Err(BrokerError::Unavailable { .. })));
+    }
+    assert_eq!(h.fake.token_calls(), 2, "the failure is shared, not retried by every waiter");
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_is_stored_before_the_new_token_is_served() {
+    let h = harness().await;
+    h.fake.set_rotation(true);
+    let original = h.import().await;
+    let after_import = h.stored_refresh_token();
+    assert_ne!(after_import, original, "the import's rotation is stored");
+    assert!(h.fake.is_valid(&after_import));
+    h.clock.advance(HOUR * 4);
+    let served = h.broker.token(&name("a"), None).await.unwrap();
+    let stored = h.stored_refresh_token();
+    assert_ne!(stored, after_import);
+    assert!(h.fake.is_valid(&stored), "the store holds the one valid refresh token");
+    assert_eq!(served.access_token.expose(), h.fake.issued_access_tokens()[1]);
+}
+
+#[tokio::test]
+async fn a_response_without_a_refresh_token_keeps_the_stored_one_byte_for_byte() {
+    let h = harness().await;
+    let original = h.import().await;
+    h.clock.advance(HOUR * 4);
+    h.broker.token(&name("a"), None).await.unwrap();
+    assert_eq!(h.fake.token_calls(), 2);
+    assert_eq!(h.stored_refresh_token().as_bytes(), original.as_bytes());
+    let sent: Vec<_> = h.fake.requests().iter().map(|r| r.form["refresh_token"].clone()).collect();
+    assert_eq!(sent, vec![original.clone(), original]);
+}
+
+#[tokio::test]
+async fn invalid_grant_marks_needs_reauth_and_stops_calling() {
+    let h = harness().await;
+    h.import().await;
+    h.fake.push([Reply::oauth_error(400, "invalid_grant", "refresh token is invalid or revoked")]);
+    h.clock.advance(HOUR * 3);
+    h.sweep().await;
+    assert_eq!(h.status(), Status::NeedsReauth);
+    assert!(h.broker.account(&name("a")).unwrap().last_error.unwrap().contains("invalid or revoked"));
+    for _ in 0..3 {
+        h.clock.advance(HOUR);
+        h.sweep().await;
+        assert!(matches!(h.broker.token(&name("a"), None).await, Err(BrokerError::NeedsReauth(_))));
+        assert!(matches!(h.broker.refresh_now(&name("a")).await, Err(BrokerError::NeedsReauth(_))));
+    }
+    assert_eq!(h.fake.token_calls(), 2);
+    assert!(h.store.load_all().unwrap()[0].needs_reauth, "the status survives a restart");
+}
+
+#[tokio::test]
+async fn a_refused_client_is_a_configuration_error_retried_slowly() {
+    let h = harness().await;
+    h.import().await;
+    h.fake.push([Reply::Json(400, json!({"error": "invalid_client: Invalid client_id or client_secret"}), vec![])]);
+    h.clock.advance(HOUR * 3);
+    h.sweep().await;
+    let view = h.broker.account(&name("a")).unwrap();
+    assert_eq!(view.status, Status::Degraded, "not needs_reauth: the grant is not known to be bad");
+    assert!(view.last_error.unwrap().contains("client"));
+    // The old token is still served, and no retry happens before backoff_max.
+    assert!(h.broker.token(&name("a"), None).await.is_ok());
+    h.clock.advance(Duration::from_secs(299));
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 2);
+    h.clock.advance(Duration::from_secs(1));
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 3);
+    assert_eq!(h.status(), Status::Active);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_from_the_header_and_from_json() {
+    for reply in [
+        Reply::Json(429, json!({}), vec![("retry-after", "30".into())]),
+        Reply::Json(429, json!({"error": {"reason": {".tag": "too_many_requests"}, "retry_after": 30}}), vec![]),
+    ] {
+        let h = harness().await;
+        h.import().await;
+        h.fake.push([reply]);
+        h.clock.advance(HOUR * 4); // expired, so callers need a refresh
+        let error = h.broker.token(&name("a"), None).await.unwrap_err();
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(30)));
+        h.clock.advance(Duration::from_secs(29));
+        h.sweep().await;
+        assert!(h.broker.token(&name("a"), None).await.is_err());
+        assert!(h.broker.refresh_now(&name("a")).await.is_err(), "not even an admin may call early");
+        assert_eq!(h.fake.token_calls(), 2, "no call before Retry-After elapsed");
+        h.clock.advance(Duration::from_secs(1));
+        assert!(h.broker.token(&name("a"), None).await.is_ok());
+        assert_eq!(h.fake.token_calls(), 3);
+    }
+}
+
+#[tokio::test]
+async fn outages_degrade_serve_the_old_token_and_recover() {
+    let h = harness().await;
+    h.import().await;
+    let old = h.fake.issued_access_tokens()[0].clone();
+    h.fake.push((0..3).map(|_| Reply::Raw(503, b"busy".to_vec())));
+    h.clock.advance(HOUR * 3);
+    for attempt in 1..=3 {
+        h.sweep().await;
+        assert_eq!(h.fake.token_calls(), 1 + attempt);
+        assert_eq!(h.status(), Status::Degraded);
+        assert_eq!(h.broker.token(&name("a"), None).await.unwrap().access_token.expose(), old);
+        h.clock.advance(Duration::from_secs(10)); // past any backoff of 1, 2, 4 s (capped jitter 0.5)
+    }
+    h.sweep().await;
+    assert_eq!(h.status(), Status::Active);
+    assert_ne!(h.broker.token(&name("a"), None).await.unwrap().access_token.expose(), old);
+}
+
+#[tokio::test]
+async fn hostile_answers_keep_the_old_token_and_bounded_time() {
+    let big = vec![b'x'; 1024 * 1024];
+    let trickle = Reply::Trickle { chunk: b"{".to_vec(), every: Duration::from_millis(100), count: 100 };
+    let replies = [Reply::Raw(200, b"<html>garbage".to_vec()), Reply::Raw(200, big), Reply::Hang, trickle,
+        Reply::Json(200, json!({"access_token": "bad token\r\nX: y"}), vec![])];
+    for reply in replies {
+        let h = harness().await;
+        h.import().await;
+        let old = h.fake.issued_access_tokens()[0].clone();
+        h.fake.push([reply.clone()]);
+        h.clock.advance(HOUR * 3);
+        let started = tokio::time::Instant::now();
+        h.sweep().await;
+        assert!(started.elapsed() < Duration::from_secs(3), "{reply:?} took {:?}", started.elapsed());
+        assert_eq!(h.status(), Status::Degraded, "{reply:?}");
+        assert_eq!(h.broker.token(&name("a"), None).await.unwrap().access_token.expose(), old, "{reply:?}");
+    }
+}
+
+#[tokio::test]
+async fn import_of_a_refused_grant_stores_nothing_and_keeps_the_old_one() {
+    let h = harness().await;
+    let original = h.import().await;
+    let error = h.broker.import(name("a"), "fake", RefreshToken::new("not-a-valid-grant")).await.unwrap_err();
+    assert!(matches!(error, BrokerError::GrantRejected(_)), "{error}");
+    assert_eq!(h.stored_refresh_token(), original);
+    assert!(matches!(h.broker.import(name("b"), "nope", RefreshToken::new("x")).await, Err(BrokerError::UnknownProvider(_))));
+    assert_eq!(h.store.load_all().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_rejected_token_forces_one_refresh_per_thirty_seconds() {
+    let h = harness().await;
+    h.import().await;
+    let first = AccessToken::new(h.fake.issued_access_tokens()[0].clone());
+    let served = h.broker.reject(&name("a"), &first).await.unwrap();
+    assert_ne!(served.access_token, first);
+    assert_eq!(h.fake.token_calls(), 2);
+    // Presenting the old token again gets the current one without a call.
+    assert_eq!(h.broker.reject(&name("a"), &first).await.unwrap().access_token, served.access_token);
+    // Rejecting the new one within 30 s does not call either.
+    assert_eq!(h.broker.reject(&name("a"), &served.access_token).await.unwrap().access_token, served.access_token);
+    assert_eq!(h.fake.token_calls(), 2);
+    h.clock.advance(REJECTED_REFRESH_INTERVAL);
+    assert_ne!(h.broker.reject(&name("a"), &served.access_token).await.unwrap().access_token, served.access_token);
+    assert_eq!(h.fake.token_calls(), 3);
+}
+
+#[tokio::test]
+async fn accounts_survive_a_reopen_and_removal_is_durable() {
+    let h = harness().await;
+    h.import().await;
+    h.broker.seed(name("b"), "fake", RefreshToken::new(h.fake.grant("b"))).await.unwrap();
+    assert!(!h.broker.seed(name("b"), "fake", RefreshToken::new("other")).await.unwrap(), "seeding never overwrites");
+    h.broker.remove(&name("a")).await.unwrap();
+    let names: Vec<_> = h.store.load_all().unwrap().into_iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(names, ["b"]);
+    assert!(matches!(h.broker.token(&name("a"), None).await, Err(BrokerError::UnknownAccount(_))));
+    // A seeded account has no token yet; the first sweep fetches one.
+    h.sweep().await;
+    assert!(h.broker.has_valid_token(&name("b")));
+}

@@ -15,3 +15,5 @@ pub mod provider;
 pub mod broker;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod scheduler;
+pub mod api;

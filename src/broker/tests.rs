@@ -8,7 +8,6 @@ use serde_json::json;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::provider::{self, AuthMethod, EndpointSource, Endpoints, Preset};
 use crate::store::{self, SledStore};
 use crate::testing::{FakeProvider, Reply};
 
@@ -36,19 +35,7 @@ async fn harness_with(policy: RefreshPolicy) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(&store::Config { dir: dir.path().join("store") }).unwrap());
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + START);
-    let provider = Provider::new(provider::Config {
-        name: "fake".into(),
-        preset: Preset::Generic,
-        client_id: "client".into(),
-        client_secret: None,
-        auth_method: AuthMethod::None,
-        endpoints: EndpointSource::Fixed(Endpoints { token: fake.token_url().parse().unwrap(), authorize: None, revoke: None }),
-        scopes: vec![],
-        default_lifetime: HOUR,
-        connect_timeout: Duration::from_secs(2),
-        timeout: Duration::from_millis(500),
-    })
-    .unwrap();
+    let provider = Provider::new(fake.provider_config("fake")).unwrap();
     let broker = Broker::open_with_random(
         store.clone(),
         vec![Arc::new(provider)],

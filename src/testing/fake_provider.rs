@@ -131,6 +131,24 @@ impl FakeProvider {
         format!("http://{}/oauth2/token", self.addr)
     }
 
+    /// A generic public-client provider configuration pointing at this fake, with short
+    /// timeouts so hostile-answer tests stay quick.
+    pub fn provider_config(&self, name: &str) -> crate::provider::Config {
+        use crate::provider::{AuthMethod, Config, EndpointSource, Endpoints, Preset};
+        Config {
+            name: name.into(),
+            preset: Preset::Generic,
+            client_id: "client".into(),
+            client_secret: None,
+            auth_method: AuthMethod::None,
+            endpoints: EndpointSource::Fixed(Endpoints { token: self.token_url().parse().expect("a URL"), authorize: None, revoke: None }),
+            scopes: vec![],
+            default_lifetime: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_millis(500),
+        }
+    }
+
     /// Makes a refresh token valid and returns it (unique per fake, so tests can grep for it).
     pub fn grant(&self, label: &str) -> String {
         let token = format!("fake-refresh-{}-{label}", self.shared.nonce);

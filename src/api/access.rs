@@ -1,0 +1,191 @@
+//! Who is calling, and which accounts they may have.
+//!
+//! Socket peers are known by their kernel credentials (uid, gid, pid); TCP callers by an API
+//! key whose SHA-256 is compared in constant time. Admins are uid 0, the daemon's own uid,
+//! `server.admin_uids`, and clients marked `admin`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use crate::secret::ApiKey;
+
+/// The other end of a connection, attached to every request by the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A Unix-socket peer.
+    Unix {
+        /// Its uid.
+        uid: u32,
+        /// Its primary gid.
+        gid: u32,
+        /// Its pid, when the kernel tells.
+        pid: Option<i32>,
+    },
+    /// A loopback TCP peer.
+    Tcp(SocketAddr),
+}
+
+/// A configured client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Its name, for logs.
+    pub name: String,
+    /// Socket peers with one of these uids are this client.
+    pub uids: Vec<u32>,
+    /// Socket peers with one of these primary gids are this client.
+    pub gids: Vec<u32>,
+    /// SHA-256 of its API key.
+    pub api_key_sha256: Option<[u8; 32]>,
+    /// Glob patterns of the accounts it may have.
+    pub accounts: Vec<glob::Pattern>,
+    /// May use the admin routes.
+    pub admin: bool,
+}
+
+/// An identified caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The client's name (`admin` for admin uids).
+    pub name: String,
+    /// May use the admin routes.
+    pub admin: bool,
+    /// The peer's uid, on the socket.
+    pub uid: Option<u32>,
+    /// The peer's pid, on the socket.
+    pub pid: Option<i32>,
+    everything: bool,
+    patterns: Vec<glob::Pattern>,
+}
+
+impl Caller {
+    /// Whether the caller may have this account's token and status.
+    pub fn may_read(&self, account: &str) -> bool {
+        self.everything || self.patterns.iter().any(|p| p.matches(account))
+    }
+
+    /// Whether the caller may have every account (and so may learn which do not exist).
+    pub fn sees_all(&self) -> bool {
+        self.everything
+    }
+}
+
+/// The rules for identifying callers.
+#[derive(Debug, Clone)]
+pub struct Access {
+    admin_uids: HashSet<u32>,
+    clients: Vec<Client>,
+}
+
+impl Access {
+    /// Rules from configuration; uid 0 and `own_uid` are always admins.
+    pub fn new(admin_uids: &[u32], own_uid: u32, clients: Vec<Client>) -> Self {
+        let mut admin_uids: HashSet<u32> = admin_uids.iter().copied().collect();
+        admin_uids.extend([0, own_uid]);
+        Self { admin_uids, clients }
+    }
+
+    /// Identifies a caller from its connection and `Authorization` header.
+    ///
+    /// # Errors
+    /// 401 for a missing or wrong key where a key is needed; 403 for a socket peer that is
+    /// no configured client.
+    pub fn identify(&self, peer: &Peer, bearer: Option<&ApiKey>) -> Result<Caller, ApiError> {
+        let (uid, pid) = match peer {
+            Peer::Unix { uid, pid, .. } => (Some(*uid), *pid),
+            Peer::Tcp(_) => (None, None),
+        };
+        if let Some(key) = bearer {
+            let digest: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
+            // Compare against every client so the time taken does not tell which one matched.
+            let mut found = None;
+            for client in &self.clients {
+                if let Some(expected) = &client.api_key_sha256 {
+                    if bool::from(expected.ct_eq(&digest)) && found.is_none() {
+                        found = Some(client);
+                    }
+                }
+            }
+            return found.map(|client| caller(client, uid, pid)).ok_or(ApiError::Unauthorized);
+        }
+        match peer {
+            Peer::Unix { uid, gid, pid } => {
+                if self.admin_uids.contains(uid) {
+                    return Ok(Caller { name: "admin".into(), admin: true, uid: Some(*uid), pid: *pid, everything: true, patterns: vec![] });
+                }
+                self.clients
+                    .iter()
+                    .find(|client| client.uids.contains(uid) || client.gids.contains(gid))
+                    .map(|client| caller(client, Some(*uid), *pid))
+                    .ok_or_else(|| ApiError::Forbidden(format!("uid {uid} is not a configured client")))
+            }
+            Peer::Tcp(_) => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+fn caller(client: &Client, uid: Option<u32>, pid: Option<i32>) -> Caller {
+    Caller {
+        name: client.name.clone(),
+        admin: client.admin,
+        uid,
+        pid,
+        everything: client.accounts.iter().any(|p| p.as_str() == "*"),
+        patterns: client.accounts.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(name: &str, key: Option<&str>, uids: &[u32], accounts: &[&str]) -> Client {
+        Client {
+            name: name.into(),
+            uids: uids.to_vec(),
+            gids: vec![],
+            api_key_sha256: key.map(|k| Sha256::digest(k.as_bytes()).into()),
+            accounts: accounts.iter().map(|p| glob::Pattern::new(p).unwrap()).collect(),
+            admin: false,
+        }
+    }
+
+    fn access() -> Access {
+        Access::new(&[500], 999, vec![client("backup", None, &[1001], &["dropbox-*"]), client("sidecar", Some("k1"), &[], &["corp"])])
+    }
+
+    const TCP: Peer = Peer::Tcp(SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1));
+
+    fn unix(uid: u32) -> Peer {
+        Peer::Unix { uid, gid: 100, pid: Some(42) }
+    }
+
+    #[test]
+    fn admins_are_root_self_and_configured_uids() {
+        for uid in [0, 999, 500] {
+            let caller = access().identify(&unix(uid), None).unwrap();
+            assert!(caller.admin && caller.sees_all(), "{uid}");
+        }
+    }
+
+    #[test]
+    fn socket_clients_are_matched_by_uid_and_scoped_by_glob() {
+        let caller = access().identify(&unix(1001), None).unwrap();
+        assert_eq!(caller.name, "backup");
+        assert!(!caller.admin);
+        assert!(caller.may_read("dropbox-main") && !caller.may_read("corp") && !caller.sees_all());
+        assert!(matches!(access().identify(&unix(1002), None), Err(ApiError::Forbidden(_))));
+    }
+
+    #[test]
+    fn tcp_needs_a_right_key() {
+        assert!(matches!(access().identify(&TCP, None), Err(ApiError::Unauthorized)));
+        assert!(matches!(access().identify(&TCP, Some(&ApiKey::new("wrong"))), Err(ApiError::Unauthorized)));
+        let caller = access().identify(&TCP, Some(&ApiKey::new("k1"))).unwrap();
+        assert_eq!(caller.name, "sidecar");
+        assert!(caller.may_read("corp") && !caller.may_read("dropbox-main"));
+    }
+}

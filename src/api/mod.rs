@@ -1,0 +1,93 @@
+//! The HTTP API, identical on the Unix socket and on loopback TCP.
+//!
+//! `router()` is pure (tests drive it with `oneshot`); `listen` owns the accept loops, their
+//! timeouts and connection limits. Handlers call only the broker.
+
+mod access;
+mod error;
+mod handlers;
+pub mod listen;
+pub mod types;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::timeout::TimeoutLayer;
+use url::Url;
+
+pub use self::access::{Access, Caller, Client, Peer};
+pub use self::error::ApiError;
+use crate::broker::Broker;
+use crate::clock::SharedClock;
+use crate::token::AccountName;
+
+/// The largest request body accepted (an import is a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A request, refresh included, must finish within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The API's settings, as plain data.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Unix socket path.
+    pub socket: PathBuf,
+    /// Loopback TCP address; `None` turns TCP off.
+    pub http: Option<SocketAddr>,
+    /// Base of the OAuth redirect URI.
+    pub public_url: Url,
+    /// Extra admin uids.
+    pub admin_uids: Vec<u32>,
+    /// Configured clients.
+    pub clients: Vec<Client>,
+}
+
+/// What `/readyz` checks beyond the store being open.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    /// Accounts that must hold a valid token.
+    pub required: Vec<AccountName>,
+    /// The scheduler's tick interval; a tick older than three of these means it has stalled.
+    pub check_interval: Duration,
+    /// When the daemon started.
+    pub started_at: SystemTime,
+}
+
+/// Everything the handlers need.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The core.
+    pub broker: Broker,
+    /// Caller identification.
+    pub access: Arc<Access>,
+    /// Readiness rules.
+    pub readiness: Arc<Readiness>,
+    /// The clock.
+    pub clock: SharedClock,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/token/{account}", get(handlers::get_token).post(handlers::post_token))
+        .route("/v1/accounts", get(handlers::list_accounts))
+        .route(
+            "/v1/accounts/{name}",
+            get(handlers::get_account).put(handlers::import_account).delete(handlers::delete_account),
+        )
+        .route("/v1/accounts/{name}/refresh", post(handlers::refresh_account))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

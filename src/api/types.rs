@@ -1,0 +1,153 @@
+//! The JSON bodies of the HTTP API, shared by the daemon and the CLI.
+//!
+//! Bodies that carry a secret have a redacting `Debug`; the token body is the one place an
+//! access token is deliberately exposed (and it is sent with `Cache-Control: no-store`).
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{AccountView, ServedToken};
+use crate::secret::REDACTED;
+
+/// `GET /v1/token/{account}`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenBody {
+    /// The bearer token.
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// RFC 3339 expiry.
+    pub expires_at: String,
+    /// Whole seconds left.
+    pub expires_in: u64,
+    /// Granted scopes.
+    pub scope: Option<String>,
+}
+
+impl fmt::Debug for TokenBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenBody")
+            .field("access_token", &REDACTED)
+            .field("expires_at", &self.expires_at)
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl From<&ServedToken> for TokenBody {
+    fn from(token: &ServedToken) -> Self {
+        Self {
+            access_token: token.access_token.expose().to_owned(),
+            token_type: token.token_type.clone(),
+            expires_at: rfc3339(token.expires_at),
+            expires_in: token.expires_in.as_secs(),
+            scope: token.scope.clone(),
+        }
+    }
+}
+
+/// `POST /v1/token/{account}`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedBody {
+    /// The access token the caller's API call was refused with.
+    pub rejected: String,
+}
+
+impl fmt::Debug for RejectedBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RejectedBody").field("rejected", &REDACTED).finish()
+    }
+}
+
+/// `PUT /v1/accounts/{name}`: import a grant.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    /// The configured provider's name.
+    pub provider: String,
+    /// The refresh token.
+    pub refresh_token: String,
+}
+
+impl fmt::Debug for ImportBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportBody").field("provider", &self.provider).field("refresh_token", &REDACTED).finish()
+    }
+}
+
+/// An account's status, without secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountBody {
+    /// The account's name.
+    pub name: String,
+    /// Its provider.
+    pub provider: String,
+    /// `active`, `refreshing`, `degraded` or `needs_reauth`.
+    pub status: String,
+    /// RFC 3339 expiry of the current token.
+    pub expires_at: Option<String>,
+    /// Whole seconds left on the current token.
+    pub expires_in: Option<u64>,
+    /// Granted scopes.
+    pub scope: Option<String>,
+    /// The provider's id for the user.
+    pub provider_user_id: Option<String>,
+    /// RFC 3339 time of the last successful refresh.
+    pub last_refresh: Option<String>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// RFC 3339 time of the next scheduled refresh or retry.
+    pub next_refresh: Option<String>,
+}
+
+impl AccountBody {
+    /// The body for `view` as seen at `now`.
+    pub fn new(view: &AccountView, now: SystemTime) -> Self {
+        Self {
+            name: view.name.to_string(),
+            provider: view.provider.clone(),
+            status: view.status.as_str().to_owned(),
+            expires_at: view.expires_at.map(rfc3339),
+            expires_in: view.expires_at.map(|at| at.duration_since(now).unwrap_or(Duration::ZERO).as_secs()),
+            scope: view.scope.clone(),
+            provider_user_id: view.provider_user_id.clone(),
+            last_refresh: view.last_refresh.map(rfc3339),
+            last_error: view.last_error.clone(),
+            next_refresh: view.next_refresh.map(rfc3339),
+        }
+    }
+}
+
+/// `GET /v1/accounts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountsBody {
+    /// The accounts the caller may see.
+    pub accounts: Vec<AccountBody>,
+}
+
+/// Every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable code.
+    pub error: String,
+    /// Words for a human.
+    pub message: String,
+}
+
+/// `GET /readyz` and `/healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthBody {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    /// What is not ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}

@@ -1,0 +1,111 @@
+//! The sweep tick: a tokio-cron-scheduler job that asks the broker to start due refreshes.
+//!
+//! A cron-expression job (not `new_repeated`, which stops firing after running late), guarded
+//! against overlap. The scheduler owns timing only; which accounts are due is the broker's
+//! wall-clock comparison, so a machine that slept catches up on the first tick after waking.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+
+use crate::broker::Broker;
+
+/// The scheduler's settings, as plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Time between sweeps.
+    pub check_interval: Duration,
+}
+
+/// Why the scheduler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The interval has no cron form.
+    #[error("check_interval {0:?} must be 1 to 59 seconds, or a whole number of minutes from 1 to 59")]
+    Interval(Duration),
+    /// tokio-cron-scheduler refused.
+    #[error("the scheduler failed to start: {0}")]
+    Start(String),
+}
+
+impl From<JobSchedulerError> for SchedulerError {
+    fn from(error: JobSchedulerError) -> Self {
+        Self::Start(error.to_string())
+    }
+}
+
+/// The cron expression (with seconds) for a sweep every `interval`.
+///
+/// # Errors
+/// Intervals with no cron form: zero, fractional seconds, over an hour, or minutes and seconds mixed.
+pub fn cron_expression(interval: Duration) -> Result<String, SchedulerError> {
+    let seconds = interval.as_secs();
+    if interval.subsec_nanos() != 0 {
+        return Err(SchedulerError::Interval(interval));
+    }
+    match seconds {
+        1..=59 => Ok(format!("*/{seconds} * * * * *")),
+        60..=3540 if seconds % 60 == 0 => Ok(format!("0 */{} * * * *", seconds / 60)),
+        _ => Err(SchedulerError::Interval(interval)),
+    }
+}
+
+/// A running sweep job.
+#[allow(missing_debug_implementations)] // JobScheduler has no Debug
+pub struct Scheduler {
+    inner: JobScheduler,
+}
+
+impl Scheduler {
+    /// Starts sweeping every `config.check_interval`.
+    ///
+    /// # Errors
+    /// A bad interval, or the scheduler failed to start.
+    pub async fn start(broker: Broker, config: &Config) -> Result<Self, SchedulerError> {
+        let expression = cron_expression(config.check_interval)?;
+        let running = Arc::new(AtomicBool::new(false));
+        let job = Job::new_async(expression.as_str(), move |_id, _scheduler| {
+            let broker = broker.clone();
+            let running = running.clone();
+            Box::pin(async move {
+                // Runs are spawned and may overlap if one is slow; let only one sweep at a time.
+                if running.swap(true, Ordering::AcqRel) {
+                    tracing::debug!("previous sweep still running; skipping this tick");
+                    return;
+                }
+                let started = broker.sweep();
+                running.store(false, Ordering::Release);
+                tracing::trace!(refreshes = started.len(), "sweep");
+            })
+        })?;
+        let inner = JobScheduler::new().await?;
+        inner.add(job).await?;
+        inner.start().await?;
+        Ok(Self { inner })
+    }
+
+    /// Stops ticking.
+    pub async fn shutdown(mut self) {
+        if let Err(error) = self.inner.shutdown().await {
+            tracing::warn!(error = %error, "scheduler did not shut down cleanly");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_map_to_cron_expressions() {
+        assert_eq!(cron_expression(Duration::from_secs(30)).unwrap(), "*/30 * * * * *");
+        assert_eq!(cron_expression(Duration::from_secs(1)).unwrap(), "*/1 * * * * *");
+        assert_eq!(cron_expression(Duration::from_secs(300)).unwrap(), "0 */5 * * * *");
+        for bad in [0, 90, 3600, 7200] {
+            assert!(cron_expression(Duration::from_secs(bad)).is_err(), "{bad}");
+        }
+        assert!(cron_expression(Duration::from_millis(1500)).is_err());
+    }
+}

@@ -17,3 +17,4 @@ pub mod broker;
 pub mod testing;
 pub mod scheduler;
 pub mod api;
+pub mod config;

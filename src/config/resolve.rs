@@ -1,0 +1,345 @@
+//! Turning the raw file into each module's `Config`, checking every value on the way.
+//!
+//! Problems are collected, not returned at the first, so one run of `check-config` shows
+//! them all. Each names its key. Secret files are read here; their contents never appear
+//! in a message.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use super::raw::{self, Raw};
+use super::{DeclaredAccount, Settings, DEFAULT_SOCKET};
+use crate::api::{self, Client};
+use crate::provider::{self, AuthMethod, EndpointSource, Endpoints, Preset};
+use crate::secret::{ClientSecret, RefreshToken};
+use crate::token::{AccountName, RefreshPolicy};
+use crate::{broker, scheduler, store};
+
+const DEFAULT_HTTP: &str = "127.0.0.1:8765";
+const DEFAULT_STORE_DIR: &str = "/var/lib/tokenbroker";
+const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_CONCURRENT: usize = 8;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A secret file larger than this is surely the wrong file.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Where relative secret files are looked up.
+#[derive(Debug)]
+pub(super) struct Context {
+    /// The configuration file's directory.
+    pub(super) base_dir: PathBuf,
+    /// systemd's `$CREDENTIALS_DIRECTORY`, searched first.
+    pub(super) credentials_dir: Option<PathBuf>,
+}
+
+pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<String>> {
+    let mut problems = Vec::new();
+    let (socket, checked) = server(&raw.server, &mut problems);
+    let policy = refresh_policy(&raw.refresh, &mut problems);
+    let check_interval = raw.refresh.check_interval.unwrap_or(DEFAULT_CHECK_INTERVAL);
+    if let Err(error) = scheduler::cron_expression(check_interval) {
+        problems.push(format!("refresh.check_interval: {error}"));
+    }
+    let max_concurrent = raw.refresh.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT);
+    if max_concurrent == 0 {
+        problems.push("refresh.max_concurrent: must be at least 1".into());
+    }
+    let providers: Vec<provider::Config> = raw.providers.iter().filter_map(|(name, p)| provider(name, p, context, &mut problems)).collect();
+    let clients = raw.clients.iter().enumerate().filter_map(|(i, c)| client(i, c, context, &mut problems)).collect();
+    let accounts = raw
+        .accounts
+        .iter()
+        .filter_map(|(name, account)| declared_account(name, account, &raw, context, &mut problems))
+        .collect();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let store = store::Config { dir: raw.store.dir.clone().unwrap_or_else(|| DEFAULT_STORE_DIR.into()) };
+    let (http, public_url) = checked.expect("no problems means the server section resolved");
+    Ok(Settings {
+        source: String::new(),
+        api: api::Config { socket, http, public_url, admin_uids: raw.server.admin_uids.clone(), clients },
+        store,
+        broker: broker::Config { policy, max_concurrent },
+        scheduler: scheduler::Config { check_interval },
+        providers,
+        accounts,
+    })
+}
+
+/// The socket path, and the TCP address with the public URL when both are valid.
+type ServerParts = (PathBuf, Option<(Option<SocketAddr>, Url)>);
+
+fn server(raw: &raw::Server, problems: &mut Vec<String>) -> ServerParts {
+    let socket = raw.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
+    if socket.as_os_str().is_empty() {
+        problems.push("server.socket: must not be empty".into());
+    }
+    let http_text = raw.http.clone().unwrap_or_else(|| DEFAULT_HTTP.into());
+    let http = if http_text.is_empty() {
+        Ok(None)
+    } else {
+        match http_text.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => Ok(Some(addr)),
+            Ok(addr) => Err(format!("server.http: {addr} is not a loopback address; tokenbroker listens on loopback only (127.0.0.1 or [::1])")),
+            Err(_) => Err(format!("server.http: {http_text:?} is not an address like 127.0.0.1:8765 (use \"\" to turn TCP off)")),
+        }
+    };
+    let default_public = http.as_ref().ok().copied().flatten().map_or_else(|| format!("http://{DEFAULT_HTTP}"), |addr| format!("http://{addr}"));
+    let public_text = raw.public_url.clone().unwrap_or(default_public);
+    let public_url = match Url::parse(&public_text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+        _ => Err(format!("server.public_url: {public_text:?} is not an http(s) URL")),
+    };
+    let parts = match (http, public_url) {
+        (Ok(http), Ok(public_url)) => Some((http, public_url)),
+        (http, public_url) => {
+            problems.extend(http.err());
+            problems.extend(public_url.err());
+            None
+        }
+    };
+    (socket, parts)
+}
+
+fn refresh_policy(raw: &raw::Refresh, problems: &mut Vec<String>) -> RefreshPolicy {
+    let defaults = RefreshPolicy::default();
+    let policy = RefreshPolicy {
+        ahead: raw.ahead.unwrap_or(defaults.ahead),
+        jitter: raw.jitter.unwrap_or(defaults.jitter),
+        min_valid: raw.min_valid.unwrap_or(defaults.min_valid),
+        min_interval: raw.min_interval.unwrap_or(defaults.min_interval),
+        backoff_base: raw.backoff_base.unwrap_or(defaults.backoff_base),
+        backoff_max: raw.backoff_max.unwrap_or(defaults.backoff_max),
+    };
+    if policy.ahead.is_zero() {
+        problems.push("refresh.ahead: must be more than zero".into());
+    }
+    if policy.ahead < policy.min_valid {
+        problems.push(format!(
+            "refresh.ahead ({}) must be at least refresh.min_valid ({}), or tokens would fall below min_valid before their scheduled refresh",
+            humantime::format_duration(policy.ahead),
+            humantime::format_duration(policy.min_valid)
+        ));
+    }
+    if policy.min_interval < Duration::from_secs(1) {
+        problems.push("refresh.min_interval: must be at least 1s".into());
+    }
+    if policy.backoff_base.is_zero() || policy.backoff_base > policy.backoff_max {
+        problems.push("refresh.backoff_base: must be more than zero and at most refresh.backoff_max".into());
+    }
+    policy
+}
+
+fn provider(name: &str, raw: &raw::Provider, context: &Context, problems: &mut Vec<String>) -> Option<provider::Config> {
+    let key = |field: &str| format!("providers.{name}.{field}");
+    let before = problems.len();
+    let preset = match raw.preset.as_str() {
+        "dropbox" => Some(Preset::Dropbox),
+        "generic" => Some(Preset::Generic),
+        other => {
+            problems.push(format!("{}: unknown preset {other:?} (this version has \"dropbox\" and \"generic\")", key("preset")));
+            None
+        }
+    };
+    if raw.client_id.trim().is_empty() {
+        problems.push(format!("{}: must not be empty", key("client_id")));
+    }
+    let client_secret = match (&raw.client_secret, &raw.client_secret_file) {
+        (Some(_), Some(_)) => {
+            problems.push(format!("{}: give client_secret or client_secret_file, not both", key("client_secret")));
+            None
+        }
+        (Some(inline), None) => Some(ClientSecret::new(inline.clone())),
+        (None, Some(file)) => read_secret(file, &key("client_secret_file"), context, problems).map(ClientSecret::new),
+        (None, None) => None,
+    };
+    let auth_method = match raw.auth_method.as_deref() {
+        None if client_secret.is_some() => AuthMethod::Basic,
+        None => AuthMethod::None,
+        Some("basic") => AuthMethod::Basic,
+        Some("post") => AuthMethod::Post,
+        Some("none") => AuthMethod::None,
+        Some(other) => {
+            problems.push(format!("{}: {other:?} is not basic, post or none", key("auth_method")));
+            AuthMethod::None
+        }
+    };
+    match (auth_method, client_secret.is_some()) {
+        (AuthMethod::Basic | AuthMethod::Post, false) => {
+            problems.push(format!("{}: {auth_method:?} needs client_secret or client_secret_file", key("auth_method")))
+        }
+        (AuthMethod::None, true) => problems.push(format!("{}: a public client (none) takes no client secret", key("auth_method"))),
+        _ => {}
+    }
+    let url = |field: &str, value: &Option<String>, problems: &mut Vec<String>| -> Option<Url> {
+        let text = value.as_ref()?;
+        match Url::parse(text) {
+            Ok(url) => match provider::check_endpoint(&url) {
+                Ok(()) => Some(url),
+                Err(problem) => {
+                    problems.push(format!("{}: {text:?} {problem}", key(field)));
+                    None
+                }
+            },
+            Err(error) => {
+                problems.push(format!("{}: {text:?} is not a URL ({error})", key(field)));
+                None
+            }
+        }
+    };
+    let token_url = url("token_url", &raw.token_url, problems);
+    let authorize_url = url("authorize_url", &raw.authorize_url, problems);
+    let revoke_url = url("revoke_url", &raw.revoke_url, problems);
+    let issuer = url("issuer", &raw.issuer, problems);
+    let endpoints = match (preset?, issuer, token_url) {
+        (Preset::Dropbox, issuer, token) => {
+            if issuer.is_some() {
+                problems.push(format!("{}: the dropbox preset has fixed endpoints; override token_url etc. instead", key("issuer")));
+            }
+            let fixed = Preset::Dropbox.endpoints().expect("dropbox has fixed endpoints");
+            EndpointSource::Fixed(Endpoints {
+                token: token.unwrap_or(fixed.token),
+                authorize: authorize_url.or(fixed.authorize),
+                revoke: revoke_url.or(fixed.revoke),
+            })
+        }
+        (Preset::Generic, Some(_), Some(_)) => {
+            problems.push(format!("{}: give issuer (discovery) or token_url, not both", key("issuer")));
+            return None;
+        }
+        (Preset::Generic, Some(issuer), None) => EndpointSource::Discover { issuer },
+        (Preset::Generic, None, Some(token)) => EndpointSource::Fixed(Endpoints { token, authorize: authorize_url, revoke: revoke_url }),
+        (Preset::Generic, None, None) => {
+            if raw.issuer.is_none() && raw.token_url.is_none() {
+                problems.push(format!("{}: a generic provider needs issuer or token_url", key("token_url")));
+            }
+            return None;
+        }
+    };
+    let timeout = raw.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let connect_timeout = raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    if timeout.is_zero() || connect_timeout.is_zero() {
+        problems.push(format!("{}: timeouts must be more than zero", key("timeout")));
+    }
+    if raw.default_lifetime.is_some_and(|d| d < Duration::from_secs(1)) {
+        problems.push(format!("{}: must be at least 1s", key("default_lifetime")));
+    }
+    (problems.len() == before).then(|| provider::Config {
+        name: name.to_owned(),
+        preset: preset.expect("checked above"),
+        client_id: raw.client_id.clone(),
+        client_secret,
+        auth_method,
+        endpoints,
+        scopes: raw.scopes.clone(),
+        default_lifetime: raw.default_lifetime.unwrap_or(preset.expect("checked above").default_lifetime()),
+        connect_timeout,
+        timeout,
+    })
+}
+
+fn client(index: usize, raw: &raw::Client, context: &Context, problems: &mut Vec<String>) -> Option<Client> {
+    let key = |field: &str| format!("clients[{index}].{field}");
+    let before = problems.len();
+    if raw.name.trim().is_empty() {
+        problems.push(format!("{}: must not be empty", key("name")));
+    }
+    let api_key_sha256 = match (&raw.api_key_sha256, &raw.api_key_file) {
+        (Some(_), Some(_)) => {
+            problems.push(format!("{}: give api_key_sha256 or api_key_file, not both", key("api_key_sha256")));
+            None
+        }
+        (Some(text), None) => match hex::decode(text.trim()).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) {
+            Some(digest) => Some(digest),
+            None => {
+                problems.push(format!("{}: must be 64 hex digits (sha256sum of the key)", key("api_key_sha256")));
+                None
+            }
+        },
+        (None, Some(file)) => read_secret(file, &key("api_key_file"), context, problems).map(|k| Sha256::digest(k.as_bytes()).into()),
+        (None, None) => None,
+    };
+    if raw.uids.is_empty() && raw.gids.is_empty() && raw.api_key_sha256.is_none() && raw.api_key_file.is_none() {
+        problems.push(format!("{}: a client needs uids, gids, api_key_sha256 or api_key_file", key("name")));
+    }
+    let accounts = raw
+        .accounts
+        .iter()
+        .filter_map(|pattern| match glob::Pattern::new(pattern) {
+            Ok(compiled) => Some(compiled),
+            Err(error) => {
+                problems.push(format!("{}: {pattern:?} is not a glob pattern ({error})", key("accounts")));
+                None
+            }
+        })
+        .collect();
+    (problems.len() == before).then(|| Client {
+        name: raw.name.clone(),
+        uids: raw.uids.clone(),
+        gids: raw.gids.clone(),
+        api_key_sha256,
+        accounts,
+        admin: raw.admin,
+    })
+}
+
+fn declared_account(name: &str, raw: &raw::Account, all: &Raw, context: &Context, problems: &mut Vec<String>) -> Option<DeclaredAccount> {
+    let key = |field: &str| format!("accounts.{name}.{field}");
+    let parsed: Option<AccountName> = match name.parse() {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            problems.push(format!("accounts.{name}: {error}"));
+            None
+        }
+    };
+    if !all.providers.contains_key(&raw.provider) {
+        problems.push(format!("{}: no provider named {:?} is configured", key("provider"), raw.provider));
+    }
+    let refresh_token = raw.refresh_token_file.as_ref().and_then(|file| read_secret(file, &key("refresh_token_file"), context, problems)).map(RefreshToken::new);
+    Some(DeclaredAccount { name: parsed?, provider: raw.provider.clone(), refresh_token, required: raw.required })
+}
+
+/// Reads a secret file: absolute as given; relative in `$CREDENTIALS_DIRECTORY` first, then
+/// beside the configuration file. Surrounding whitespace (a trailing newline) is dropped.
+fn read_secret(file: &str, key: &str, context: &Context, problems: &mut Vec<String>) -> Option<String> {
+    let candidates = secret_candidates(Path::new(file), context);
+    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        problems.push(format!("{key}: {file:?} not found (looked at {})", tried.join(", ")));
+        return None;
+    };
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size > MAX_SECRET_FILE_BYTES {
+        problems.push(format!("{key}: {} is {size} bytes, too large for a secret", path.display()));
+        return None;
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+        Ok(_) => {
+            problems.push(format!("{key}: {} is empty", path.display()));
+            None
+        }
+        Err(error) => {
+            problems.push(format!("{key}: cannot read {}: {error}", path.display()));
+            None
+        }
+    }
+}
+
+fn secret_candidates(file: &Path, context: &Context) -> Vec<PathBuf> {
+    if file.is_absolute() {
+        return vec![file.to_owned()];
+    }
+    let mut candidates = Vec::new();
+    if let Some(credentials) = &context.credentials_dir {
+        candidates.push(credentials.join(file));
+    }
+    candidates.push(context.base_dir.join(file));
+    candidates
+}

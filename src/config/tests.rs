@@ -1,0 +1,210 @@
+//! Configuration loading: the documented example, overrides, secrets, and every error path.
+
+use std::path::Path;
+
+use super::*;
+use crate::provider::{AuthMethod, EndpointSource};
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn load(&self, toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let path = self.write("config.toml", toml);
+        let env: Env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        load(&path, &env)
+    }
+}
+
+const EXAMPLE: &str = r#"
+[server]
+socket = "/run/tokenbroker/tokenbroker.sock"
+http = "127.0.0.1:8765"
+public_url = "http://127.0.0.1:8765"
+admin_uids = [0]
+
+[store]
+dir = "/var/lib/tokenbroker"
+
+[refresh]
+ahead = "1h"
+jitter = "5m"
+check_interval = "30s"
+max_concurrent = 8
+min_valid = "60s"
+
+[providers.dropbox]
+preset = "dropbox"
+client_id = "abc123"
+client_secret_file = "dropbox-secret"
+scopes = ["files.content.read", "account_info.read"]
+
+[providers.corp]
+preset = "generic"
+issuer = "https://login.example.com"
+client_id = "broker"
+client_secret_file = "corp-secret"
+auth_method = "post"
+default_lifetime = "1h"
+
+[[clients]]
+name = "nightly-backup"
+uids = [1001]
+accounts = ["dropbox-*"]
+
+[[clients]]
+name = "app-sidecar"
+api_key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+accounts = ["corp-reports"]
+
+[accounts.dropbox-main]
+provider = "dropbox"
+refresh_token_file = "dropbox-main-refresh"
+required = true
+"#;
+
+fn example_files() -> Files {
+    let files = Files::new();
+    files.write("dropbox-secret", "dropbox-SECRET-value\n");
+    files.write("corp-secret", "corp-SECRET-value");
+    files.write("dropbox-main-refresh", "refresh-SECRET-value\n");
+    files
+}
+
+#[test]
+fn the_documented_example_loads() {
+    let files = example_files();
+    let settings = files.load(EXAMPLE, &[]).unwrap();
+    assert_eq!(settings.api.http.unwrap().to_string(), "127.0.0.1:8765");
+    assert_eq!(settings.scheduler.check_interval, std::time::Duration::from_secs(30));
+    let dropbox = &settings.providers.iter().find(|p| p.name == "dropbox").unwrap();
+    assert_eq!(dropbox.client_secret.as_ref().unwrap().expose(), "dropbox-SECRET-value", "trailing newline dropped");
+    assert_eq!(dropbox.auth_method, AuthMethod::Basic);
+    assert!(matches!(&dropbox.endpoints, EndpointSource::Fixed(e) if e.token.as_str() == "https://api.dropboxapi.com/oauth2/token"));
+    assert_eq!(dropbox.default_lifetime, std::time::Duration::from_secs(14400));
+    let corp = &settings.providers.iter().find(|p| p.name == "corp").unwrap();
+    assert!(matches!(&corp.endpoints, EndpointSource::Discover { .. }));
+    assert_eq!(corp.auth_method, AuthMethod::Post);
+    assert_eq!(settings.accounts[0].refresh_token.as_ref().unwrap().expose(), "refresh-SECRET-value");
+    assert!(settings.accounts[0].required);
+    assert_eq!(settings.api.clients.len(), 2);
+    // Neither the summary nor Debug shows a secret.
+    for text in [settings.summary(), format!("{settings:?}")] {
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    let files = example_files();
+    let settings = files
+        .load(EXAMPLE, &[
+            ("TOKENBROKER__REFRESH__MAX_CONCURRENT", "3"),
+            ("TOKENBROKER__REFRESH__AHEAD", "2h"),
+            ("TOKENBROKER__SERVER__ADMIN_UIDS", "5,6"),
+            ("TOKENBROKER__SERVER__HTTP", ""),
+            ("TOKENBROKER__PROVIDERS__DROPBOX__CLIENT_ID", "12345"),
+            ("UNRELATED__X", "y"),
+        ])
+        .unwrap();
+    assert_eq!(settings.broker.max_concurrent, 3);
+    assert_eq!(settings.broker.policy.ahead, std::time::Duration::from_secs(7200));
+    assert_eq!(settings.api.admin_uids, vec![5, 6]);
+    assert_eq!(settings.api.http, None);
+    assert_eq!(settings.providers.iter().find(|p| p.name == "dropbox").unwrap().client_id, "12345");
+}
+
+#[test]
+fn relative_secret_files_look_in_the_credentials_directory_first() {
+    let files = example_files();
+    let credentials = files.write("creds/dropbox-secret", "from-credentials");
+    let path = files.write("config.toml", EXAMPLE);
+    let mut env = Env::new();
+    env.insert("CREDENTIALS_DIRECTORY".into(), credentials.parent().unwrap().display().to_string());
+    let settings = load(&path, &env).unwrap();
+    let dropbox = settings.providers.iter().find(|p| p.name == "dropbox").unwrap();
+    assert_eq!(dropbox.client_secret.as_ref().unwrap().expose(), "from-credentials");
+    // Files not in the credentials directory are still found beside the configuration.
+    assert_eq!(settings.providers.iter().find(|p| p.name == "corp").unwrap().client_secret.as_ref().unwrap().expose(), "corp-SECRET-value");
+}
+
+fn error(toml: &str, env: &[(&str, &str)]) -> String {
+    let files = example_files();
+    let error = files.load(toml, env).unwrap_err();
+    assert!(error.to_string().contains("config.toml"), "names the file: {error}");
+    error.to_string()
+}
+
+#[test]
+fn every_error_names_its_key() {
+    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        ("[server]\nsockt = \"x\"", &[], "sockt"),
+        ("[refresh]\nahead = \"soon\"", &[], "refresh.ahead"),
+        ("[refresh]\nmax_concurrent = -1", &[], "refresh.max_concurrent"),
+        ("[refresh]\nmax_concurrent = 0", &[], "refresh.max_concurrent"),
+        ("[refresh]\ncheck_interval = \"90s\"", &[], "refresh.check_interval"),
+        ("[refresh]\nahead = \"30s\"", &[], "refresh.ahead"),
+        ("[server]\nhttp = \"0.0.0.0:8765\"", &[], "server.http"),
+        ("[server]\nhttp = \"192.168.1.5:8765\"", &[], "not a loopback address"),
+        ("[server]\nhttp = \"nonsense\"", &[], "server.http"),
+        ("[server\n", &[], "TOML parse error"),
+        ("", &[("TOKENBROKER__REFRESH__MAX_CONCURRENT", "many")], "refresh.max_concurrent"),
+        ("", &[("TOKENBROKER__SERVER__BOGUS", "x")], "bogus"),
+        ("[accounts.main]\nprovider = \"nope\"", &[], "accounts.main.provider"),
+        ("[accounts.Main]\nprovider = \"nope\"", &[], "accounts.Main"),
+        ("[providers.d]\npreset = \"dropbox\"\nclient_id = \"x\"\nclient_secret_file = \"missing\"", &[], "providers.d.client_secret_file"),
+        ("[providers.d]\npreset = \"dropbox\"\nclient_id = \"x\"\nauth_method = \"basic\"", &[], "providers.d.auth_method"),
+        ("[providers.d]\npreset = \"dropbox\"\nclient_id = \"x\"\nclient_secret = \"s\"\nauth_method = \"none\"", &[], "providers.d.auth_method"),
+        ("[providers.d]\npreset = \"magic\"\nclient_id = \"x\"", &[], "providers.d.preset"),
+        ("[providers.g]\npreset = \"generic\"\nclient_id = \"x\"", &[], "providers.g.token_url"),
+        ("[providers.g]\npreset = \"generic\"\nclient_id = \"x\"\ntoken_url = \"http://example.com/t\"", &[], "providers.g.token_url"),
+        ("[providers.g]\npreset = \"generic\"\nclient_id = \"x\"\nissuer = \"https://a\"\ntoken_url = \"https://a/t\"", &[], "providers.g.issuer"),
+        ("[providers.g]\npreset = \"generic\"\nclient_id = \"x\"\ntoken_url = \"https://a/t\"\nfoo = 1", &[], "providers.g"),
+        ("[[clients]]\nname = \"c\"\naccounts = [\"*\"]", &[], "clients[0]"),
+        ("[[clients]]\nname = \"c\"\napi_key_sha256 = \"abc\"", &[], "clients[0].api_key_sha256"),
+        ("[[clients]]\nname = \"c\"\nuids = [1]\naccounts = [\"[\"]", &[], "clients[0].accounts"),
+    ];
+    for (toml, env, key) in cases {
+        let text = error(toml, env);
+        assert!(text.contains(key), "expected {key:?} in: {text}");
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once_without_secret_contents() {
+    let files = example_files();
+    files.write("empty", "\n");
+    let text = files
+        .load("[server]\nhttp = \"8.8.8.8:1\"\n[refresh]\nmax_concurrent = 0\n[providers.d]\npreset = \"dropbox\"\nclient_id = \"x\"\nclient_secret_file = \"empty\"", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("server.http") && text.contains("max_concurrent") && text.contains("is empty"), "{text}");
+}
+
+#[test]
+fn a_missing_file_is_a_configuration_error() {
+    let error = load(Path::new("/nonexistent/tokenbroker.toml"), &Env::new()).unwrap_err();
+    assert!(error.to_string().contains("/nonexistent/tokenbroker.toml"));
+}
+
+#[test]
+fn client_commands_find_the_socket_leniently() {
+    let files = Files::new();
+    let path = files.write("config.toml", "[server]\nsocket = \"/tmp/x.sock\"\n[whatever]\nkey = 1\n");
+    assert_eq!(socket_path(&path, &Env::new()), Path::new("/tmp/x.sock"));
+    assert_eq!(socket_path(Path::new("/nonexistent"), &Env::new()), Path::new(DEFAULT_SOCKET));
+    let env: Env = [("TOKENBROKER__SERVER__SOCKET".to_owned(), "/e.sock".to_owned())].into();
+    assert_eq!(socket_path(&path, &env), Path::new("/e.sock"));
+}

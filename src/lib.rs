@@ -18,3 +18,6 @@ pub mod testing;
 pub mod scheduler;
 pub mod api;
 pub mod config;
+pub mod daemon;
+pub mod dev;
+pub mod cli;

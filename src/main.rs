@@ -1,1 +1,80 @@
-fn main() {}
+//! The `tokenbroker` binary: parse the command line, run the daemon or a client command,
+//! and map the outcome to an exit status (0 ok, 1 failure, 2 usage, 78 configuration).
+#![allow(clippy::print_stdout, clippy::print_stderr)] // the edge of the program reports here
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokenbroker::cli::{self, Cli, Command, LogFormat};
+use tokenbroker::config::{self, ConfigError, Env};
+use tokenbroker::{daemon, dev};
+use tracing_subscriber::EnvFilter;
+
+/// `EX_CONFIG` from sysexits.h: systemd's `RestartPreventExitStatus=78` stops restart loops.
+const EX_CONFIG: u8 = 78;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: Env = std::env::vars().collect();
+    let is_daemon = matches!(cli.command, Command::Serve { .. });
+    init_logging(cli.log_format, cli.log_level.as_deref(), is_daemon, &env);
+    match run(cli.command, &env).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if let Some(config_error) = error.downcast_ref::<ConfigError>() {
+                eprintln!("tokenbroker: configuration error in {config_error}");
+                return ExitCode::from(EX_CONFIG);
+            }
+            eprintln!("tokenbroker: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, env: &Env) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { dev: true, .. } => {
+            let environment = dev::prepare(env).await?;
+            eprintln!("{}", dev::banner(&environment.settings));
+            tracing::warn!("running in dev mode: nothing is secured");
+            daemon::run(environment.settings.clone(), shutdown_signal()).await
+        }
+        Command::Serve { config, .. } => {
+            let settings = config::load(&config, env)?;
+            daemon::run(settings, shutdown_signal()).await
+        }
+        Command::CheckConfig { config } => {
+            let settings = config::load(&config, env)?;
+            println!("{}", settings.summary());
+            Ok(())
+        }
+        client => cli::run_client(client, env).await,
+    }
+}
+
+async fn shutdown_signal() {
+    if let Err(error) = daemon::wait_for_shutdown_signal().await {
+        tracing::error!(error = %error, "cannot install signal handlers; stopping");
+    }
+}
+
+/// Logs go to stderr (stdout is for command output): human-readable, or flat JSON; no
+/// colours or timestamps of our own under journald, which adds its own.
+fn init_logging(format: LogFormat, level: Option<&str>, is_daemon: bool, env: &Env) {
+    let default_level = if is_daemon { "info" } else { "warn" };
+    let directives = level.map(str::to_owned).or_else(|| env.get("RUST_LOG").cloned()).unwrap_or_else(|| default_level.to_owned());
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|error| {
+        eprintln!("tokenbroker: ignoring log filter {directives:?}: {error}");
+        EnvFilter::new(default_level)
+    });
+    // tokio-cron-scheduler logs every job start at INFO.
+    let filter = filter.add_directive("tokio_cron_scheduler=warn".parse().expect("a valid directive"));
+    let under_journald = env.contains_key("JOURNAL_STREAM");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human if under_journald => builder.with_ansi(false).without_time().init(),
+        LogFormat::Human => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+}

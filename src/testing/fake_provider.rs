@@ -60,6 +60,8 @@ pub struct RecordedRequest {
     pub form: BTreeMap<String, String>,
     /// The `Authorization` header.
     pub authorization: Option<String>,
+    /// When it arrived.
+    pub received_at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -238,7 +240,7 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
     let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let reply = {
         let mut inner = shared.inner.lock().expect("fake provider lock");
-        inner.requests.push(RecordedRequest { path: "/oauth2/token".into(), form: form.clone(), authorization: authorization.clone() });
+        inner.requests.push(RecordedRequest { path: "/oauth2/token".into(), form: form.clone(), authorization: authorization.clone(), received_at: std::time::Instant::now() });
         inner.script.pop_front().unwrap_or(Reply::Issue)
     };
     shared.changed.notify_waiters();

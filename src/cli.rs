@@ -1,0 +1,320 @@
+//! The command line: clap types, and the client commands that talk to the daemon.
+//!
+//! Client commands never open the store (the daemon is its one writer); they call the HTTP
+//! API over the Unix socket and share its request and response types (`api::types`).
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool prints
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::de::DeserializeOwned;
+
+use crate::api::types::{AccountBody, AccountsBody, ErrorBody, ImportBody, TokenBody};
+use crate::config::{self, Env, DEFAULT_PATH};
+
+/// How long a client command waits for the daemon (a token may need a refresh first).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// tokenbroker keeps OAuth 2.0 access tokens fresh and serves them to local programs.
+#[derive(Debug, Parser)]
+#[command(name = "tokenbroker", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Log level or filter (overrides RUST_LOG), e.g. `debug` or `tokenbroker=trace`.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One flat JSON object per line, for log shippers.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Serve {
+        /// Configuration file.
+        #[arg(long, env = "TOKENBROKER_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Try-it-out mode: temporary store, a mock provider, an account `demo`. Secures nothing.
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
+    },
+    /// Validate the configuration, print its effective settings (no secrets), and exit.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, env = "TOKENBROKER_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// List accounts: name, provider, status, expiry, last refresh, last error.
+    Accounts {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Print an account's current access token.
+    Token {
+        /// The account.
+        name: String,
+        /// Refresh first unless the token has at least this long left (e.g. 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_valid: Option<Duration>,
+        /// Print the JSON answer (token, type, expiry, scope).
+        #[arg(long)]
+        json: bool,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Store a refresh token obtained elsewhere; it is refreshed at once to prove it works.
+    Import {
+        /// The account name to store it under.
+        name: String,
+        /// The configured provider that issued it.
+        #[arg(long)]
+        provider: String,
+        /// Read the refresh token from this file.
+        #[arg(long, group = "source", required = true)]
+        refresh_token_file: Option<PathBuf>,
+        /// Read the refresh token from standard input.
+        #[arg(long, group = "source")]
+        refresh_token_stdin: bool,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Refresh an account's token now.
+    Refresh {
+        /// The account.
+        name: String,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Forget an account.
+    Remove {
+        /// The account.
+        name: String,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+}
+
+/// How a client command finds the daemon.
+#[derive(Debug, Args)]
+pub struct Daemon {
+    /// The daemon's socket (default: from the configuration, else /run/tokenbroker/tokenbroker.sock).
+    #[arg(long, env = "TOKENBROKER_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Configuration file to read the socket path from.
+    #[arg(long, env = "TOKENBROKER_CONFIG", default_value = DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+/// Runs a client command against the daemon.
+///
+/// # Errors
+/// The daemon cannot be reached or answered with an error.
+pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
+    match command {
+        Command::Accounts { json, daemon } => {
+            let client = Client::new(&daemon, env)?;
+            let body: AccountsBody = client.call(reqwest::Method::GET, "/v1/accounts", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print!("{}", accounts_table(&body.accounts, SystemTime::now()));
+            }
+        }
+        Command::Token { name, min_valid, json, daemon } => {
+            let client = Client::new(&daemon, env)?;
+            let query = min_valid.map(|d| format!("?min_valid={}", d.as_secs())).unwrap_or_default();
+            let body: TokenBody = client.call(reqwest::Method::GET, &format!("/v1/token/{}{query}", segment(&name)), None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                println!("{}", body.access_token);
+            }
+        }
+        Command::Import { name, provider, refresh_token_file, refresh_token_stdin: _, daemon } => {
+            let refresh_token = read_refresh_token(refresh_token_file.as_deref())?;
+            let client = Client::new(&daemon, env)?;
+            let body = ImportBody { provider, refresh_token };
+            let account: AccountBody = client.call(reqwest::Method::PUT, &format!("/v1/accounts/{}", segment(&name)), Some(serde_json::to_value(&body)?)).await?;
+            report(&account);
+        }
+        Command::Refresh { name, daemon } => {
+            let client = Client::new(&daemon, env)?;
+            let account: AccountBody = client.call(reqwest::Method::POST, &format!("/v1/accounts/{}/refresh", segment(&name)), None).await?;
+            report(&account);
+        }
+        Command::Remove { name, daemon } => {
+            let client = Client::new(&daemon, env)?;
+            client.call_empty(reqwest::Method::DELETE, &format!("/v1/accounts/{}", segment(&name))).await?;
+            println!("removed {name}");
+        }
+        Command::Serve { .. } | Command::CheckConfig { .. } => bail!("not a client command"),
+    }
+    Ok(())
+}
+
+fn report(account: &AccountBody) {
+    let expires = account.expires_in.map_or_else(|| "-".to_owned(), |s| format_secs(s));
+    println!("{}: {} (provider {}, token expires in {expires})", account.name, account.status, account.provider);
+    if let Some(error) = &account.last_error {
+        eprintln!("warning: {error}");
+    }
+}
+
+fn read_refresh_token(file: Option<&Path>) -> anyhow::Result<String> {
+    let mut text = String::new();
+    match file {
+        Some(path) => text = std::fs::read_to_string(path).with_context(|| format!("while reading {}", path.display()))?,
+        None => {
+            std::io::stdin().read_to_string(&mut text).context("while reading the refresh token from standard input")?;
+        }
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the refresh token is empty");
+    }
+    Ok(token.to_owned())
+}
+
+/// An account name as a path segment: anything not in the name alphabet is escaped, so a
+/// bad name reaches the daemon (and is refused there) rather than changing the path.
+fn segment(name: &str) -> String {
+    url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+struct Client {
+    http: reqwest::Client,
+    socket: PathBuf,
+}
+
+impl Client {
+    fn new(daemon: &Daemon, env: &Env) -> anyhow::Result<Self> {
+        let socket = daemon.socket.clone().unwrap_or_else(|| config::socket_path(&daemon.config, env));
+        crate::provider::install_crypto_provider();
+        let http = reqwest::Client::builder().unix_socket(socket.clone()).timeout(CLIENT_TIMEOUT).build()?;
+        Ok(Self { http, socket })
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<reqwest::Response> {
+        let mut request = self.http.request(method, format!("http://localhost{path}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|error| {
+            anyhow::anyhow!(
+                "cannot reach tokenbroker at {}: {}; is the daemon running? (see --socket or TOKENBROKER_SOCKET)",
+                self.socket.display(),
+                std::error::Error::source(&error).map_or_else(|| error.to_string(), ToString::to_string)
+            )
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        match response.json::<ErrorBody>().await {
+            Ok(error) => bail!("{} ({})", error.message, error.error),
+            Err(_) => bail!("the daemon answered HTTP {status}"),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<T> {
+        let response = self.send(method, path, body).await?;
+        response.json().await.context("the daemon's answer is not what this client expects")
+    }
+
+    async fn call_empty(&self, method: reqwest::Method, path: &str) -> anyhow::Result<()> {
+        self.send(method, path, None).await.map(drop)
+    }
+}
+
+/// The `accounts` table.
+pub fn accounts_table(accounts: &[AccountBody], now: SystemTime) -> String {
+    let mut rows = vec![["NAME", "PROVIDER", "STATUS", "EXPIRES IN", "LAST REFRESH", "LAST ERROR"].map(String::from)];
+    for account in accounts {
+        let last_refresh = account
+            .last_refresh
+            .as_deref()
+            .and_then(|text| humantime::parse_rfc3339(text).ok())
+            .map_or_else(|| "-".to_owned(), |at| format!("{} ago", format_secs(now.duration_since(at).unwrap_or_default().as_secs())));
+        rows.push([
+            account.name.clone(),
+            account.provider.clone(),
+            account.status.clone(),
+            account.expires_in.map_or_else(|| "-".to_owned(), format_secs),
+            last_refresh,
+            account.last_error.clone().unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:width$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn format_secs(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s:02}s"),
+        _ => format!("{h}h{m:02}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_aligns_and_formats_durations() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let account = AccountBody {
+            name: "dropbox-main".into(),
+            provider: "dropbox".into(),
+            status: "active".into(),
+            expires_at: None,
+            expires_in: Some(14_399),
+            scope: None,
+            provider_user_id: None,
+            last_refresh: Some(humantime::format_rfc3339_seconds(now - Duration::from_secs(61)).to_string()),
+            last_error: None,
+            next_refresh: None,
+        };
+        let table = accounts_table(&[account], now);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "NAME          PROVIDER  STATUS  EXPIRES IN  LAST REFRESH  LAST ERROR");
+        assert_eq!(lines[1], "dropbox-main  dropbox   active  3h59m       1m01s ago     -");
+    }
+
+    #[test]
+    fn names_cannot_change_the_request_path() {
+        assert_eq!(segment("a/../b"), "a%2F..%2Fb");
+        assert_eq!(segment("ok-name.1"), "ok-name.1");
+    }
+}

@@ -1,0 +1,191 @@
+//! Wiring and lifecycle: open the store, bind, spawn, notify systemd, wait, drain.
+//!
+//! The only module that spawns long-lived tasks and handles signals. `run` takes the
+//! shutdown future as an argument, so tests (and the dev mode) can stop it any way they like.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, listen, Access, AppState, Readiness};
+use crate::broker::Broker;
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{DeclaredAccount, Settings};
+use crate::provider::Provider;
+use crate::scheduler::Scheduler;
+use crate::store::{SledStore, Store};
+
+/// Extra time, beyond the connection drain, that tasks get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until `shutdown` completes, then stops cleanly.
+///
+/// # Errors
+/// The store cannot be opened, a listener cannot be bound, or the scheduler cannot start.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Everything we create (store files, temporary files) is private unless made otherwise.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+
+    let store_config = settings.store.clone();
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || SledStore::open(&store_config))
+            .await
+            .context("while opening the store")??,
+    );
+    let providers = settings
+        .providers
+        .iter()
+        .cloned()
+        .map(|config| Provider::new(config).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .context("while setting up providers")?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let broker = Broker::open(store, providers, clock.clone(), settings.broker.clone()).context("while loading accounts")?;
+    seed_declared_accounts(&broker, &settings.accounts).await?;
+
+    let own_uid = rustix::process::getuid().as_raw();
+    let state = AppState {
+        broker: broker.clone(),
+        access: Arc::new(Access::new(&settings.api.admin_uids, own_uid, settings.api.clients.clone())),
+        readiness: Arc::new(Readiness {
+            required: settings.accounts.iter().filter(|a| a.required).map(|a| a.name.clone()).collect(),
+            check_interval: settings.scheduler.check_interval,
+            started_at: clock.now(),
+        }),
+        clock,
+    };
+    let router = api::router(state);
+    let mut socket = SocketFile::bind(&settings.api.socket)?;
+    let tcp = match settings.api.http {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("while binding {addr}"))?),
+        None => None,
+    };
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(listen::serve_unix(socket.take_listener(), router.clone(), cancel.clone()));
+    if let Some(tcp) = tcp {
+        tasks.spawn(listen::serve_tcp(tcp, router, cancel.clone()));
+    }
+    let scheduler = Scheduler::start(broker.clone(), &settings.scheduler).await?;
+    broker.sweep(); // catch up at once rather than at the first tick
+
+    notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(
+        socket = %settings.api.socket.display(),
+        http = settings.api.http.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        accounts = broker.accounts().len(),
+        "tokenbroker ready"
+    );
+
+    shutdown.await;
+
+    tracing::info!("shutting down");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    cancel.cancel();
+    scheduler.shutdown().await;
+    tasks.close();
+    if tokio::time::timeout(listen::DRAIN_TIMEOUT + SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!("some tasks did not finish in time");
+    }
+    // Refresh attempts write before they acknowledge; this only flushes sled's own state.
+    let flushed = tokio::task::spawn_blocking(move || broker.flush()).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::warn!("final store flush failed");
+    }
+    drop(socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT. SIGHUP is logged and ignored, so that a reload request
+/// does not kill the daemon.
+///
+/// # Errors
+/// The signal handlers cannot be installed.
+pub async fn wait_for_shutdown_signal() -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => tracing::warn!("SIGHUP received: configuration reload is not available in this version; restart to apply changes"),
+        }
+    }
+}
+
+async fn seed_declared_accounts(broker: &Broker, accounts: &[DeclaredAccount]) -> anyhow::Result<()> {
+    for account in accounts {
+        if let Some(refresh_token) = &account.refresh_token {
+            if broker.seed(account.name.clone(), &account.provider, refresh_token.clone()).await? {
+                tracing::info!(account = %account.name, provider = account.provider, "seeded account from the configuration");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(state) {
+        tracing::warn!(error = %error, "cannot notify systemd");
+    }
+}
+
+/// The bound Unix socket; its file is removed when this is dropped, on every exit path.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    listener: Option<UnixListener>,
+}
+
+impl SocketFile {
+    /// Binds the socket (mode 0660), replacing a stale file but never a live daemon's socket.
+    fn bind(path: &Path) -> anyhow::Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.exists() {
+                std::fs::create_dir_all(parent).with_context(|| format!("while creating {}", parent.display()))?;
+                // Clients must be able to reach the socket; its own mode guards it.
+                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+            }
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(metadata) => {
+                use std::os::unix::fs::FileTypeExt;
+                if !metadata.file_type().is_socket() {
+                    bail!("{} exists and is not a socket; refusing to replace it", path.display());
+                }
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    bail!("another process is listening on {}; is tokenbroker already running?", path.display());
+                }
+                std::fs::remove_file(path).with_context(|| format!("while removing the stale socket {}", path.display()))?;
+                tracing::info!(socket = %path.display(), "replaced a stale socket file");
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error).with_context(|| format!("while checking {}", path.display())),
+        }
+        let listener = UnixListener::bind(path).with_context(|| format!("while binding {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        Ok(Self { path: path.to_owned(), listener: Some(listener) })
+    }
+
+    fn take_listener(&mut self) -> UnixListener {
+        self.listener.take().expect("the listener is taken once")
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

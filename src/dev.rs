@@ -1,0 +1,126 @@
+//! `serve --dev`: try tokenbroker with nothing to set up.
+//!
+//! A built-in mock provider named `dev` on an ephemeral loopback port issues 60-second
+//! tokens; an account `demo` is connected to it; the store and socket live in a temporary
+//! directory that disappears on exit. `TOKENBROKER__…` overrides still apply.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use axum::extract::Form;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::config::{self, Env, Settings};
+
+/// How long the mock provider's tokens live.
+pub const DEV_TOKEN_LIFETIME_SECS: u64 = 60;
+const DEV_REFRESH_TOKEN: &str = "dev-refresh-token";
+/// The API key of the dev mode's all-powerful TCP client; printed, because nothing is secret here.
+pub const DEV_API_KEY: &str = "dev";
+
+/// A running dev environment; dropping it stops the mock provider and deletes the files.
+#[derive(Debug)]
+pub struct DevEnvironment {
+    /// The configuration the daemon runs with.
+    pub settings: Settings,
+    _dir: tempfile::TempDir,
+    mock: JoinHandle<()>,
+}
+
+impl Drop for DevEnvironment {
+    fn drop(&mut self) {
+        self.mock.abort();
+    }
+}
+
+/// Starts the mock provider and builds the dev configuration.
+///
+/// # Errors
+/// A temporary directory or loopback port cannot be had, or an override is invalid.
+pub async fn prepare(env: &Env) -> anyhow::Result<DevEnvironment> {
+    let dir = tempfile::Builder::new().prefix("tokenbroker-dev-").tempdir().context("while creating a temporary directory")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("while starting the mock provider")?;
+    let port = listener.local_addr()?.port();
+    let mock = tokio::spawn(async move {
+        let router = Router::new().route("/token", post(mock_token));
+        let _ = axum::serve(listener, router).await;
+    });
+    std::fs::write(dir.path().join("demo-refresh-token"), DEV_REFRESH_TOKEN)?;
+    let toml = dev_toml(dir.path(), port);
+    let settings = config::load_str(&toml, "the built-in dev configuration", dir.path(), env)?;
+    Ok(DevEnvironment { settings, _dir: dir, mock })
+}
+
+fn dev_toml(dir: &Path, port: u16) -> String {
+    let dir = dir.display();
+    let key_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(DEV_API_KEY.as_bytes()));
+    format!(
+        r#"
+[server]
+socket = "{dir}/tokenbroker.sock"
+http = "127.0.0.1:8765"
+
+[store]
+dir = "{dir}/store"
+
+[refresh]
+check_interval = "5s"
+
+[providers.dev]
+preset = "generic"
+client_id = "tokenbroker-dev"
+auth_method = "none"
+token_url = "http://127.0.0.1:{port}/token"
+
+[[clients]]
+name = "dev"
+api_key_sha256 = "{key_hash}"
+accounts = ["*"]
+admin = true
+
+[accounts.demo]
+provider = "dev"
+refresh_token_file = "demo-refresh-token"
+"#
+    )
+}
+
+/// The warning printed at start: dev mode secures nothing.
+pub fn banner(settings: &Settings) -> String {
+    let http = settings.api.http.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let socket = settings.api.socket.display();
+    format!(
+        "\n\
+        ************************************************************************\n\
+        *  DEV MODE: NOTHING IS SECURED. Temporary store, a mock provider,     *\n\
+        *  any local user who can reach the socket or port is an admin or may  *\n\
+        *  be. Never use --dev for real accounts.                              *\n\
+        ************************************************************************\n\
+        socket: {socket}\n\
+        http:   {http}\n\
+        account `demo` (provider `dev`, tokens live {DEV_TOKEN_LIFETIME_SECS}s) is connected. Try:\n\
+        \x20 curl --unix-socket {socket} http://localhost/v1/token/demo\n\
+        \x20 curl -H 'Authorization: Bearer {DEV_API_KEY}' http://{http}/v1/token/demo\n\
+        \x20 TOKENBROKER_SOCKET={socket} cargo run -- accounts\n"
+    )
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct MockRequest {
+    grant_type: String,
+    refresh_token: Option<String>,
+}
+
+async fn mock_token(Form(request): Form<MockRequest>) -> Response {
+    if request.grant_type != "refresh_token" || request.refresh_token.as_deref() != Some(DEV_REFRESH_TOKEN) {
+        let body = json!({"error": "invalid_grant", "error_description": "the dev provider knows one refresh token"});
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    let access_token = format!("dev-{:032x}", rand::random::<u128>());
+    Json(json!({"access_token": access_token, "token_type": "bearer", "expires_in": DEV_TOKEN_LIFETIME_SECS})).into_response()
+}

@@ -1,0 +1,232 @@
+//! Runs the real `tokenbroker` binary in a temporary directory against a fake provider.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // each test binary uses part of this
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_tokenbroker");
+const START_LIMIT: Duration = Duration::from_secs(20);
+
+/// A temporary home for one daemon: config, store, socket, logs.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("tb.sock")
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    /// A configuration with a generic `fake` provider and the given extra TOML appended.
+    /// Sections named in `extra` must not repeat ones written here.
+    pub fn config(&self, token_url: &str, refresh: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            r#"
+[server]
+socket = "{socket}"
+http = ""
+
+[store]
+dir = "{store}"
+
+[refresh]
+{refresh}
+
+[providers.fake]
+preset = "generic"
+client_id = "client"
+auth_method = "none"
+token_url = "{token_url}"
+timeout = "2s"
+{extra}
+"#,
+            socket = self.socket().display(),
+            store = self.store().display(),
+        );
+        self.write("config.toml", &text)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts `tokenbroker serve` and waits until its socket answers `/healthz`.
+    pub async fn start(&self, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let log = self.path(&format!("daemon-{}.log", rand_suffix()));
+        let mut command = Command::new(BINARY);
+        command.arg("serve").arg("--config").arg(config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        command.env_remove("RUST_LOG").env_remove("NOTIFY_SOCKET");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().unwrap();
+        tokenbroker::provider::install_crypto_provider();
+        let http = reqwest::Client::builder().unix_socket(self.socket()).timeout(Duration::from_secs(30)).build().unwrap();
+        let mut daemon = Daemon { child: Some(child), http, socket: self.socket(), log };
+        daemon.wait_until_serving().await;
+        daemon
+    }
+
+    /// Runs `tokenbroker serve` expecting it to fail; returns its status and stderr.
+    pub fn serve_fails(&self, config: &Path) -> Output {
+        let mut child = Command::new(BINARY).arg("serve").arg("--config").arg(config).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < START_LIMIT, "expected tokenbroker to exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ rand_u32()
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish() as u32
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    /// One client for all requests: it opens as many connections as requests run at once.
+    http: reqwest::Client,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    async fn wait_until_serving(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tokenbroker exited with {status} while starting:\n{}", self.logs());
+            }
+            if self.socket.exists() {
+                if let Ok((200, _)) = self.try_request("GET", "/healthz", None).await {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < START_LIMIT, "tokenbroker did not start:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+
+    async fn try_request(&self, method: &str, path: &str, body: Option<Value>) -> reqwest::Result<(u16, Value)> {
+        let mut request = self.http.request(method.parse().unwrap(), format!("http://localhost{path}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    /// A request over the socket (as this test's uid, which is the daemon's: an admin).
+    pub async fn request(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        match self.try_request(method, path, body).await {
+            Ok(answer) => answer,
+            Err(error) => panic!("{method} {path} failed: {error:?}\ndaemon log:\n{}", self.logs()),
+        }
+    }
+
+    /// Runs a client command against this daemon.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(BINARY)
+            .args(args)
+            .env("TOKENBROKER_SOCKET", &self.socket)
+            .env_remove("RUST_LOG")
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Imports `refresh_token` as `name` with the `fake` provider through the CLI.
+    pub fn import(&self, name: &str, refresh_token: &str) {
+        let output = self.cli(&["import", name, "--provider", "fake", "--refresh-token-stdin"], Some(refresh_token));
+        assert!(output.status.success(), "import failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// SIGTERM, then waits for the exit (bounded).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        rustix::process::kill_process(rustix::process::Pid::from_raw(child.id() as i32).unwrap(), rustix::process::Signal::TERM).unwrap();
+        wait_bounded(&mut child)
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn wait_bounded(child: &mut Child) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` until it holds (bounded); for states the daemon reaches on its own.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

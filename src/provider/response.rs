@@ -16,6 +16,8 @@ const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The longest token we accept.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// A run of token characters at least this long in a provider's text is taken for a credential.
+const TOKEN_LIKE_LEN: usize = 20;
 /// How much of an `error_description` we keep.
 const MAX_DESCRIPTION_LEN: usize = 200;
 
@@ -149,13 +151,25 @@ fn oauth_error(error: &Value, description: Option<&Value>, secrets: &[&str]) -> 
     }
 }
 
-/// Keeps a provider's text short, printable and free of anything we sent it.
+/// Keeps a provider's text short, printable and free of secrets: anything we sent it, and any
+/// long token-shaped run (a provider may echo any credential it knows).
 pub(crate) fn clean(text: &str, secrets: &[&str]) -> String {
     let mut text = text.to_owned();
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
         text = text.replace(secret, "[REDACTED]");
     }
-    let mut cleaned: String = text.chars().filter(|c| !c.is_control()).take(MAX_DESCRIPTION_LEN).collect();
+    let mut cleaned = String::new();
+    let mut run = String::new();
+    for c in text.chars().filter(|c| !c.is_control()).chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() || "-._~+/=:".contains(c) {
+            run.push(c);
+            continue;
+        }
+        cleaned.push_str(if run.len() >= TOKEN_LIKE_LEN { "[REDACTED]" } else { &run });
+        run.clear();
+        cleaned.push(c);
+    }
+    let mut cleaned: String = cleaned.trim_end().chars().take(MAX_DESCRIPTION_LEN).collect();
     if cleaned.is_empty() {
         cleaned.push('-');
     }
@@ -273,7 +287,9 @@ mod tests {
         let text = error.to_string();
         assert!(!text.contains("rt-sent-secret"), "{text}");
         assert!(!text.contains('\u{1b}'), "{text}");
-        let long = format!(r#"{{"error": "invalid_grant", "error_description": "{}"}}"#, "x".repeat(5000));
+        let long = format!(r#"{{"error": "invalid_grant", "error_description": "{}"}}"#, "x ".repeat(5000));
         assert!(err(400, None, &long).to_string().len() < 400);
+        let other = err(400, None, r#"{"error": "invalid_grant", "error_description": "token sl.AbCdEf0123456789xyzQ/w= of user dbid:1 is revoked"}"#);
+        assert_eq!(other.to_string(), "the provider refused the grant (invalid_grant: token [REDACTED] of user dbid:1 is revoked)");
     }
 }

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
 
 use crate::api::types::{AccountBody, AccountsBody, ErrorBody, ImportBody, TokenBody};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Env, DEFAULT_PATH};
 
 /// How long a client command waits for the daemon (a token may need a refresh first).
@@ -137,38 +138,79 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
     match command {
         Command::Accounts { json, daemon } => {
             let client = Client::new(&daemon, env)?;
-            let body: AccountsBody = client.call(reqwest::Method::GET, "/v1/accounts", None).await?;
+            let body: AccountsBody = client
+                .call(reqwest::Method::GET, "/v1/accounts", None)
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
-                print!("{}", accounts_table(&body.accounts, SystemTime::now()));
+                print!("{}", accounts_table(&body.accounts, SystemClock.now()));
             }
         }
-        Command::Token { name, min_valid, json, daemon } => {
+        Command::Token {
+            name,
+            min_valid,
+            json,
+            daemon,
+        } => {
             let client = Client::new(&daemon, env)?;
-            let query = min_valid.map(|d| format!("?min_valid={}", d.as_secs())).unwrap_or_default();
-            let body: TokenBody = client.call(reqwest::Method::GET, &format!("/v1/token/{}{query}", segment(&name)), None).await?;
+            let query = min_valid
+                .map(|d| format!("?min_valid={}", d.as_secs()))
+                .unwrap_or_default();
+            let body: TokenBody = client
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/token/{}{query}", segment(&name)),
+                    None,
+                )
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 println!("{}", body.access_token);
             }
         }
-        Command::Import { name, provider, refresh_token_file, refresh_token_stdin: _, daemon } => {
+        Command::Import {
+            name,
+            provider,
+            refresh_token_file,
+            refresh_token_stdin: _,
+            daemon,
+        } => {
             let refresh_token = read_refresh_token(refresh_token_file.as_deref())?;
             let client = Client::new(&daemon, env)?;
-            let body = ImportBody { provider, refresh_token };
-            let account: AccountBody = client.call(reqwest::Method::PUT, &format!("/v1/accounts/{}", segment(&name)), Some(serde_json::to_value(&body)?)).await?;
+            let body = ImportBody {
+                provider,
+                refresh_token,
+            };
+            let account: AccountBody = client
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/accounts/{}", segment(&name)),
+                    Some(serde_json::to_value(&body)?),
+                )
+                .await?;
             report(&account);
         }
         Command::Refresh { name, daemon } => {
             let client = Client::new(&daemon, env)?;
-            let account: AccountBody = client.call(reqwest::Method::POST, &format!("/v1/accounts/{}/refresh", segment(&name)), None).await?;
+            let account: AccountBody = client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/accounts/{}/refresh", segment(&name)),
+                    None,
+                )
+                .await?;
             report(&account);
         }
         Command::Remove { name, daemon } => {
             let client = Client::new(&daemon, env)?;
-            client.call_empty(reqwest::Method::DELETE, &format!("/v1/accounts/{}", segment(&name))).await?;
+            client
+                .call_empty(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/accounts/{}", segment(&name)),
+                )
+                .await?;
             println!("removed {name}");
         }
         Command::Serve { .. } | Command::CheckConfig { .. } => bail!("not a client command"),
@@ -177,8 +219,13 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
 }
 
 fn report(account: &AccountBody) {
-    let expires = account.expires_in.map_or_else(|| "-".to_owned(), |s| format_secs(s));
-    println!("{}: {} (provider {}, token expires in {expires})", account.name, account.status, account.provider);
+    let expires = account
+        .expires_in
+        .map_or_else(|| "-".to_owned(), format_secs);
+    println!(
+        "{}: {} (provider {}, token expires in {expires})",
+        account.name, account.status, account.provider
+    );
     if let Some(error) = &account.last_error {
         eprintln!("warning: {error}");
     }
@@ -187,9 +234,14 @@ fn report(account: &AccountBody) {
 fn read_refresh_token(file: Option<&Path>) -> anyhow::Result<String> {
     let mut text = String::new();
     match file {
-        Some(path) => text = std::fs::read_to_string(path).with_context(|| format!("while reading {}", path.display()))?,
+        Some(path) => {
+            text = std::fs::read_to_string(path)
+                .with_context(|| format!("while reading {}", path.display()))?
+        }
         None => {
-            std::io::stdin().read_to_string(&mut text).context("while reading the refresh token from standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("while reading the refresh token from standard input")?;
         }
     }
     let token = text.trim();
@@ -202,7 +254,9 @@ fn read_refresh_token(file: Option<&Path>) -> anyhow::Result<String> {
 /// An account name as a path segment: anything not in the name alphabet is escaped, so a
 /// bad name reaches the daemon (and is refused there) rather than changing the path.
 fn segment(name: &str) -> String {
-    url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>().replace('+', "%20")
+    url::form_urlencoded::byte_serialize(name.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 struct Client {
@@ -212,13 +266,24 @@ struct Client {
 
 impl Client {
     fn new(daemon: &Daemon, env: &Env) -> anyhow::Result<Self> {
-        let socket = daemon.socket.clone().unwrap_or_else(|| config::socket_path(&daemon.config, env));
+        let socket = daemon
+            .socket
+            .clone()
+            .unwrap_or_else(|| config::socket_path(&daemon.config, env));
         crate::provider::install_crypto_provider();
-        let http = reqwest::Client::builder().unix_socket(socket.clone()).timeout(CLIENT_TIMEOUT).build()?;
+        let http = reqwest::Client::builder()
+            .unix_socket(socket.clone())
+            .timeout(CLIENT_TIMEOUT)
+            .build()?;
         Ok(Self { http, socket })
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<reqwest::Response> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<reqwest::Response> {
         let mut request = self.http.request(method, format!("http://localhost{path}"));
         if let Some(body) = body {
             request = request.json(&body);
@@ -240,9 +305,17 @@ impl Client {
         }
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<T> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
         let response = self.send(method, path, body).await?;
-        response.json().await.context("the daemon's answer is not what this client expects")
+        response
+            .json()
+            .await
+            .context("the daemon's answer is not what this client expects")
     }
 
     async fn call_empty(&self, method: reqwest::Method, path: &str) -> anyhow::Result<()> {
@@ -252,26 +325,55 @@ impl Client {
 
 /// The `accounts` table.
 pub fn accounts_table(accounts: &[AccountBody], now: SystemTime) -> String {
-    let mut rows = vec![["NAME", "PROVIDER", "STATUS", "EXPIRES IN", "LAST REFRESH", "LAST ERROR"].map(String::from)];
+    let mut rows = vec![[
+        "NAME",
+        "PROVIDER",
+        "STATUS",
+        "EXPIRES IN",
+        "LAST REFRESH",
+        "LAST ERROR",
+    ]
+    .map(String::from)];
     for account in accounts {
         let last_refresh = account
             .last_refresh
             .as_deref()
             .and_then(|text| humantime::parse_rfc3339(text).ok())
-            .map_or_else(|| "-".to_owned(), |at| format!("{} ago", format_secs(now.duration_since(at).unwrap_or_default().as_secs())));
+            .map_or_else(
+                || "-".to_owned(),
+                |at| {
+                    format!(
+                        "{} ago",
+                        format_secs(now.duration_since(at).unwrap_or_default().as_secs())
+                    )
+                },
+            );
         rows.push([
             account.name.clone(),
             account.provider.clone(),
             account.status.clone(),
-            account.expires_in.map_or_else(|| "-".to_owned(), format_secs),
+            account
+                .expires_in
+                .map_or_else(|| "-".to_owned(), format_secs),
             last_refresh,
             account.last_error.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            rows.iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for row in rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:width$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -302,14 +404,22 @@ mod tests {
             expires_in: Some(14_399),
             scope: None,
             provider_user_id: None,
-            last_refresh: Some(humantime::format_rfc3339_seconds(now - Duration::from_secs(61)).to_string()),
+            last_refresh: Some(
+                humantime::format_rfc3339_seconds(now - Duration::from_secs(61)).to_string(),
+            ),
             last_error: None,
             next_refresh: None,
         };
         let table = accounts_table(&[account], now);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "NAME          PROVIDER  STATUS  EXPIRES IN  LAST REFRESH  LAST ERROR");
-        assert_eq!(lines[1], "dropbox-main  dropbox   active  3h59m       1m01s ago     -");
+        assert_eq!(
+            lines[0],
+            "NAME          PROVIDER  STATUS  EXPIRES IN  LAST REFRESH  LAST ERROR"
+        );
+        assert_eq!(
+            lines[1],
+            "dropbox-main  dropbox   active  3h59m       1m01s ago     -"
+        );
     }
 
     #[test]

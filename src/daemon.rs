@@ -48,15 +48,25 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .collect::<Result<Vec<_>, _>>()
         .context("while setting up providers")?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let broker = Broker::open(store, providers, clock.clone(), settings.broker.clone()).context("while loading accounts")?;
+    let broker = Broker::open(store, providers, clock.clone(), settings.broker.clone())
+        .context("while loading accounts")?;
     seed_declared_accounts(&broker, &settings.accounts).await?;
 
     let own_uid = rustix::process::getuid().as_raw();
     let state = AppState {
         broker: broker.clone(),
-        access: Arc::new(Access::new(&settings.api.admin_uids, own_uid, settings.api.clients.clone())),
+        access: Arc::new(Access::new(
+            &settings.api.admin_uids,
+            own_uid,
+            settings.api.clients.clone(),
+        )),
         readiness: Arc::new(Readiness {
-            required: settings.accounts.iter().filter(|a| a.required).map(|a| a.name.clone()).collect(),
+            required: settings
+                .accounts
+                .iter()
+                .filter(|a| a.required)
+                .map(|a| a.name.clone())
+                .collect(),
             check_interval: settings.scheduler.check_interval,
             started_at: clock.now(),
         }),
@@ -65,13 +75,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let router = api::router(state);
     let mut socket = SocketFile::bind(&settings.api.socket)?;
     let tcp = match settings.api.http {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("while binding {addr}"))?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("while binding {addr}"))?,
+        ),
         None => None,
     };
 
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(listen::serve_unix(socket.take_listener(), router.clone(), cancel.clone()));
+    tasks.spawn(listen::serve_unix(
+        socket.take_listener(),
+        router.clone(),
+        cancel.clone(),
+    ));
     if let Some(tcp) = tcp {
         tasks.spawn(listen::serve_tcp(tcp, router, cancel.clone()));
     }
@@ -93,7 +111,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     cancel.cancel();
     scheduler.shutdown().await;
     tasks.close();
-    if tokio::time::timeout(listen::DRAIN_TIMEOUT + SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(listen::DRAIN_TIMEOUT + SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some tasks did not finish in time");
     }
     // Refresh attempts write before they acknowledge; this only flushes sled's own state.
@@ -125,10 +146,20 @@ pub async fn wait_for_shutdown_signal() -> io::Result<()> {
     }
 }
 
-async fn seed_declared_accounts(broker: &Broker, accounts: &[DeclaredAccount]) -> anyhow::Result<()> {
+async fn seed_declared_accounts(
+    broker: &Broker,
+    accounts: &[DeclaredAccount],
+) -> anyhow::Result<()> {
     for account in accounts {
         if let Some(refresh_token) = &account.refresh_token {
-            if broker.seed(account.name.clone(), &account.provider, refresh_token.clone()).await? {
+            if broker
+                .seed(
+                    account.name.clone(),
+                    &account.provider,
+                    refresh_token.clone(),
+                )
+                .await?
+            {
                 tracing::info!(account = %account.name, provider = account.provider, "seeded account from the configuration");
             }
         }
@@ -154,7 +185,8 @@ impl SocketFile {
     fn bind(path: &Path) -> anyhow::Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !parent.exists() {
-                std::fs::create_dir_all(parent).with_context(|| format!("while creating {}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("while creating {}", parent.display()))?;
                 // Clients must be able to reach the socket; its own mode guards it.
                 std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
             }
@@ -163,20 +195,34 @@ impl SocketFile {
             Ok(metadata) => {
                 use std::os::unix::fs::FileTypeExt;
                 if !metadata.file_type().is_socket() {
-                    bail!("{} exists and is not a socket; refusing to replace it", path.display());
+                    bail!(
+                        "{} exists and is not a socket; refusing to replace it",
+                        path.display()
+                    );
                 }
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    bail!("another process is listening on {}; is tokenbroker already running?", path.display());
+                    bail!(
+                        "another process is listening on {}; is tokenbroker already running?",
+                        path.display()
+                    );
                 }
-                std::fs::remove_file(path).with_context(|| format!("while removing the stale socket {}", path.display()))?;
+                std::fs::remove_file(path).with_context(|| {
+                    format!("while removing the stale socket {}", path.display())
+                })?;
                 tracing::info!(socket = %path.display(), "replaced a stale socket file");
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error).with_context(|| format!("while checking {}", path.display())),
+            Err(error) => {
+                return Err(error).with_context(|| format!("while checking {}", path.display()))
+            }
         }
-        let listener = UnixListener::bind(path).with_context(|| format!("while binding {}", path.display()))?;
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("while binding {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-        Ok(Self { path: path.to_owned(), listener: Some(listener) })
+        Ok(Self {
+            path: path.to_owned(),
+            listener: Some(listener),
+        })
     }
 
     fn take_listener(&mut self) -> UnixListener {

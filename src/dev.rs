@@ -43,8 +43,13 @@ impl Drop for DevEnvironment {
 /// # Errors
 /// A temporary directory or loopback port cannot be had, or an override is invalid.
 pub async fn prepare(env: &Env) -> anyhow::Result<DevEnvironment> {
-    let dir = tempfile::Builder::new().prefix("tokenbroker-dev-").tempdir().context("while creating a temporary directory")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("while starting the mock provider")?;
+    let dir = tempfile::Builder::new()
+        .prefix("tokenbroker-dev-")
+        .tempdir()
+        .context("while creating a temporary directory")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("while starting the mock provider")?;
     let port = listener.local_addr()?.port();
     let mock = tokio::spawn(async move {
         let router = Router::new().route("/token", post(mock_token));
@@ -53,12 +58,18 @@ pub async fn prepare(env: &Env) -> anyhow::Result<DevEnvironment> {
     std::fs::write(dir.path().join("demo-refresh-token"), DEV_REFRESH_TOKEN)?;
     let toml = dev_toml(dir.path(), port);
     let settings = config::load_str(&toml, "the built-in dev configuration", dir.path(), env)?;
-    Ok(DevEnvironment { settings, _dir: dir, mock })
+    Ok(DevEnvironment {
+        settings,
+        _dir: dir,
+        mock,
+    })
 }
 
 fn dev_toml(dir: &Path, port: u16) -> String {
     let dir = dir.display();
-    let key_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(DEV_API_KEY.as_bytes()));
+    let key_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        DEV_API_KEY.as_bytes(),
+    ));
     format!(
         r#"
 [server]
@@ -92,7 +103,10 @@ refresh_token_file = "demo-refresh-token"
 
 /// The warning printed at start: dev mode secures nothing.
 pub fn banner(settings: &Settings) -> String {
-    let http = settings.api.http.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let http = settings
+        .api
+        .http
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
     let socket = settings.api.socket.display();
     format!(
         "\n\
@@ -117,7 +131,9 @@ struct MockRequest {
 }
 
 async fn mock_token(Form(request): Form<MockRequest>) -> Response {
-    if request.grant_type != "refresh_token" || request.refresh_token.as_deref() != Some(DEV_REFRESH_TOKEN) {
+    if request.grant_type != "refresh_token"
+        || request.refresh_token.as_deref() != Some(DEV_REFRESH_TOKEN)
+    {
         let body = json!({"error": "invalid_grant", "error_description": "the dev provider knows one refresh token"});
         return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }

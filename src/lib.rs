@@ -7,17 +7,17 @@
 //! - drivers: [`scheduler`] (the sweep tick), [`api`] (HTTP on a Unix socket and loopback TCP)
 //! - edges: [`config`], [`daemon`], [`dev`], [`cli`]
 
-pub mod secret;
-pub mod clock;
-pub mod token;
-pub mod store;
-pub mod provider;
-pub mod broker;
-#[cfg(any(test, feature = "test-support"))]
-pub mod testing;
-pub mod scheduler;
 pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dev;
-pub mod cli;
+pub mod provider;
+pub mod scheduler;
+pub mod secret;
+pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+pub mod token;

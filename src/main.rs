@@ -63,18 +63,29 @@ async fn shutdown_signal() {
 /// colours or timestamps of our own under journald, which adds its own.
 fn init_logging(format: LogFormat, level: Option<&str>, is_daemon: bool, env: &Env) {
     let default_level = if is_daemon { "info" } else { "warn" };
-    let directives = level.map(str::to_owned).or_else(|| env.get("RUST_LOG").cloned()).unwrap_or_else(|| default_level.to_owned());
+    let directives = level
+        .map(str::to_owned)
+        .or_else(|| env.get("RUST_LOG").cloned())
+        .unwrap_or_else(|| default_level.to_owned());
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|error| {
         eprintln!("tokenbroker: ignoring log filter {directives:?}: {error}");
         EnvFilter::new(default_level)
     });
     // tokio-cron-scheduler logs every job start at INFO.
-    let filter = filter.add_directive("tokio_cron_scheduler=warn".parse().expect("a valid directive"));
+    let filter = filter.add_directive(
+        "tokio_cron_scheduler=warn"
+            .parse()
+            .expect("a valid directive"),
+    );
     let under_journald = env.contains_key("JOURNAL_STREAM");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Human if under_journald => builder.with_ansi(false).without_time().init(),
-        LogFormat::Human => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }

@@ -23,7 +23,9 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
     /// The interval has no cron form.
-    #[error("check_interval {0:?} must be 1 to 59 seconds, or a whole number of minutes from 1 to 59")]
+    #[error(
+        "check_interval {0:?} must be 1 to 59 seconds, or a whole number of minutes from 1 to 59"
+    )]
     Interval(Duration),
     /// tokio-cron-scheduler refused.
     #[error("the scheduler failed to start: {0}")]
@@ -100,9 +102,18 @@ mod tests {
 
     #[test]
     fn intervals_map_to_cron_expressions() {
-        assert_eq!(cron_expression(Duration::from_secs(30)).unwrap(), "*/30 * * * * *");
-        assert_eq!(cron_expression(Duration::from_secs(1)).unwrap(), "*/1 * * * * *");
-        assert_eq!(cron_expression(Duration::from_secs(300)).unwrap(), "0 */5 * * * *");
+        assert_eq!(
+            cron_expression(Duration::from_secs(30)).unwrap(),
+            "*/30 * * * * *"
+        );
+        assert_eq!(
+            cron_expression(Duration::from_secs(1)).unwrap(),
+            "*/1 * * * * *"
+        );
+        assert_eq!(
+            cron_expression(Duration::from_secs(300)).unwrap(),
+            "0 */5 * * * *"
+        );
         for bad in [0, 90, 3600, 7200] {
             assert!(cron_expression(Duration::from_secs(bad)).is_err(), "{bad}");
         }

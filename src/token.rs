@@ -26,8 +26,12 @@ impl FromStr for AccountName {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bytes = text.as_bytes();
-        let first_ok = bytes.first().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        let rest_ok = bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
+        let first_ok = bytes
+            .first()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let rest_ok = bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
         if first_ok && rest_ok && bytes.len() <= MAX_NAME_LEN {
             Ok(Self(text.to_owned()))
         } else {
@@ -67,12 +71,16 @@ pub struct IssuedToken {
 impl IssuedToken {
     /// Time left before expiry at `now`; zero once expired.
     pub fn remaining(&self, now: SystemTime) -> Duration {
-        self.expires_at.duration_since(now).unwrap_or(Duration::ZERO)
+        self.expires_at
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
     }
 
     /// When it was issued, as far as we know.
     pub fn issued_at(&self) -> SystemTime {
-        self.expires_at.checked_sub(self.lifetime).unwrap_or(SystemTime::UNIX_EPOCH)
+        self.expires_at
+            .checked_sub(self.lifetime)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 }
 
@@ -154,7 +162,10 @@ impl RefreshPolicy {
     pub fn due_at(&self, token: &IssuedToken, random: f64) -> SystemTime {
         let margin = self.margin(token.lifetime);
         let jitter = self.jitter.min(margin / 2).mul_f64(random.clamp(0.0, 1.0));
-        let due = token.expires_at.checked_sub(margin + jitter).unwrap_or(SystemTime::UNIX_EPOCH);
+        let due = token
+            .expires_at
+            .checked_sub(margin + jitter)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         due.max(token.issued_at() + self.min_interval)
     }
 
@@ -168,7 +179,10 @@ impl RefreshPolicy {
     /// what the provider asked for with `Retry-After`.
     pub fn backoff(&self, failures: u32, retry_after: Option<Duration>, random: f64) -> Duration {
         let exponent = failures.saturating_sub(1).min(30);
-        let ceiling = self.backoff_base.saturating_mul(1 << exponent).min(self.backoff_max);
+        let ceiling = self
+            .backoff_base
+            .saturating_mul(1 << exponent)
+            .min(self.backoff_max);
         let wait = ceiling.mul_f64(random.clamp(0.0, 1.0));
         wait.max(retry_after.unwrap_or(Duration::ZERO))
     }
@@ -195,7 +209,17 @@ mod tests {
         for good in ["a", "dropbox-main", "0.x_y-z", &"a".repeat(63)] {
             assert!(good.parse::<AccountName>().is_ok(), "{good}");
         }
-        for bad in ["", "-a", ".a", "A", "a/b", "a b", "ä", &"a".repeat(64), "../etc"] {
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "A",
+            "a/b",
+            "a b",
+            "ä",
+            &"a".repeat(64),
+            "../etc",
+        ] {
             assert_eq!(bad.parse::<AccountName>(), Err(InvalidAccountName), "{bad}");
         }
     }
@@ -207,7 +231,14 @@ mod tests {
         let t = token(issued + HOUR * 4, HOUR * 4);
         assert_eq!(policy.due_at(&t, 0.0), issued + HOUR * 3);
         let five_minutes = Duration::from_secs(300);
-        assert_eq!(policy.due_at(&t, 0.999_999).duration_since(issued + HOUR * 3 - five_minutes).unwrap() < Duration::from_millis(1), true);
+        let earliest = issued + HOUR * 3 - five_minutes;
+        assert!(
+            policy
+                .due_at(&t, 0.999_999)
+                .duration_since(earliest)
+                .unwrap()
+                < Duration::from_millis(1)
+        );
     }
 
     #[test]
@@ -227,7 +258,10 @@ mod tests {
     fn default_min_valid_is_capped_at_half_the_lifetime() {
         let policy = RefreshPolicy::default();
         assert_eq!(policy.default_min_valid(HOUR * 4), Duration::from_secs(60));
-        assert_eq!(policy.default_min_valid(Duration::from_secs(60)), Duration::from_secs(30));
+        assert_eq!(
+            policy.default_min_valid(Duration::from_secs(60)),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
@@ -237,14 +271,23 @@ mod tests {
         assert_eq!(policy.backoff(4, None, 1.0), Duration::from_secs(8));
         assert_eq!(policy.backoff(40, None, 1.0), Duration::from_secs(300));
         assert_eq!(policy.backoff(4, None, 0.0), Duration::ZERO);
-        assert_eq!(policy.backoff(1, Some(Duration::from_secs(30)), 0.5), Duration::from_secs(30));
-        assert_eq!(policy.backoff(40, Some(Duration::from_secs(1)), 1.0), Duration::from_secs(300));
+        assert_eq!(
+            policy.backoff(1, Some(Duration::from_secs(30)), 0.5),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            policy.backoff(40, Some(Duration::from_secs(1)), 1.0),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]
     fn remaining_is_zero_after_expiry() {
         let t = token(SystemTime::UNIX_EPOCH + HOUR, HOUR);
-        assert_eq!(t.remaining(SystemTime::UNIX_EPOCH + HOUR * 2), Duration::ZERO);
+        assert_eq!(
+            t.remaining(SystemTime::UNIX_EPOCH + HOUR * 2),
+            Duration::ZERO
+        );
         assert_eq!(t.remaining(SystemTime::UNIX_EPOCH), HOUR);
     }
 }

@@ -16,7 +16,11 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     let client_secret = "client-SECRET-0123456789";
     let api_key = "api-key-SECRET-abcdef";
     home.write("secret", client_secret);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let extra = format!(
         r#"
 [providers.basic]
@@ -41,7 +45,9 @@ accounts = ["*"]
         hash = hex::encode(Sha256::digest(api_key.as_bytes())),
     );
     let config = home.config(&fake.token_url(), "", &extra);
-    let text = std::fs::read_to_string(&config).unwrap().replace("http = \"\"", &format!("http = \"127.0.0.1:{port}\""));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("http = \"\"", &format!("http = \"127.0.0.1:{port}\""));
     let config = home.write("config.toml", &text);
     let mut daemon = home.start(&config, &[("RUST_LOG", "trace")]).await;
 
@@ -49,25 +55,66 @@ accounts = ["*"]
     for (account, provider) in [("a-basic", "basic"), ("a-post", "post")] {
         let refresh = fake.grant(account);
         used_refresh_tokens.push(refresh.clone());
-        let output = daemon.cli(&["import", account, "--provider", provider, "--refresh-token-stdin"], Some(&refresh));
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let output = daemon.cli(
+            &[
+                "import",
+                account,
+                "--provider",
+                provider,
+                "--refresh-token-stdin",
+            ],
+            Some(&refresh),
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let output = daemon.cli(&["token", account], None);
         assert!(output.status.success());
-        let (_, body) = daemon.request("GET", &format!("/v1/token/{account}"), None).await;
+        let (_, body) = daemon
+            .request("GET", &format!("/v1/token/{account}"), None)
+            .await;
         let rejected = body["access_token"].as_str().unwrap().to_owned();
-        daemon.request("POST", &format!("/v1/token/{account}"), Some(json!({"rejected": rejected}))).await;
-        daemon.request("POST", &format!("/v1/accounts/{account}/refresh"), None).await;
+        daemon
+            .request(
+                "POST",
+                &format!("/v1/token/{account}"),
+                Some(json!({"rejected": rejected})),
+            )
+            .await;
+        daemon
+            .request("POST", &format!("/v1/accounts/{account}/refresh"), None)
+            .await;
     }
     // Over TCP with the API key, then with a wrong key.
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1/token/a-basic");
-    assert_eq!(http.get(&url).bearer_auth(api_key).send().await.unwrap().status(), 200);
-    assert_eq!(http.get(&url).bearer_auth(format!("{api_key}-wrong")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(api_key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(format!("{api_key}-wrong"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     // A provider that echoes the refresh token back in its error.
     let current = fake.valid_refresh_tokens();
     let echoed = format!("refresh token {} is invalid", current.join(" "));
     fake.push([Reply::oauth_error(400, "invalid_grant", &echoed)]);
-    daemon.request("POST", "/v1/accounts/a-basic/refresh", None).await;
+    daemon
+        .request("POST", "/v1/accounts/a-basic/refresh", None)
+        .await;
     let (_, accounts) = daemon.request("GET", "/v1/accounts", None).await;
     assert!(daemon.terminate().success());
 
@@ -81,8 +128,19 @@ accounts = ["*"]
     assert!(secrets.len() > 8);
     let accounts = accounts.to_string();
     for secret in &secrets {
-        let leaks: Vec<String> = logs.lines().filter(|line| line.contains(secret.as_str())).map(|line| line.replace(secret.as_str(), "<SECRET>")).collect();
-        assert!(leaks.is_empty(), "the log contains a secret:\n{}", leaks.join("\n"));
-        assert!(!accounts.contains(secret.as_str()), "the account status contains a secret");
+        let leaks: Vec<String> = logs
+            .lines()
+            .filter(|line| line.contains(secret.as_str()))
+            .map(|line| line.replace(secret.as_str(), "<SECRET>"))
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "the log contains a secret:\n{}",
+            leaks.join("\n")
+        );
+        assert!(
+            !accounts.contains(secret.as_str()),
+            "the account status contains a secret"
+        );
     }
 }

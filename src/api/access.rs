@@ -85,7 +85,10 @@ impl Access {
     pub fn new(admin_uids: &[u32], own_uid: u32, clients: Vec<Client>) -> Self {
         let mut admin_uids: HashSet<u32> = admin_uids.iter().copied().collect();
         admin_uids.extend([0, own_uid]);
-        Self { admin_uids, clients }
+        Self {
+            admin_uids,
+            clients,
+        }
     }
 
     /// Identifies a caller from its connection and `Authorization` header.
@@ -109,18 +112,29 @@ impl Access {
                     }
                 }
             }
-            return found.map(|client| caller(client, uid, pid)).ok_or(ApiError::Unauthorized);
+            return found
+                .map(|client| caller(client, uid, pid))
+                .ok_or(ApiError::Unauthorized);
         }
         match peer {
             Peer::Unix { uid, gid, pid } => {
                 if self.admin_uids.contains(uid) {
-                    return Ok(Caller { name: "admin".into(), admin: true, uid: Some(*uid), pid: *pid, everything: true, patterns: vec![] });
+                    return Ok(Caller {
+                        name: "admin".into(),
+                        admin: true,
+                        uid: Some(*uid),
+                        pid: *pid,
+                        everything: true,
+                        patterns: vec![],
+                    });
                 }
                 self.clients
                     .iter()
                     .find(|client| client.uids.contains(uid) || client.gids.contains(gid))
                     .map(|client| caller(client, Some(*uid), *pid))
-                    .ok_or_else(|| ApiError::Forbidden(format!("uid {uid} is not a configured client")))
+                    .ok_or_else(|| {
+                        ApiError::Forbidden(format!("uid {uid} is not a configured client"))
+                    })
             }
             Peer::Tcp(_) => Err(ApiError::Unauthorized),
         }
@@ -148,19 +162,36 @@ mod tests {
             uids: uids.to_vec(),
             gids: vec![],
             api_key_sha256: key.map(|k| Sha256::digest(k.as_bytes()).into()),
-            accounts: accounts.iter().map(|p| glob::Pattern::new(p).unwrap()).collect(),
+            accounts: accounts
+                .iter()
+                .map(|p| glob::Pattern::new(p).unwrap())
+                .collect(),
             admin: false,
         }
     }
 
     fn access() -> Access {
-        Access::new(&[500], 999, vec![client("backup", None, &[1001], &["dropbox-*"]), client("sidecar", Some("k1"), &[], &["corp"])])
+        Access::new(
+            &[500],
+            999,
+            vec![
+                client("backup", None, &[1001], &["dropbox-*"]),
+                client("sidecar", Some("k1"), &[], &["corp"]),
+            ],
+        )
     }
 
-    const TCP: Peer = Peer::Tcp(SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1));
+    const TCP: Peer = Peer::Tcp(SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        1,
+    ));
 
     fn unix(uid: u32) -> Peer {
-        Peer::Unix { uid, gid: 100, pid: Some(42) }
+        Peer::Unix {
+            uid,
+            gid: 100,
+            pid: Some(42),
+        }
     }
 
     #[test]
@@ -177,13 +208,22 @@ mod tests {
         assert_eq!(caller.name, "backup");
         assert!(!caller.admin);
         assert!(caller.may_read("dropbox-main") && !caller.may_read("corp") && !caller.sees_all());
-        assert!(matches!(access().identify(&unix(1002), None), Err(ApiError::Forbidden(_))));
+        assert!(matches!(
+            access().identify(&unix(1002), None),
+            Err(ApiError::Forbidden(_))
+        ));
     }
 
     #[test]
     fn tcp_needs_a_right_key() {
-        assert!(matches!(access().identify(&TCP, None), Err(ApiError::Unauthorized)));
-        assert!(matches!(access().identify(&TCP, Some(&ApiKey::new("wrong"))), Err(ApiError::Unauthorized)));
+        assert!(matches!(
+            access().identify(&TCP, None),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            access().identify(&TCP, Some(&ApiKey::new("wrong"))),
+            Err(ApiError::Unauthorized)
+        ));
         let caller = access().identify(&TCP, Some(&ApiKey::new("k1"))).unwrap();
         assert_eq!(caller.name, "sidecar");
         assert!(caller.may_read("corp") && !caller.may_read("dropbox-main"));

@@ -73,12 +73,20 @@ impl From<BrokerError> for ApiError {
         match error {
             BrokerError::UnknownAccount(_) => Self::NotFound(message),
             BrokerError::UnknownProvider(_) => Self::BadRequest("unknown_provider", message),
-            BrokerError::MinValidTooLarge { .. } => Self::BadRequest("min_valid_too_large", message),
-            BrokerError::GrantRejected(_) => Self::BadRequest("grant_rejected", message),
-            BrokerError::NeedsReauth(_) => Self::Unavailable { code: "needs_reauth", message, retry_after: error.retry_after() },
-            BrokerError::Unavailable { retry_after, .. } => {
-                Self::Unavailable { code: "refresh_failed", message, retry_after: Some(retry_after) }
+            BrokerError::MinValidTooLarge { .. } => {
+                Self::BadRequest("min_valid_too_large", message)
             }
+            BrokerError::GrantRejected(_) => Self::BadRequest("grant_rejected", message),
+            BrokerError::NeedsReauth(_) => Self::Unavailable {
+                code: "needs_reauth",
+                message,
+                retry_after: error.retry_after(),
+            },
+            BrokerError::Unavailable { retry_after, .. } => Self::Unavailable {
+                code: "refresh_failed",
+                message,
+                retry_after: Some(retry_after),
+            },
             BrokerError::Store(_) => Self::Internal(message),
         }
     }
@@ -87,15 +95,24 @@ impl From<BrokerError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let body = ErrorBody { error: code.to_owned(), message: self.to_string() };
+        let body = ErrorBody {
+            error: code.to_owned(),
+            message: self.to_string(),
+        };
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         match &self {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::Unavailable { retry_after: Some(wait), .. } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+            Self::Unavailable {
+                retry_after: Some(wait),
+                ..
+            } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
             }
             _ => {}
         }

@@ -37,7 +37,11 @@ pub(super) async fn get_token(
     let name = readable(&caller, &account)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest("bad_query", e.body_text()))?;
     let min_valid = query.min_valid.map(std::time::Duration::from_secs);
-    let served = app.broker.token(&name, min_valid).await.map_err(|e| hide_unknown(&caller, e))?;
+    let served = app
+        .broker
+        .token(&name, min_valid)
+        .await
+        .map_err(|e| hide_unknown(&caller, e))?;
     Ok(token_response(&caller, &name, &served, &headers))
 }
 
@@ -52,14 +56,28 @@ pub(super) async fn post_token(
     let name = readable(&caller, &account)?;
     let Json(body) = body?;
     let rejected = AccessToken::new(body.rejected);
-    let served = app.broker.reject(&name, &rejected).await.map_err(|e| hide_unknown(&caller, e))?;
+    let served = app
+        .broker
+        .reject(&name, &rejected)
+        .await
+        .map_err(|e| hide_unknown(&caller, e))?;
     Ok(token_response(&caller, &name, &served, &headers))
 }
 
-pub(super) async fn list_accounts(State(app): State<AppState>, Extension(peer): Extension<Peer>, headers: HeaderMap) -> Result<Json<AccountsBody>, ApiError> {
+pub(super) async fn list_accounts(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<AccountsBody>, ApiError> {
     let caller = identify(&app, &peer, &headers)?;
     let now = app.clock.now();
-    let accounts = app.broker.accounts().iter().filter(|v| caller.may_read(v.name.as_str())).map(|v| AccountBody::new(v, now)).collect();
+    let accounts = app
+        .broker
+        .accounts()
+        .iter()
+        .filter(|v| caller.may_read(v.name.as_str()))
+        .map(|v| AccountBody::new(v, now))
+        .collect();
     Ok(Json(AccountsBody { accounts }))
 }
 
@@ -71,7 +89,10 @@ pub(super) async fn get_account(
 ) -> Result<Json<AccountBody>, ApiError> {
     let caller = identify(&app, &peer, &headers)?;
     let name = readable(&caller, &account)?;
-    let view = app.broker.account(&name).map_err(|e| hide_unknown(&caller, e))?;
+    let view = app
+        .broker
+        .account(&name)
+        .map_err(|e| hide_unknown(&caller, e))?;
     Ok(Json(AccountBody::new(&view, app.clock.now())))
 }
 
@@ -83,10 +104,17 @@ pub(super) async fn import_account(
     body: Result<Json<ImportBody>, JsonRejection>,
 ) -> Result<Json<AccountBody>, ApiError> {
     let caller = admin(&app, &peer, &headers)?;
-    let name: AccountName = account.parse().map_err(|e: crate::token::InvalidAccountName| ApiError::BadRequest("bad_name", e.to_string()))?;
+    let name: AccountName = account
+        .parse()
+        .map_err(|e: crate::token::InvalidAccountName| {
+            ApiError::BadRequest("bad_name", e.to_string())
+        })?;
     let Json(body) = body?;
     let refresh_token = RefreshToken::new(body.refresh_token);
-    let view = app.broker.import(name.clone(), &body.provider, refresh_token).await?;
+    let view = app
+        .broker
+        .import(name.clone(), &body.provider, refresh_token)
+        .await?;
     tracing::info!(client = caller.name, uid = caller.uid, pid = caller.pid, account = %name, provider = body.provider, "grant imported");
     Ok(Json(AccountBody::new(&view, app.clock.now())))
 }
@@ -98,7 +126,9 @@ pub(super) async fn refresh_account(
     Path(account): Path<String>,
 ) -> Result<Json<AccountBody>, ApiError> {
     admin(&app, &peer, &headers)?;
-    let name = account.parse().map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))?;
+    let name = account
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))?;
     let view = app.broker.refresh_now(&name).await?;
     Ok(Json(AccountBody::new(&view, app.clock.now())))
 }
@@ -113,16 +143,25 @@ pub(super) async fn delete_account(
     let caller = admin(&app, &peer, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest("bad_query", e.body_text()))?;
     if query.revoke {
-        return Err(ApiError::BadRequest("revoke_unsupported", "revocation at the provider is not available in this version; remove without revoke".into()));
+        return Err(ApiError::BadRequest(
+            "revoke_unsupported",
+            "revocation at the provider is not available in this version; remove without revoke"
+                .into(),
+        ));
     }
-    let name = account.parse().map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))?;
+    let name = account
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))?;
     app.broker.remove(&name).await?;
     tracing::info!(client = caller.name, uid = caller.uid, account = %name, "account removed by admin");
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) async fn healthz() -> Json<HealthBody> {
-    Json(HealthBody { status: "ok".into(), problems: vec![] })
+    Json(HealthBody {
+        status: "ok".into(),
+        problems: vec![],
+    })
 }
 
 pub(super) async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<HealthBody>) {
@@ -131,8 +170,13 @@ pub(super) async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Hea
     let stall_limit = app.readiness.check_interval * 3 + std::time::Duration::from_secs(5);
     let since = |t: std::time::SystemTime| now.duration_since(t).unwrap_or_default();
     match app.broker.last_tick() {
-        Some(tick) if since(tick) > stall_limit => problems.push(format!("the scheduler has not ticked for {}s", since(tick).as_secs())),
-        None if since(app.readiness.started_at) > stall_limit => problems.push("the scheduler has never ticked".into()),
+        Some(tick) if since(tick) > stall_limit => problems.push(format!(
+            "the scheduler has not ticked for {}s",
+            since(tick).as_secs()
+        )),
+        None if since(app.readiness.started_at) > stall_limit => {
+            problems.push("the scheduler has never ticked".into())
+        }
         _ => {}
     }
     for name in &app.readiness.required {
@@ -140,9 +184,23 @@ pub(super) async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Hea
             problems.push(format!("required account {name} has no valid token"));
         }
     }
-    let status = if problems.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let word = if problems.is_empty() { "ok" } else { "unavailable" };
-    (status, Json(HealthBody { status: word.into(), problems }))
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = if problems.is_empty() {
+        "ok"
+    } else {
+        "unavailable"
+    };
+    (
+        status,
+        Json(HealthBody {
+            status: word.into(),
+            problems,
+        }),
+    )
 }
 
 pub(super) async fn not_found() -> ApiError {
@@ -169,7 +227,10 @@ fn identify(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, 
 fn admin(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let caller = identify(app, peer, headers)?;
     if !caller.admin {
-        return Err(ApiError::Forbidden(format!("client {} is not an admin", caller.name)));
+        return Err(ApiError::Forbidden(format!(
+            "client {} is not an admin",
+            caller.name
+        )));
     }
     Ok(caller)
 }
@@ -177,34 +238,62 @@ fn admin(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, Api
 /// The account's name, if the caller may have it. Names that cannot exist are answered like
 /// names that do not, so neither tells a restricted caller anything.
 fn readable(caller: &Caller, account: &str) -> Result<AccountName, ApiError> {
-    let forbidden = || ApiError::Forbidden(format!("client {} may not have account {account:?}", caller.name));
+    let forbidden = || {
+        ApiError::Forbidden(format!(
+            "client {} may not have account {account:?}",
+            caller.name
+        ))
+    };
     if !caller.may_read(account) {
         return Err(forbidden());
     }
-    account.parse().map_err(|_| if caller.sees_all() { ApiError::NotFound(format!("no account named {account:?}")) } else { forbidden() })
+    account.parse().map_err(|_| {
+        if caller.sees_all() {
+            ApiError::NotFound(format!("no account named {account:?}"))
+        } else {
+            forbidden()
+        }
+    })
 }
 
 /// An unknown account is 404 only for callers allowed every account; 403 for the rest.
 fn hide_unknown(caller: &Caller, error: BrokerError) -> ApiError {
     match error {
-        BrokerError::UnknownAccount(name) if !caller.sees_all() => {
-            ApiError::Forbidden(format!("client {} may not have account {:?}", caller.name, name.as_str()))
-        }
+        BrokerError::UnknownAccount(name) if !caller.sees_all() => ApiError::Forbidden(format!(
+            "client {} may not have account {:?}",
+            caller.name,
+            name.as_str()
+        )),
         other => other.into(),
     }
 }
 
-fn token_response(caller: &Caller, name: &AccountName, served: &ServedToken, headers: &HeaderMap) -> Response {
+fn token_response(
+    caller: &Caller,
+    name: &AccountName,
+    served: &ServedToken,
+    headers: &HeaderMap,
+) -> Response {
     tracing::info!(client = caller.name, uid = caller.uid, pid = caller.pid, account = %name, expires_in = served.expires_in.as_secs(), "token served");
     let wants_text = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.split(',').any(|part| part.trim().starts_with("text/plain")));
+        .is_some_and(|accept| {
+            accept
+                .split(',')
+                .any(|part| part.trim().starts_with("text/plain"))
+        });
     let mut response = if wants_text {
-        ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], served.access_token.expose().to_owned()).into_response()
+        (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            served.access_token.expose().to_owned(),
+        )
+            .into_response()
     } else {
         Json(TokenBody::from(served)).into_response()
     };
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

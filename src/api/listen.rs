@@ -35,7 +35,11 @@ pub async fn serve_unix(listener: UnixListener, router: Router, cancel: Cancella
     serve(router, cancel, || async {
         let (stream, _) = listener.accept().await?;
         let peer = match stream.peer_cred() {
-            Ok(cred) => Peer::Unix { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() },
+            Ok(cred) => Peer::Unix {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+            },
             Err(error) => {
                 tracing::warn!(error = %error, "cannot read a socket peer's credentials; closing");
                 return Ok(None);
@@ -66,7 +70,10 @@ where
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
     loop {
         // Wait for a free slot before accepting, so a flood queues in the kernel's backlog
         // instead of in our memory.
@@ -102,7 +109,13 @@ where
             drop(permit);
         });
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after {}s; closing them", DRAIN_TIMEOUT.as_secs());
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open after {}s; closing them",
+            DRAIN_TIMEOUT.as_secs()
+        );
     }
 }

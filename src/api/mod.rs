@@ -74,18 +74,29 @@ pub struct AppState {
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/token/{account}", get(handlers::get_token).post(handlers::post_token))
+        .route(
+            "/v1/token/{account}",
+            get(handlers::get_token).post(handlers::post_token),
+        )
         .route("/v1/accounts", get(handlers::list_accounts))
         .route(
             "/v1/accounts/{name}",
-            get(handlers::get_account).put(handlers::import_account).delete(handlers::delete_account),
+            get(handlers::get_account)
+                .put(handlers::import_account)
+                .delete(handlers::delete_account),
         )
-        .route("/v1/accounts/{name}/refresh", post(handlers::refresh_account))
+        .route(
+            "/v1/accounts/{name}/refresh",
+            post(handlers::refresh_account),
+        )
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(state)
 }
 

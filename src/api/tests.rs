@@ -19,10 +19,25 @@ use crate::store::{self, SledStore};
 use crate::testing::{FakeProvider, Reply};
 use crate::token::RefreshPolicy;
 
-const ADMIN: Peer = Peer::Unix { uid: 0, gid: 0, pid: Some(1) };
-const BACKUP_UID: Peer = Peer::Unix { uid: 1001, gid: 1001, pid: Some(7) };
-const STRANGER: Peer = Peer::Unix { uid: 4242, gid: 4242, pid: Some(8) };
-const TCP: Peer = Peer::Tcp(std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5000));
+const ADMIN: Peer = Peer::Unix {
+    uid: 0,
+    gid: 0,
+    pid: Some(1),
+};
+const BACKUP_UID: Peer = Peer::Unix {
+    uid: 1001,
+    gid: 1001,
+    pid: Some(7),
+};
+const STRANGER: Peer = Peer::Unix {
+    uid: 4242,
+    gid: 4242,
+    pid: Some(8),
+};
+const TCP: Peer = Peer::Tcp(std::net::SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    5000,
+));
 
 struct Api {
     fake: FakeProvider,
@@ -36,7 +51,10 @@ fn client(name: &str, key: Option<&str>, uids: &[u32], accounts: &[&str]) -> Cli
         uids: uids.to_vec(),
         gids: vec![],
         api_key_sha256: key.map(|k| Sha256::digest(k.as_bytes()).into()),
-        accounts: accounts.iter().map(|p| glob::Pattern::new(p).unwrap()).collect(),
+        accounts: accounts
+            .iter()
+            .map(|p| glob::Pattern::new(p).unwrap())
+            .collect(),
         admin: false,
     }
 }
@@ -44,10 +62,18 @@ fn client(name: &str, key: Option<&str>, uids: &[u32], accounts: &[&str]) -> Cli
 async fn api() -> Api {
     let fake = FakeProvider::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(&store::Config { dir: dir.path().to_owned() }).unwrap());
+    let store = Arc::new(
+        SledStore::open(&store::Config {
+            dir: dir.path().to_owned(),
+        })
+        .unwrap(),
+    );
     let provider = Arc::new(Provider::new(fake.provider_config("fake")).unwrap());
     let clock: crate::clock::SharedClock = Arc::new(SystemClock);
-    let config = broker::Config { policy: RefreshPolicy::default(), max_concurrent: 2 };
+    let config = broker::Config {
+        policy: RefreshPolicy::default(),
+        max_concurrent: 2,
+    };
     let broker = Broker::open(store, vec![provider], clock.clone(), config).unwrap();
     let clients = vec![
         client("backup", None, &[1001], &["dropbox-*"]),
@@ -55,13 +81,33 @@ async fn api() -> Api {
         client("ops", Some("ops-key"), &[], &["*"]),
     ];
     let access = Arc::new(Access::new(&[], 999_999, clients));
-    let readiness = Arc::new(Readiness { required: vec!["corp".parse().unwrap()], check_interval: Duration::from_secs(30), started_at: clock.now() });
-    let router = router(AppState { broker, access, readiness, clock });
-    Api { fake, router, _dir: dir }
+    let readiness = Arc::new(Readiness {
+        required: vec!["corp".parse().unwrap()],
+        check_interval: Duration::from_secs(30),
+        started_at: clock.now(),
+    });
+    let router = router(AppState {
+        broker,
+        access,
+        readiness,
+        clock,
+    });
+    Api {
+        fake,
+        router,
+        _dir: dir,
+    }
 }
 
 impl Api {
-    async fn call(&self, peer: Peer, method: &str, uri: &str, headers: &[(&str, &str)], body: Option<Value>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    async fn call(
+        &self,
+        peer: Peer,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
         let mut request = Request::builder().method(method).uri(uri);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -77,19 +123,42 @@ impl Api {
         request.extensions_mut().insert(peer);
         let response = self.router.clone().oneshot(request).await.unwrap();
         let (parts, body) = response.into_parts();
-        (parts.status, parts.headers, body.collect().await.unwrap().to_bytes().to_vec())
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes().to_vec(),
+        )
     }
 
-    async fn json(&self, peer: Peer, method: &str, uri: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    async fn json(
+        &self,
+        peer: Peer,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let auth = key.map(|k| format!("Bearer {k}"));
-        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
         let (status, _, bytes) = self.call(peer, method, uri, &headers, body).await;
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn import(&self, name: &str) {
         let refresh = self.fake.grant(name);
-        let (status, body) = self.json(ADMIN, "PUT", &format!("/v1/accounts/{name}"), None, Some(json!({"provider": "fake", "refresh_token": refresh}))).await;
+        let (status, body) = self
+            .json(
+                ADMIN,
+                "PUT",
+                &format!("/v1/accounts/{name}"),
+                None,
+                Some(json!({"provider": "fake", "refresh_token": refresh})),
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["status"], "active");
     }
@@ -100,7 +169,9 @@ async fn tokens_come_as_json_or_plain_text_and_are_never_cached() {
     let api = api().await;
     api.import("dropbox-main").await;
     let issued = api.fake.issued_access_tokens()[0].clone();
-    let (status, headers, bytes) = api.call(BACKUP_UID, "GET", "/v1/token/dropbox-main", &[], None).await;
+    let (status, headers, bytes) = api
+        .call(BACKUP_UID, "GET", "/v1/token/dropbox-main", &[], None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CACHE_CONTROL], "no-store");
     let body: Value = serde_json::from_slice(&bytes).unwrap();
@@ -108,7 +179,15 @@ async fn tokens_come_as_json_or_plain_text_and_are_never_cached() {
     assert_eq!(body["token_type"], "Bearer");
     assert!(body["expires_in"].as_u64().unwrap() > 14000);
     assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
-    let (status, headers, bytes) = api.call(BACKUP_UID, "GET", "/v1/token/dropbox-main", &[("accept", "text/plain")], None).await;
+    let (status, headers, bytes) = api
+        .call(
+            BACKUP_UID,
+            "GET",
+            "/v1/token/dropbox-main",
+            &[("accept", "text/plain")],
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CACHE_CONTROL], "no-store");
     assert_eq!(String::from_utf8(bytes).unwrap(), issued);
@@ -123,16 +202,43 @@ async fn status_codes_follow_the_design() {
         let api = &api;
         async move { api.json(peer, "GET", uri, key, None).await.0 }
     };
-    assert_eq!(get(TCP, "/v1/token/corp", None).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(get(TCP, "/v1/token/corp", Some("wrong")).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(get(TCP, "/v1/token/corp", Some("sidecar-key")).await, StatusCode::OK);
-    assert_eq!(get(TCP, "/v1/token/dropbox-main", Some("sidecar-key")).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(TCP, "/v1/token/corp", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(TCP, "/v1/token/corp", Some("wrong")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(TCP, "/v1/token/corp", Some("sidecar-key")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(TCP, "/v1/token/dropbox-main", Some("sidecar-key")).await,
+        StatusCode::FORBIDDEN
+    );
     // An unknown account is 403 for a restricted client (names do not leak), 404 for `*`.
-    assert_eq!(get(TCP, "/v1/token/nope", Some("sidecar-key")).await, StatusCode::FORBIDDEN);
-    assert_eq!(get(BACKUP_UID, "/v1/token/dropbox-nope", None).await, StatusCode::FORBIDDEN);
-    assert_eq!(get(TCP, "/v1/token/nope", Some("ops-key")).await, StatusCode::NOT_FOUND);
-    assert_eq!(get(TCP, "/v1/token/..%2Fetc", Some("ops-key")).await, StatusCode::NOT_FOUND);
-    assert_eq!(get(STRANGER, "/v1/token/corp", None).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(TCP, "/v1/token/nope", Some("sidecar-key")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get(BACKUP_UID, "/v1/token/dropbox-nope", None).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get(TCP, "/v1/token/nope", Some("ops-key")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(TCP, "/v1/token/..%2Fetc", Some("ops-key")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(STRANGER, "/v1/token/corp", None).await,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(get(ADMIN, "/v1/token/corp", None).await, StatusCode::OK);
     let (status, headers, _) = api.call(TCP, "GET", "/v1/token/corp", &[], None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -144,15 +250,71 @@ async fn admin_routes_need_an_admin() {
     let api = api().await;
     api.import("corp").await;
     let import = json!({"provider": "fake", "refresh_token": "x"});
-    assert_eq!(api.json(TCP, "PUT", "/v1/accounts/corp", Some("ops-key"), Some(import.clone())).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(api.json(BACKUP_UID, "PUT", "/v1/accounts/dropbox-x", None, Some(import)).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(api.json(TCP, "POST", "/v1/accounts/corp/refresh", Some("sidecar-key"), None).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(api.json(TCP, "DELETE", "/v1/accounts/corp", Some("sidecar-key"), None).await.0, StatusCode::FORBIDDEN);
-    let (status, body) = api.json(ADMIN, "POST", "/v1/accounts/corp/refresh", None, None).await;
+    assert_eq!(
+        api.json(
+            TCP,
+            "PUT",
+            "/v1/accounts/corp",
+            Some("ops-key"),
+            Some(import.clone())
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.json(
+            BACKUP_UID,
+            "PUT",
+            "/v1/accounts/dropbox-x",
+            None,
+            Some(import)
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.json(
+            TCP,
+            "POST",
+            "/v1/accounts/corp/refresh",
+            Some("sidecar-key"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.json(
+            TCP,
+            "DELETE",
+            "/v1/accounts/corp",
+            Some("sidecar-key"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, body) = api
+        .json(ADMIN, "POST", "/v1/accounts/corp/refresh", None, None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(api.fake.token_calls(), 2);
-    assert_eq!(api.json(ADMIN, "DELETE", "/v1/accounts/corp", None, None).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(api.json(ADMIN, "GET", "/v1/accounts/corp", None, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.json(ADMIN, "DELETE", "/v1/accounts/corp", None, None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.json(ADMIN, "GET", "/v1/accounts/corp", None, None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -162,11 +324,23 @@ async fn account_lists_show_only_what_the_caller_may_see_and_no_secrets() {
     api.import("dropbox-main").await;
     let (_, all) = api.json(ADMIN, "GET", "/v1/accounts", None, None).await;
     assert_eq!(all["accounts"].as_array().unwrap().len(), 2);
-    let (_, some) = api.json(BACKUP_UID, "GET", "/v1/accounts", None, None).await;
-    let names: Vec<_> = some["accounts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_owned()).collect();
+    let (_, some) = api
+        .json(BACKUP_UID, "GET", "/v1/accounts", None, None)
+        .await;
+    let names: Vec<_> = some["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["dropbox-main"]);
     let text = all.to_string();
-    for secret in api.fake.issued_access_tokens().into_iter().chain(api.fake.valid_refresh_tokens()) {
+    for secret in api
+        .fake
+        .issued_access_tokens()
+        .into_iter()
+        .chain(api.fake.valid_refresh_tokens())
+    {
         assert!(!text.contains(&secret), "account status leaks a secret");
     }
 }
@@ -180,33 +354,70 @@ async fn bad_requests_get_json_errors() {
         ("GET", "/v1/token/corp?bogus=1", None),
         ("GET", "/v1/token/corp?min_valid=999999", None),
         ("POST", "/v1/token/corp", Some(json!({"nope": 1}))),
-        ("PUT", "/v1/accounts/corp", Some(json!({"provider": "fake"}))),
-        ("PUT", "/v1/accounts/Bad%20Name", Some(json!({"provider": "fake", "refresh_token": "x"}))),
-        ("PUT", "/v1/accounts/new", Some(json!({"provider": "missing", "refresh_token": "x"}))),
-        ("PUT", "/v1/accounts/new", Some(json!({"provider": "fake", "refresh_token": "not-valid"}))),
+        (
+            "PUT",
+            "/v1/accounts/corp",
+            Some(json!({"provider": "fake"})),
+        ),
+        (
+            "PUT",
+            "/v1/accounts/Bad%20Name",
+            Some(json!({"provider": "fake", "refresh_token": "x"})),
+        ),
+        (
+            "PUT",
+            "/v1/accounts/new",
+            Some(json!({"provider": "missing", "refresh_token": "x"})),
+        ),
+        (
+            "PUT",
+            "/v1/accounts/new",
+            Some(json!({"provider": "fake", "refresh_token": "not-valid"})),
+        ),
         ("DELETE", "/v1/accounts/corp?revoke=true", None),
     ] {
         let (status, body) = api.json(ADMIN, method, uri, None, body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {body}");
-        assert!(body["error"].is_string() && body["message"].is_string(), "{method} {uri}: {body}");
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{method} {uri}: {body}"
+        );
     }
-    let (status, _, bytes) = api.call(ADMIN, "PUT", "/v1/accounts/x", &[("content-type", "application/json")], Some(json!("a".repeat(100_000)))).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{}", String::from_utf8_lossy(&bytes));
+    let (status, _, bytes) = api
+        .call(
+            ADMIN,
+            "PUT",
+            "/v1/accounts/x",
+            &[("content-type", "application/json")],
+            Some(json!("a".repeat(100_000))),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
 }
 
 #[tokio::test]
 async fn a_dead_grant_answers_503_with_retry_after() {
     let api = api().await;
     api.import("corp").await;
-    api.fake.push([Reply::oauth_error(400, "invalid_grant", "revoked")]);
-    let (status, body) = api.json(ADMIN, "POST", "/v1/accounts/corp/refresh", None, None).await;
+    api.fake
+        .push([Reply::oauth_error(400, "invalid_grant", "revoked")]);
+    let (status, body) = api
+        .json(ADMIN, "POST", "/v1/accounts/corp/refresh", None, None)
+        .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let (status, headers, bytes) = api.call(ADMIN, "GET", "/v1/token/corp", &[], None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.contains_key(header::RETRY_AFTER));
     let body: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["error"], "needs_reauth");
-    let (_, account) = api.json(ADMIN, "GET", "/v1/accounts/corp", None, None).await;
+    let (_, account) = api
+        .json(ADMIN, "GET", "/v1/accounts/corp", None, None)
+        .await;
     assert_eq!(account["status"], "needs_reauth");
 }
 
@@ -217,28 +428,66 @@ async fn readiness_needs_required_accounts_and_a_ticking_scheduler() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body["problems"].to_string().contains("corp"), "{body}");
     api.import("corp").await;
-    assert_eq!(api.json(TCP, "GET", "/readyz", None, None).await.0, StatusCode::OK);
-    assert_eq!(api.json(TCP, "GET", "/healthz", None, None).await.0, StatusCode::OK);
+    assert_eq!(
+        api.json(TCP, "GET", "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.json(TCP, "GET", "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn a_stalled_scheduler_makes_the_daemon_unready() {
     let fake = FakeProvider::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(&store::Config { dir: dir.path().to_owned() }).unwrap());
+    let store = Arc::new(
+        SledStore::open(&store::Config {
+            dir: dir.path().to_owned(),
+        })
+        .unwrap(),
+    );
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-    let config = broker::Config { policy: RefreshPolicy::default(), max_concurrent: 2 };
-    let providers = vec![Arc::new(Provider::new(fake.provider_config("fake")).unwrap())];
+    let config = broker::Config {
+        policy: RefreshPolicy::default(),
+        max_concurrent: 2,
+    };
+    let providers = vec![Arc::new(
+        Provider::new(fake.provider_config("fake")).unwrap(),
+    )];
     let broker = Broker::open(store, providers, Arc::new(clock.clone()), config).unwrap();
-    let readiness = Arc::new(Readiness { required: vec![], check_interval: Duration::from_secs(30), started_at: clock.now() });
-    let state = AppState { broker: broker.clone(), access: Arc::new(Access::new(&[], 0, vec![])), readiness, clock: Arc::new(clock.clone()) };
-    let api = Api { fake, router: router(state), _dir: dir };
+    let readiness = Arc::new(Readiness {
+        required: vec![],
+        check_interval: Duration::from_secs(30),
+        started_at: clock.now(),
+    });
+    let state = AppState {
+        broker: broker.clone(),
+        access: Arc::new(Access::new(&[], 0, vec![])),
+        readiness,
+        clock: Arc::new(clock.clone()),
+    };
+    let api = Api {
+        fake,
+        router: router(state),
+        _dir: dir,
+    };
     broker.sweep();
-    assert_eq!(api.json(TCP, "GET", "/readyz", None, None).await.0, StatusCode::OK);
+    assert_eq!(
+        api.json(TCP, "GET", "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
     clock.advance(Duration::from_secs(96));
     let (status, body) = api.json(TCP, "GET", "/readyz", None, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body["problems"].to_string().contains("not ticked"), "{body}");
+    assert!(
+        body["problems"].to_string().contains("not ticked"),
+        "{body}"
+    );
     broker.sweep();
-    assert_eq!(api.json(TCP, "GET", "/readyz", None, None).await.0, StatusCode::OK);
+    assert_eq!(
+        api.json(TCP, "GET", "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
 }

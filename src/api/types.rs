@@ -59,7 +59,9 @@ pub struct RejectedBody {
 
 impl fmt::Debug for RejectedBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RejectedBody").field("rejected", &REDACTED).finish()
+        f.debug_struct("RejectedBody")
+            .field("rejected", &REDACTED)
+            .finish()
     }
 }
 
@@ -75,7 +77,10 @@ pub struct ImportBody {
 
 impl fmt::Debug for ImportBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ImportBody").field("provider", &self.provider).field("refresh_token", &REDACTED).finish()
+        f.debug_struct("ImportBody")
+            .field("provider", &self.provider)
+            .field("refresh_token", &REDACTED)
+            .finish()
     }
 }
 
@@ -112,7 +117,9 @@ impl AccountBody {
             provider: view.provider.clone(),
             status: view.status.as_str().to_owned(),
             expires_at: view.expires_at.map(rfc3339),
-            expires_in: view.expires_at.map(|at| at.duration_since(now).unwrap_or(Duration::ZERO).as_secs()),
+            expires_in: view
+                .expires_at
+                .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO).as_secs()),
             scope: view.scope.clone(),
             provider_user_id: view.provider_user_id.clone(),
             last_refresh: view.last_refresh.map(rfc3339),

@@ -166,7 +166,12 @@ struct Inner {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("accounts", &self.accounts.read().map(|a| a.len()).unwrap_or(0)).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field(
+                "accounts",
+                &self.accounts.read().map(|a| a.len()).unwrap_or(0),
+            )
+            .finish_non_exhaustive()
     }
 }
 
@@ -216,8 +221,19 @@ impl Broker {
     ///
     /// # Errors
     /// The store cannot be read.
-    pub fn open(store: Arc<dyn Store>, providers: Vec<Arc<Provider>>, clock: SharedClock, config: Config) -> Result<Self, StoreError> {
-        Self::open_with_random(store, providers, clock, config, Arc::new(|| rand::random::<f64>()))
+    pub fn open(
+        store: Arc<dyn Store>,
+        providers: Vec<Arc<Provider>>,
+        clock: SharedClock,
+        config: Config,
+    ) -> Result<Self, StoreError> {
+        Self::open_with_random(
+            store,
+            providers,
+            clock,
+            config,
+            Arc::new(rand::random::<f64>),
+        )
     }
 
     /// As `open`, with a chosen source of randomness for jitter (tests pass a constant).
@@ -235,14 +251,21 @@ impl Broker {
         let inner = Inner {
             store,
             clock,
-            providers: RwLock::new(providers.into_iter().map(|p| (p.name().to_owned(), p)).collect()),
+            providers: RwLock::new(
+                providers
+                    .into_iter()
+                    .map(|p| (p.name().to_owned(), p))
+                    .collect(),
+            ),
             policy: RwLock::new(config.policy),
             accounts: RwLock::new(BTreeMap::new()),
             permits: Semaphore::new(config.max_concurrent.max(1)),
             random,
             last_tick: Mutex::new(None),
         };
-        let broker = Self { inner: Arc::new(inner) };
+        let broker = Self {
+            inner: Arc::new(inner),
+        };
         for record in records {
             let slot = broker.new_slot(record);
             let name = slot.state().record.name.clone();
@@ -256,7 +279,11 @@ impl Broker {
     ///
     /// # Errors
     /// Unknown account, needs re-auth, or no good-enough token could be had.
-    pub async fn token(&self, name: &AccountName, min_valid: Option<Duration>) -> Result<ServedToken, BrokerError> {
+    pub async fn token(
+        &self,
+        name: &AccountName,
+        min_valid: Option<Duration>,
+    ) -> Result<ServedToken, BrokerError> {
         let slot = self.slot(name)?;
         let wanted = {
             let state = slot.state();
@@ -266,10 +293,17 @@ impl Broker {
             }
             wanted
         };
-        let now_ok = |broker: &Self, state: &SlotState| broker.serve_if_valid(state, wanted).ok().flatten().is_some();
+        let now_ok = |broker: &Self, state: &SlotState| {
+            broker
+                .serve_if_valid(state, wanted)
+                .ok()
+                .flatten()
+                .is_some()
+        };
         self.refresh_shared(&slot, Trigger::Demand, now_ok).await?;
         let state = slot.state();
-        self.serve_if_valid(&state, wanted)?.ok_or_else(|| self.unavailable(&state))
+        self.serve_if_valid(&state, wanted)?
+            .ok_or_else(|| self.unavailable(&state))
     }
 
     /// A caller's API call was refused with `rejected`. If that is still the current token,
@@ -277,19 +311,36 @@ impl Broker {
     ///
     /// # Errors
     /// As `token`.
-    pub async fn reject(&self, name: &AccountName, rejected: &AccessToken) -> Result<ServedToken, BrokerError> {
+    pub async fn reject(
+        &self,
+        name: &AccountName,
+        rejected: &AccessToken,
+    ) -> Result<ServedToken, BrokerError> {
         let slot = self.slot(name)?;
         let must_refresh = {
             let state = slot.state();
             let now = self.now();
-            let is_current = state.record.token.as_ref().is_some_and(|t| &t.access_token == rejected);
-            let recently = state.last_forced.is_some_and(|at| now.duration_since(at).unwrap_or(Duration::ZERO) < REJECTED_REFRESH_INTERVAL);
+            let is_current = state
+                .record
+                .token
+                .as_ref()
+                .is_some_and(|t| &t.access_token == rejected);
+            let recently = state.last_forced.is_some_and(|at| {
+                now.duration_since(at).unwrap_or(Duration::ZERO) < REJECTED_REFRESH_INTERVAL
+            });
             is_current && !recently
         };
         if must_refresh {
             slot.state().last_forced = Some(self.now());
-            let still_current = |_: &Self, state: &SlotState| state.record.token.as_ref().is_some_and(|t| &t.access_token != rejected);
-            self.refresh_shared(&slot, Trigger::Force, still_current).await?;
+            let still_current = |_: &Self, state: &SlotState| {
+                state
+                    .record
+                    .token
+                    .as_ref()
+                    .is_some_and(|t| &t.access_token != rejected)
+            };
+            self.refresh_shared(&slot, Trigger::Force, still_current)
+                .await?;
         }
         self.token(name, None).await
     }
@@ -300,7 +351,8 @@ impl Broker {
     /// Unknown account, needs re-auth, or the refresh failed.
     pub async fn refresh_now(&self, name: &AccountName) -> Result<AccountView, BrokerError> {
         let slot = self.slot(name)?;
-        self.refresh_shared(&slot, Trigger::Force, |_, _| false).await?;
+        self.refresh_shared(&slot, Trigger::Force, |_, _| false)
+            .await?;
         self.account(name)
     }
 
@@ -310,7 +362,12 @@ impl Broker {
     ///
     /// # Errors
     /// Unknown provider, the provider refused the grant (nothing stored), or the store failed.
-    pub async fn import(&self, name: AccountName, provider: &str, refresh_token: RefreshToken) -> Result<AccountView, BrokerError> {
+    pub async fn import(
+        &self,
+        name: AccountName,
+        provider: &str,
+        refresh_token: RefreshToken,
+    ) -> Result<AccountView, BrokerError> {
         let provider_handle = self.provider(provider)?;
         let existing = read(&self.inner.accounts).get(&name).cloned();
         let guard = match &existing {
@@ -359,13 +416,22 @@ impl Broker {
     ///
     /// # Errors
     /// The store failed.
-    pub async fn seed(&self, name: AccountName, provider: &str, refresh_token: RefreshToken) -> Result<bool, BrokerError> {
+    pub async fn seed(
+        &self,
+        name: AccountName,
+        provider: &str,
+        refresh_token: RefreshToken,
+    ) -> Result<bool, BrokerError> {
         if read(&self.inner.accounts).contains_key(&name) {
             return Ok(false);
         }
         let record = AccountRecord::new(name.clone(), provider.to_owned(), refresh_token);
-        self.persist(record.clone()).await.map_err(|e| BrokerError::Store(e.to_string()))?;
-        write(&self.inner.accounts).entry(name).or_insert_with(|| self.new_slot(record));
+        self.persist(record.clone())
+            .await
+            .map_err(|e| BrokerError::Store(e.to_string()))?;
+        write(&self.inner.accounts)
+            .entry(name)
+            .or_insert_with(|| self.new_slot(record));
         Ok(true)
     }
 
@@ -391,13 +457,19 @@ impl Broker {
     /// retries unsaved records. Returns at once; the handles finish with the attempts.
     pub fn sweep(&self) -> Vec<JoinHandle<()>> {
         let now = self.now();
-        *self.inner.last_tick.lock().expect("tick lock is never poisoned") = Some(now);
+        *self
+            .inner
+            .last_tick
+            .lock()
+            .expect("tick lock is never poisoned") = Some(now);
         let slots: Vec<Arc<Slot>> = read(&self.inner.accounts).values().cloned().collect();
         let mut started = Vec::new();
         for slot in slots {
             let (due, unsaved) = {
                 let state = slot.state();
-                let due = !state.record.needs_reauth && now >= state.due_at && state.not_before.is_none_or(|t| now >= t);
+                let due = !state.record.needs_reauth
+                    && now >= state.due_at
+                    && state.not_before.is_none_or(|t| now >= t);
                 (due, state.unsaved.then(|| state.record.clone()))
             };
             if let Some(record) = unsaved {
@@ -412,9 +484,12 @@ impl Broker {
             if due && slot.flight.try_lock().is_ok() {
                 let broker = self.clone();
                 started.push(tokio::spawn(async move {
-                    let still_due = |broker: &Broker, state: &SlotState| broker.now() < state.due_at;
+                    let still_due =
+                        |broker: &Broker, state: &SlotState| broker.now() < state.due_at;
                     // Failures are recorded in the account's state; nobody else waits here.
-                    let _ = broker.refresh_shared(&slot, Trigger::Schedule, still_due).await;
+                    let _ = broker
+                        .refresh_shared(&slot, Trigger::Schedule, still_due)
+                        .await;
                 }));
             }
         }
@@ -423,7 +498,11 @@ impl Broker {
 
     /// When the scheduler last swept.
     pub fn last_tick(&self) -> Option<SystemTime> {
-        *self.inner.last_tick.lock().expect("tick lock is never poisoned")
+        *self
+            .inner
+            .last_tick
+            .lock()
+            .expect("tick lock is never poisoned")
     }
 
     /// Every account, by name.
@@ -443,9 +522,16 @@ impl Broker {
 
     /// Whether the account holds a token that is still valid now.
     pub fn has_valid_token(&self, name: &AccountName) -> bool {
-        let Ok(slot) = self.slot(name) else { return false };
+        let Ok(slot) = self.slot(name) else {
+            return false;
+        };
         let state = slot.state();
-        !state.record.needs_reauth && state.record.token.as_ref().is_some_and(|t| t.remaining(self.now()) > Duration::ZERO)
+        !state.record.needs_reauth
+            && state
+                .record
+                .token
+                .as_ref()
+                .is_some_and(|t| t.remaining(self.now()) > Duration::ZERO)
     }
 
     /// Flushes the store; for shutdown.
@@ -472,7 +558,10 @@ impl Broker {
         {
             let state = slot.state();
             if state.attempts != seen {
-                return state.last_outcome.clone().map_err(|_| self.unavailable(&state));
+                return state
+                    .last_outcome
+                    .clone()
+                    .map_err(|_| self.unavailable(&state));
             }
             if satisfied(self, &state) {
                 return Ok(());
@@ -482,7 +571,9 @@ impl Broker {
         let broker = self.clone();
         let detached_slot = slot.clone();
         let attempt = tokio::spawn(async move { broker.attempt(&detached_slot, guard).await });
-        let outcome = attempt.await.map_err(|_| BrokerError::Store("refresh task failed".into()))?;
+        let outcome = attempt
+            .await
+            .map_err(|_| BrokerError::Store("refresh task failed".into()))?;
         outcome.map_err(|_| self.unavailable(&slot.state()))
     }
 
@@ -504,11 +595,20 @@ impl Broker {
     async fn attempt(&self, slot: &Slot, _flight: OwnedMutexGuard<()>) -> Result<(), Failure> {
         let (name, provider_name, refresh_token) = {
             let state = slot.state();
-            (state.record.name.clone(), state.record.provider.clone(), state.record.refresh_token.clone())
+            (
+                state.record.name.clone(),
+                state.record.provider.clone(),
+                state.record.refresh_token.clone(),
+            )
         };
         let answer = match self.provider(&provider_name) {
             Ok(provider) => {
-                let _permit = self.inner.permits.acquire().await.expect("the semaphore is never closed");
+                let _permit = self
+                    .inner
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
                 tracing::debug!(account = %name, provider = provider_name, "refreshing");
                 provider.refresh(&refresh_token).await.map_err(Into::into)
             }
@@ -525,14 +625,22 @@ impl Broker {
         outcome
     }
 
-    async fn on_success(&self, slot: &Slot, response: TokenResponse, now: SystemTime) -> Result<(), Failure> {
+    async fn on_success(
+        &self,
+        slot: &Slot,
+        response: TokenResponse,
+        now: SystemTime,
+    ) -> Result<(), Failure> {
         let rotated = response.refresh_token.is_some();
         let lifetime = response.lifetime;
         let record = with_response(slot.state().record.clone(), response, now);
         // The new grant reaches the disk before its access token can be served.
         let saved = self.persist(record.clone()).await;
         let mut state = slot.state();
-        let token = record.token.as_ref().expect("a successful refresh holds a token");
+        let token = record
+            .token
+            .as_ref()
+            .expect("a successful refresh holds a token");
         state.due_at = self.policy().due_at(token, (self.inner.random)());
         state.not_before = None;
         state.failures = 0;
@@ -547,19 +655,30 @@ impl Broker {
                 // The provider may have rotated the grant already: keep the new one in memory,
                 // serve it, and let the sweep retry the write.
                 state.unsaved = true;
-                state.record.last_error = Some(format!("refreshed, but the store write failed: {error}"));
+                state.record.last_error =
+                    Some(format!("refreshed, but the store write failed: {error}"));
                 tracing::error!(account = %state.record.name, error = %error, "refreshed, but the store write failed; retrying on the next tick");
                 Ok(())
             }
         }
     }
 
-    async fn on_failure(&self, slot: &Slot, error: AttemptError, now: SystemTime) -> Result<(), Failure> {
-        let failure = Failure { kind: error.kind(), message: error.to_string() };
+    async fn on_failure(
+        &self,
+        slot: &Slot,
+        error: AttemptError,
+        now: SystemTime,
+    ) -> Result<(), Failure> {
+        let failure = Failure {
+            kind: error.kind(),
+            message: error.to_string(),
+        };
         let record = {
             let mut state = slot.state();
             match &error {
-                AttemptError::Provider(provider_error) => self.note_failure(&mut state, provider_error, now),
+                AttemptError::Provider(provider_error) => {
+                    self.note_failure(&mut state, provider_error, now)
+                }
                 AttemptError::Unconfigured(_) => {
                     state.failures += 1;
                     state.due_at = now + self.policy().backoff_max;
@@ -571,9 +690,15 @@ impl Broker {
             }
             let name = &state.record.name;
             match failure.kind {
-                FailureKind::Reauth => tracing::error!(account = %name, error = %failure.message, "grant refused; the account must be connected again"),
-                FailureKind::Configuration => tracing::error!(account = %name, error = %failure.message, "refresh refused: configuration error"),
-                FailureKind::Transient => tracing::warn!(account = %name, error = %failure.message, failures = state.failures, "refresh failed; will retry"),
+                FailureKind::Reauth => {
+                    tracing::error!(account = %name, error = %failure.message, "grant refused; the account must be connected again")
+                }
+                FailureKind::Configuration => {
+                    tracing::error!(account = %name, error = %failure.message, "refresh refused: configuration error")
+                }
+                FailureKind::Transient => {
+                    tracing::warn!(account = %name, error = %failure.message, failures = state.failures, "refresh failed; will retry")
+                }
             }
             state.record.clone()
         };
@@ -590,19 +715,32 @@ impl Broker {
         state.failures = state.failures.saturating_add(1);
         state.not_before = error.retry_after().map(|wait| now + wait);
         state.due_at = match error.kind() {
-            FailureKind::Transient => now + policy.backoff(state.failures, error.retry_after(), (self.inner.random)()),
-            FailureKind::Configuration => now + policy.backoff_max.max(error.retry_after().unwrap_or_default()),
+            FailureKind::Transient => {
+                now + policy.backoff(state.failures, error.retry_after(), (self.inner.random)())
+            }
+            FailureKind::Configuration => {
+                now + policy
+                    .backoff_max
+                    .max(error.retry_after().unwrap_or_default())
+            }
             FailureKind::Reauth => now,
         };
     }
 
     // === helpers ===
 
-    fn wanted_validity(&self, state: &SlotState, min_valid: Option<Duration>) -> Result<Duration, BrokerError> {
+    fn wanted_validity(
+        &self,
+        state: &SlotState,
+        min_valid: Option<Duration>,
+    ) -> Result<Duration, BrokerError> {
         let lifetime = state.record.token.as_ref().map(|t| t.lifetime);
         match (min_valid, lifetime) {
             (Some(requested), Some(lifetime)) if requested >= lifetime => {
-                Err(BrokerError::MinValidTooLarge { requested: requested.as_secs(), lifetime: lifetime.as_secs() })
+                Err(BrokerError::MinValidTooLarge {
+                    requested: requested.as_secs(),
+                    lifetime: lifetime.as_secs(),
+                })
             }
             (Some(requested), _) => Ok(requested),
             (None, Some(lifetime)) => Ok(self.policy().default_min_valid(lifetime)),
@@ -610,19 +748,27 @@ impl Broker {
         }
     }
 
-    fn serve_if_valid(&self, state: &SlotState, wanted: Duration) -> Result<Option<ServedToken>, BrokerError> {
+    fn serve_if_valid(
+        &self,
+        state: &SlotState,
+        wanted: Duration,
+    ) -> Result<Option<ServedToken>, BrokerError> {
         if state.record.needs_reauth {
             return Err(BrokerError::NeedsReauth(state.record.name.clone()));
         }
-        let Some(token) = &state.record.token else { return Ok(None) };
+        let Some(token) = &state.record.token else {
+            return Ok(None);
+        };
         let left = token.remaining(self.now());
-        Ok((left >= wanted && left > Duration::ZERO).then(|| ServedToken {
-            access_token: token.access_token.clone(),
-            token_type: token.token_type.clone(),
-            expires_at: token.expires_at,
-            expires_in: left,
-            scope: token.scope.clone(),
-        }))
+        Ok(
+            (left >= wanted && left > Duration::ZERO).then(|| ServedToken {
+                access_token: token.access_token.clone(),
+                token_type: token.token_type.clone(),
+                expires_at: token.expires_at,
+                expires_in: left,
+                scope: token.scope.clone(),
+            }),
+        )
     }
 
     fn unavailable(&self, state: &SlotState) -> BrokerError {
@@ -632,9 +778,20 @@ impl Broker {
         }
         let now = self.now();
         let retry_at = state.not_before.unwrap_or(state.due_at).max(state.due_at);
-        let retry_after = retry_at.duration_since(now).unwrap_or(Duration::ZERO).max(Duration::from_secs(1));
-        let message = state.record.last_error.clone().unwrap_or_else(|| "the token is too close to expiry".into());
-        BrokerError::Unavailable { name, message, retry_after }
+        let retry_after = retry_at
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1));
+        let message = state
+            .record
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "the token is too close to expiry".into());
+        BrokerError::Unavailable {
+            name,
+            message,
+            retry_after,
+        }
     }
 
     fn new_slot(&self, record: AccountRecord) -> Arc<Slot> {
@@ -662,15 +819,26 @@ impl Broker {
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || store.put(&record))
             .await
-            .unwrap_or_else(|_| Err(StoreError::Engine { operation: "write", reason: "the store task panicked".into() }))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Engine {
+                    operation: "write",
+                    reason: "the store task panicked".into(),
+                })
+            })
     }
 
     fn slot(&self, name: &AccountName) -> Result<Arc<Slot>, BrokerError> {
-        read(&self.inner.accounts).get(name).cloned().ok_or_else(|| BrokerError::UnknownAccount(name.clone()))
+        read(&self.inner.accounts)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownAccount(name.clone()))
     }
 
     fn provider(&self, name: &str) -> Result<Arc<Provider>, BrokerError> {
-        read(&self.inner.providers).get(name).cloned().ok_or_else(|| BrokerError::UnknownProvider(name.to_owned()))
+        read(&self.inner.providers)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownProvider(name.to_owned()))
     }
 
     fn policy(&self) -> RefreshPolicy {
@@ -702,13 +870,19 @@ impl AttemptError {
 
 /// The record after a successful refresh: a new refresh token replaces the old one only
 /// when the provider sent one (Dropbox never does).
-fn with_response(mut record: AccountRecord, response: TokenResponse, now: SystemTime) -> AccountRecord {
+fn with_response(
+    mut record: AccountRecord,
+    response: TokenResponse,
+    now: SystemTime,
+) -> AccountRecord {
     record.token = Some(IssuedToken {
         access_token: response.access_token,
         token_type: response.token_type,
         expires_at: now + response.lifetime,
         lifetime: response.lifetime,
-        scope: response.scope.or_else(|| record.token.as_ref().and_then(|t| t.scope.clone())),
+        scope: response
+            .scope
+            .or_else(|| record.token.as_ref().and_then(|t| t.scope.clone())),
     });
     if let Some(rotated) = response.refresh_token {
         record.refresh_token = rotated;
@@ -749,7 +923,9 @@ fn view(slot: &Slot) -> AccountView {
 impl Slot {
     fn state(&self) -> MutexGuard<'_, SlotState> {
         // Every update of the state is a set of plain assignments; a panic cannot leave it torn.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -758,7 +934,8 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

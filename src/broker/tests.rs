@@ -27,31 +27,52 @@ fn name(text: &str) -> AccountName {
 }
 
 async fn harness() -> Harness {
-    harness_with(RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() }).await
+    harness_with(RefreshPolicy {
+        jitter: Duration::ZERO,
+        ..RefreshPolicy::default()
+    })
+    .await
 }
 
 async fn harness_with(policy: RefreshPolicy) -> Harness {
     let fake = FakeProvider::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(&store::Config { dir: dir.path().join("store") }).unwrap());
+    let store = Arc::new(
+        SledStore::open(&store::Config {
+            dir: dir.path().join("store"),
+        })
+        .unwrap(),
+    );
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + START);
     let provider = Provider::new(fake.provider_config("fake")).unwrap();
     let broker = Broker::open_with_random(
         store.clone(),
         vec![Arc::new(provider)],
         Arc::new(clock.clone()),
-        Config { policy, max_concurrent: 4 },
+        Config {
+            policy,
+            max_concurrent: 4,
+        },
         Arc::new(|| 0.5),
     )
     .unwrap();
-    Harness { fake, clock, store, broker, _dir: dir }
+    Harness {
+        fake,
+        clock,
+        store,
+        broker,
+        _dir: dir,
+    }
 }
 
 impl Harness {
     /// Imports account `a` with a 4-hour token; one token call.
     async fn import(&self) -> String {
         let refresh = self.fake.grant("a");
-        self.broker.import(name("a"), "fake", RefreshToken::new(&refresh)).await.unwrap();
+        self.broker
+            .import(name("a"), "fake", RefreshToken::new(&refresh))
+            .await
+            .unwrap();
         refresh
     }
 
@@ -78,7 +99,10 @@ async fn a_fresh_token_is_served_from_memory() {
     assert_eq!(h.fake.token_calls(), 1);
     for _ in 0..5 {
         let served = h.broker.token(&name("a"), None).await.unwrap();
-        assert_eq!(served.access_token.expose(), h.fake.issued_access_tokens()[0]);
+        assert_eq!(
+            served.access_token.expose(),
+            h.fake.issued_access_tokens()[0]
+        );
         assert_eq!(served.expires_in, HOUR * 4);
     }
     assert_eq!(h.fake.token_calls(), 1);
@@ -96,7 +120,10 @@ async fn the_sweep_refreshes_ahead_of_expiry_and_not_before() {
     h.sweep().await;
     assert_eq!(h.fake.token_calls(), 2, "due");
     let served = h.broker.token(&name("a"), None).await.unwrap();
-    assert_eq!(served.access_token.expose(), h.fake.issued_access_tokens()[1]);
+    assert_eq!(
+        served.access_token.expose(),
+        h.fake.issued_access_tokens()[1]
+    );
     assert_eq!(served.expires_in, HOUR * 4);
 }
 
@@ -107,7 +134,10 @@ async fn a_machine_that_slept_past_expiry_catches_up_on_the_next_tick() {
     h.clock.advance(HOUR * 9); // suspended through two expiries
     h.sweep().await;
     assert_eq!(h.fake.token_calls(), 2);
-    assert_eq!(h.broker.token(&name("a"), None).await.unwrap().expires_in, HOUR * 4);
+    assert_eq!(
+        h.broker.token(&name("a"), None).await.unwrap().expires_in,
+        HOUR * 4
+    );
 }
 
 #[tokio::test]
@@ -119,7 +149,11 @@ async fn every_served_token_has_at_least_min_valid_left() {
     let served = h.broker.token(&name("a"), None).await.unwrap();
     assert_eq!(served.expires_in, Duration::from_secs(120));
     assert_eq!(h.fake.token_calls(), 1);
-    let served = h.broker.token(&name("a"), Some(Duration::from_secs(300))).await.unwrap();
+    let served = h
+        .broker
+        .token(&name("a"), Some(Duration::from_secs(300)))
+        .await
+        .unwrap();
     assert!(served.expires_in >= Duration::from_secs(300));
     assert_eq!(h.fake.token_calls(), 2);
     // After a wall-clock jump past expiry the token is refreshed, never served expired.
@@ -133,8 +167,21 @@ async fn every_served_token_has_at_least_min_valid_left() {
 async fn min_valid_beyond_the_lifetime_is_refused_without_a_call() {
     let h = harness().await;
     h.import().await;
-    let error = h.broker.token(&name("a"), Some(HOUR * 5)).await.unwrap_err();
-    assert!(matches!(error, BrokerError::MinValidTooLarge { lifetime: 14400, .. }), "{error}");
+    let error = h
+        .broker
+        .token(&name("a"), Some(HOUR * 5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BrokerError::MinValidTooLarge {
+                lifetime: 14400,
+                ..
+            }
+        ),
+        "{error}"
+    );
     assert_eq!(h.fake.token_calls(), 1);
 }
 
@@ -143,18 +190,30 @@ async fn concurrent_callers_share_one_refresh() {
     let h = harness().await;
     h.import().await;
     h.clock.advance(HOUR * 4); // expired: every caller needs a refresh
-    h.fake.push([Reply::Delay(Duration::from_millis(200), Box::new(Reply::Issue))]);
+    h.fake.push([Reply::Delay(
+        Duration::from_millis(200),
+        Box::new(Reply::Issue),
+    )]);
     let callers: Vec<_> = (0..200)
         .map(|_| {
             let broker = h.broker.clone();
-            tokio::spawn(async move { broker.token(&name("a"), None).await.map(|t| t.access_token.expose().to_owned()) })
+            tokio::spawn(async move {
+                broker
+                    .token(&name("a"), None)
+                    .await
+                    .map(|t| t.access_token.expose().to_owned())
+            })
         })
         .collect();
     let mut tokens = Vec::new();
     for caller in callers {
         tokens.push(caller.await.unwrap().unwrap());
     }
-    assert_eq!(h.fake.token_calls(), 2, "one import call and one shared refresh");
+    assert_eq!(
+        h.fake.token_calls(),
+        2,
+        "one import call and one shared refresh"
+    );
     let fresh = &h.fake.issued_access_tokens()[1];
     assert!(tokens.iter().all(|t| t == fresh));
 }
@@ -164,7 +223,10 @@ async fn concurrent_callers_share_one_failure_too() {
     let h = harness().await;
     h.import().await;
     h.clock.advance(HOUR * 4);
-    h.fake.push([Reply::Delay(Duration::from_millis(200), Box::new(Reply::oauth_error(503, "temporarily_unavailable", "")))]);
+    h.fake.push([Reply::Delay(
+        Duration::from_millis(200),
+        Box::new(Reply::oauth_error(503, "temporarily_unavailable", "")),
+    )]);
     let callers: Vec<_> = (0..50)
         .map(|_| {
             let broker = h.broker.clone();
@@ -172,9 +234,16 @@ async fn concurrent_callers_share_one_failure_too() {
         })
         .collect();
     for caller in callers {
-        assert!(matches!(caller.await.unwrap(), Err(BrokerError::Unavailable { .. })));
+        assert!(matches!(
+            caller.await.unwrap(),
+            Err(BrokerError::Unavailable { .. })
+        ));
     }
-    assert_eq!(h.fake.token_calls(), 2, "the failure is shared, not retried by every waiter");
+    assert_eq!(
+        h.fake.token_calls(),
+        2,
+        "the failure is shared, not retried by every waiter"
+    );
 }
 
 #[tokio::test]
@@ -189,8 +258,14 @@ async fn a_rotated_refresh_token_is_stored_before_the_new_token_is_served() {
     let served = h.broker.token(&name("a"), None).await.unwrap();
     let stored = h.stored_refresh_token();
     assert_ne!(stored, after_import);
-    assert!(h.fake.is_valid(&stored), "the store holds the one valid refresh token");
-    assert_eq!(served.access_token.expose(), h.fake.issued_access_tokens()[1]);
+    assert!(
+        h.fake.is_valid(&stored),
+        "the store holds the one valid refresh token"
+    );
+    assert_eq!(
+        served.access_token.expose(),
+        h.fake.issued_access_tokens()[1]
+    );
 }
 
 #[tokio::test]
@@ -201,7 +276,12 @@ async fn a_response_without_a_refresh_token_keeps_the_stored_one_byte_for_byte()
     h.broker.token(&name("a"), None).await.unwrap();
     assert_eq!(h.fake.token_calls(), 2);
     assert_eq!(h.stored_refresh_token().as_bytes(), original.as_bytes());
-    let sent: Vec<_> = h.fake.requests().iter().map(|r| r.form["refresh_token"].clone()).collect();
+    let sent: Vec<_> = h
+        .fake
+        .requests()
+        .iter()
+        .map(|r| r.form["refresh_token"].clone())
+        .collect();
     assert_eq!(sent, vec![original.clone(), original]);
 }
 
@@ -209,30 +289,57 @@ async fn a_response_without_a_refresh_token_keeps_the_stored_one_byte_for_byte()
 async fn invalid_grant_marks_needs_reauth_and_stops_calling() {
     let h = harness().await;
     h.import().await;
-    h.fake.push([Reply::oauth_error(400, "invalid_grant", "refresh token is invalid or revoked")]);
+    h.fake.push([Reply::oauth_error(
+        400,
+        "invalid_grant",
+        "refresh token is invalid or revoked",
+    )]);
     h.clock.advance(HOUR * 3);
     h.sweep().await;
     assert_eq!(h.status(), Status::NeedsReauth);
-    assert!(h.broker.account(&name("a")).unwrap().last_error.unwrap().contains("invalid or revoked"));
+    assert!(h
+        .broker
+        .account(&name("a"))
+        .unwrap()
+        .last_error
+        .unwrap()
+        .contains("invalid or revoked"));
     for _ in 0..3 {
         h.clock.advance(HOUR);
         h.sweep().await;
-        assert!(matches!(h.broker.token(&name("a"), None).await, Err(BrokerError::NeedsReauth(_))));
-        assert!(matches!(h.broker.refresh_now(&name("a")).await, Err(BrokerError::NeedsReauth(_))));
+        assert!(matches!(
+            h.broker.token(&name("a"), None).await,
+            Err(BrokerError::NeedsReauth(_))
+        ));
+        assert!(matches!(
+            h.broker.refresh_now(&name("a")).await,
+            Err(BrokerError::NeedsReauth(_))
+        ));
     }
     assert_eq!(h.fake.token_calls(), 2);
-    assert!(h.store.load_all().unwrap()[0].needs_reauth, "the status survives a restart");
+    assert!(
+        h.store.load_all().unwrap()[0].needs_reauth,
+        "the status survives a restart"
+    );
 }
 
 #[tokio::test]
 async fn a_refused_client_is_a_configuration_error_retried_slowly() {
     let h = harness().await;
     h.import().await;
-    h.fake.push([Reply::Json(400, json!({"error": "invalid_client: Invalid client_id or client_secret"}), vec![])]);
+    h.fake.push([Reply::Json(
+        400,
+        json!({"error": "invalid_client: Invalid client_id or client_secret"}),
+        vec![],
+    )]);
     h.clock.advance(HOUR * 3);
     h.sweep().await;
     let view = h.broker.account(&name("a")).unwrap();
-    assert_eq!(view.status, Status::Degraded, "not needs_reauth: the grant is not known to be bad");
+    assert_eq!(
+        view.status,
+        Status::Degraded,
+        "not needs_reauth: the grant is not known to be bad"
+    );
     assert!(view.last_error.unwrap().contains("client"));
     // The old token is still served, and no retry happens before backoff_max.
     assert!(h.broker.token(&name("a"), None).await.is_ok());
@@ -249,7 +356,11 @@ async fn a_refused_client_is_a_configuration_error_retried_slowly() {
 async fn retry_after_is_honoured_from_the_header_and_from_json() {
     for reply in [
         Reply::Json(429, json!({}), vec![("retry-after", "30".into())]),
-        Reply::Json(429, json!({"error": {"reason": {".tag": "too_many_requests"}, "retry_after": 30}}), vec![]),
+        Reply::Json(
+            429,
+            json!({"error": {"reason": {".tag": "too_many_requests"}, "retry_after": 30}}),
+            vec![],
+        ),
     ] {
         let h = harness().await;
         h.import().await;
@@ -260,8 +371,15 @@ async fn retry_after_is_honoured_from_the_header_and_from_json() {
         h.clock.advance(Duration::from_secs(29));
         h.sweep().await;
         assert!(h.broker.token(&name("a"), None).await.is_err());
-        assert!(h.broker.refresh_now(&name("a")).await.is_err(), "not even an admin may call early");
-        assert_eq!(h.fake.token_calls(), 2, "no call before Retry-After elapsed");
+        assert!(
+            h.broker.refresh_now(&name("a")).await.is_err(),
+            "not even an admin may call early"
+        );
+        assert_eq!(
+            h.fake.token_calls(),
+            2,
+            "no call before Retry-After elapsed"
+        );
         h.clock.advance(Duration::from_secs(1));
         assert!(h.broker.token(&name("a"), None).await.is_ok());
         assert_eq!(h.fake.token_calls(), 3);
@@ -273,26 +391,52 @@ async fn outages_degrade_serve_the_old_token_and_recover() {
     let h = harness().await;
     h.import().await;
     let old = h.fake.issued_access_tokens()[0].clone();
-    h.fake.push((0..3).map(|_| Reply::Raw(503, b"busy".to_vec())));
+    h.fake
+        .push((0..3).map(|_| Reply::Raw(503, b"busy".to_vec())));
     h.clock.advance(HOUR * 3);
     for attempt in 1..=3 {
         h.sweep().await;
         assert_eq!(h.fake.token_calls(), 1 + attempt);
         assert_eq!(h.status(), Status::Degraded);
-        assert_eq!(h.broker.token(&name("a"), None).await.unwrap().access_token.expose(), old);
+        assert_eq!(
+            h.broker
+                .token(&name("a"), None)
+                .await
+                .unwrap()
+                .access_token
+                .expose(),
+            old
+        );
         h.clock.advance(Duration::from_secs(10)); // past any backoff of 1, 2, 4 s (capped jitter 0.5)
     }
     h.sweep().await;
     assert_eq!(h.status(), Status::Active);
-    assert_ne!(h.broker.token(&name("a"), None).await.unwrap().access_token.expose(), old);
+    assert_ne!(
+        h.broker
+            .token(&name("a"), None)
+            .await
+            .unwrap()
+            .access_token
+            .expose(),
+        old
+    );
 }
 
 #[tokio::test]
 async fn hostile_answers_keep_the_old_token_and_bounded_time() {
     let big = vec![b'x'; 1024 * 1024];
-    let trickle = Reply::Trickle { chunk: b"{".to_vec(), every: Duration::from_millis(100), count: 100 };
-    let replies = [Reply::Raw(200, b"<html>garbage".to_vec()), Reply::Raw(200, big), Reply::Hang, trickle,
-        Reply::Json(200, json!({"access_token": "bad token\r\nX: y"}), vec![])];
+    let trickle = Reply::Trickle {
+        chunk: b"{".to_vec(),
+        every: Duration::from_millis(100),
+        count: 100,
+    };
+    let replies = [
+        Reply::Raw(200, b"<html>garbage".to_vec()),
+        Reply::Raw(200, big),
+        Reply::Hang,
+        trickle,
+        Reply::Json(200, json!({"access_token": "bad token\r\nX: y"}), vec![]),
+    ];
     for reply in replies {
         let h = harness().await;
         h.import().await;
@@ -301,9 +445,22 @@ async fn hostile_answers_keep_the_old_token_and_bounded_time() {
         h.clock.advance(HOUR * 3);
         let started = tokio::time::Instant::now();
         h.sweep().await;
-        assert!(started.elapsed() < Duration::from_secs(3), "{reply:?} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{reply:?} took {:?}",
+            started.elapsed()
+        );
         assert_eq!(h.status(), Status::Degraded, "{reply:?}");
-        assert_eq!(h.broker.token(&name("a"), None).await.unwrap().access_token.expose(), old, "{reply:?}");
+        assert_eq!(
+            h.broker
+                .token(&name("a"), None)
+                .await
+                .unwrap()
+                .access_token
+                .expose(),
+            old,
+            "{reply:?}"
+        );
     }
 }
 
@@ -311,10 +468,19 @@ async fn hostile_answers_keep_the_old_token_and_bounded_time() {
 async fn import_of_a_refused_grant_stores_nothing_and_keeps_the_old_one() {
     let h = harness().await;
     let original = h.import().await;
-    let error = h.broker.import(name("a"), "fake", RefreshToken::new("not-a-valid-grant")).await.unwrap_err();
+    let error = h
+        .broker
+        .import(name("a"), "fake", RefreshToken::new("not-a-valid-grant"))
+        .await
+        .unwrap_err();
     assert!(matches!(error, BrokerError::GrantRejected(_)), "{error}");
     assert_eq!(h.stored_refresh_token(), original);
-    assert!(matches!(h.broker.import(name("b"), "nope", RefreshToken::new("x")).await, Err(BrokerError::UnknownProvider(_))));
+    assert!(matches!(
+        h.broker
+            .import(name("b"), "nope", RefreshToken::new("x"))
+            .await,
+        Err(BrokerError::UnknownProvider(_))
+    ));
     assert_eq!(h.store.load_all().unwrap().len(), 1);
 }
 
@@ -327,12 +493,33 @@ async fn a_rejected_token_forces_one_refresh_per_thirty_seconds() {
     assert_ne!(served.access_token, first);
     assert_eq!(h.fake.token_calls(), 2);
     // Presenting the old token again gets the current one without a call.
-    assert_eq!(h.broker.reject(&name("a"), &first).await.unwrap().access_token, served.access_token);
+    assert_eq!(
+        h.broker
+            .reject(&name("a"), &first)
+            .await
+            .unwrap()
+            .access_token,
+        served.access_token
+    );
     // Rejecting the new one within 30 s does not call either.
-    assert_eq!(h.broker.reject(&name("a"), &served.access_token).await.unwrap().access_token, served.access_token);
+    assert_eq!(
+        h.broker
+            .reject(&name("a"), &served.access_token)
+            .await
+            .unwrap()
+            .access_token,
+        served.access_token
+    );
     assert_eq!(h.fake.token_calls(), 2);
     h.clock.advance(REJECTED_REFRESH_INTERVAL);
-    assert_ne!(h.broker.reject(&name("a"), &served.access_token).await.unwrap().access_token, served.access_token);
+    assert_ne!(
+        h.broker
+            .reject(&name("a"), &served.access_token)
+            .await
+            .unwrap()
+            .access_token,
+        served.access_token
+    );
     assert_eq!(h.fake.token_calls(), 3);
 }
 
@@ -340,12 +527,30 @@ async fn a_rejected_token_forces_one_refresh_per_thirty_seconds() {
 async fn accounts_survive_a_reopen_and_removal_is_durable() {
     let h = harness().await;
     h.import().await;
-    h.broker.seed(name("b"), "fake", RefreshToken::new(h.fake.grant("b"))).await.unwrap();
-    assert!(!h.broker.seed(name("b"), "fake", RefreshToken::new("other")).await.unwrap(), "seeding never overwrites");
+    h.broker
+        .seed(name("b"), "fake", RefreshToken::new(h.fake.grant("b")))
+        .await
+        .unwrap();
+    assert!(
+        !h.broker
+            .seed(name("b"), "fake", RefreshToken::new("other"))
+            .await
+            .unwrap(),
+        "seeding never overwrites"
+    );
     h.broker.remove(&name("a")).await.unwrap();
-    let names: Vec<_> = h.store.load_all().unwrap().into_iter().map(|r| r.name.to_string()).collect();
+    let names: Vec<_> = h
+        .store
+        .load_all()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name.to_string())
+        .collect();
     assert_eq!(names, ["b"]);
-    assert!(matches!(h.broker.token(&name("a"), None).await, Err(BrokerError::UnknownAccount(_))));
+    assert!(matches!(
+        h.broker.token(&name("a"), None).await,
+        Err(BrokerError::UnknownAccount(_))
+    ));
     // A seeded account has no token yet; the first sweep fetches one.
     h.sweep().await;
     assert!(h.broker.has_valid_token(&name("b")));

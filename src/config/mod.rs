@@ -72,9 +72,14 @@ pub struct ConfigError {
 pub fn load(path: &Path, env: &Env) -> Result<Settings, ConfigError> {
     let source_name = path.display().to_string();
     if !path.is_file() {
-        return Err(ConfigError { source_name, problems: vec!["the configuration file does not exist or is not a file".into()] });
+        return Err(ConfigError {
+            source_name,
+            problems: vec!["the configuration file does not exist or is not a file".into()],
+        });
     }
-    let file = config::File::from(path).format(config::FileFormat::Toml).required(true);
+    let file = config::File::from(path)
+        .format(config::FileFormat::Toml)
+        .required(true);
     let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
     build(file, source_name, &base_dir, env)
 }
@@ -84,15 +89,34 @@ pub fn load(path: &Path, env: &Env) -> Result<Settings, ConfigError> {
 ///
 /// # Errors
 /// As `load`.
-pub fn load_str(toml: &str, source_name: &str, base_dir: &Path, env: &Env) -> Result<Settings, ConfigError> {
-    build(config::File::from_str(toml, config::FileFormat::Toml), source_name.to_owned(), base_dir, env)
+pub fn load_str(
+    toml: &str,
+    source_name: &str,
+    base_dir: &Path,
+    env: &Env,
+) -> Result<Settings, ConfigError> {
+    build(
+        config::File::from_str(toml, config::FileFormat::Toml),
+        source_name.to_owned(),
+        base_dir,
+        env,
+    )
 }
 
-fn build<S>(file: S, source_name: String, base_dir: &Path, env: &Env) -> Result<Settings, ConfigError>
+fn build<S>(
+    file: S,
+    source_name: String,
+    base_dir: &Path,
+    env: &Env,
+) -> Result<Settings, ConfigError>
 where
     S: config::Source + Send + Sync + 'static,
 {
-    let overrides: HashMap<String, String> = env.iter().filter(|(key, _)| key.starts_with(&format!("{ENV_PREFIX}__"))).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let overrides: HashMap<String, String> = env
+        .iter()
+        .filter(|(key, _)| key.starts_with(&format!("{ENV_PREFIX}__")))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let environment = config::Environment::with_prefix(ENV_PREFIX)
         .separator("__")
         .try_parsing(true)
@@ -104,21 +128,35 @@ where
         .add_source(environment)
         .build()
         .and_then(|loaded| loaded.try_deserialize::<raw::Raw>())
-        .map_err(|error| ConfigError { source_name: source_name.clone(), problems: vec![error.to_string()] })?;
-    let context = resolve::Context { base_dir: base_dir.to_owned(), credentials_dir: env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from) };
-    resolve::settings(raw, &context).map(|mut settings| {
-        settings.source = source_name.clone();
-        settings
-    })
-    .map_err(|problems| ConfigError { source_name, problems })
+        .map_err(|error| ConfigError {
+            source_name: source_name.clone(),
+            problems: vec![error.to_string()],
+        })?;
+    let context = resolve::Context {
+        base_dir: base_dir.to_owned(),
+        credentials_dir: env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+    };
+    resolve::settings(raw, &context)
+        .map(|mut settings| {
+            settings.source = source_name.clone();
+            settings
+        })
+        .map_err(|problems| ConfigError {
+            source_name,
+            problems,
+        })
 }
 
 /// The socket path a client command should use: from the configuration file if it is
 /// readable and names one, else the default. Never fails: a client that cannot read the
 /// daemon's configuration may still reach its socket.
 pub fn socket_path(path: &Path, env: &Env) -> PathBuf {
-    let from_env = env.get(&format!("{ENV_PREFIX}__SERVER__SOCKET")).map(PathBuf::from);
-    from_env.or_else(|| raw::socket_from_file(path)).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    let from_env = env
+        .get(&format!("{ENV_PREFIX}__SERVER__SOCKET"))
+        .map(PathBuf::from);
+    from_env
+        .or_else(|| raw::socket_from_file(path))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
 impl Settings {
@@ -126,7 +164,10 @@ impl Settings {
     pub fn summary(&self) -> String {
         let mut lines = vec![format!("configuration {} is valid", self.source)];
         lines.push(format!("  socket      {}", self.api.socket.display()));
-        lines.push(format!("  http        {}", self.api.http.map_or("off".into(), |a| a.to_string())));
+        lines.push(format!(
+            "  http        {}",
+            self.api.http.map_or("off".into(), |a| a.to_string())
+        ));
         lines.push(format!("  public_url  {}", self.api.public_url));
         lines.push(format!("  store       {}", self.store.dir.display()));
         let policy = &self.broker.policy;
@@ -139,15 +180,32 @@ impl Settings {
             self.broker.max_concurrent
         ));
         for provider in &self.providers {
-            let secret = if provider.client_secret.is_some() { "set" } else { "none" };
-            lines.push(format!("  provider    {} ({:?}, auth {:?}, client secret {secret})", provider.name, provider.preset, provider.auth_method));
+            let secret = if provider.client_secret.is_some() {
+                "set"
+            } else {
+                "none"
+            };
+            lines.push(format!(
+                "  provider    {} ({:?}, auth {:?}, client secret {secret})",
+                provider.name, provider.preset, provider.auth_method
+            ));
         }
         for client in &self.api.clients {
             let patterns: Vec<&str> = client.accounts.iter().map(glob::Pattern::as_str).collect();
-            lines.push(format!("  client      {} (accounts {}{})", client.name, patterns.join(", "), if client.admin { ", admin" } else { "" }));
+            lines.push(format!(
+                "  client      {} (accounts {}{})",
+                client.name,
+                patterns.join(", "),
+                if client.admin { ", admin" } else { "" }
+            ));
         }
         for account in &self.accounts {
-            lines.push(format!("  account     {} (provider {}{})", account.name, account.provider, if account.required { ", required" } else { "" }));
+            lines.push(format!(
+                "  account     {} (provider {}{})",
+                account.name,
+                account.provider,
+                if account.required { ", required" } else { "" }
+            ));
         }
         lines.join("\n")
     }

@@ -83,7 +83,10 @@ pub(super) struct Provider {
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Provider").field("preset", &self.preset).field("client_id", &self.client_id).finish_non_exhaustive()
+        f.debug_struct("Provider")
+            .field("preset", &self.preset)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,6 +127,11 @@ pub(super) fn socket_from_file(path: &Path) -> Option<PathBuf> {
     }
     let text = std::fs::read_to_string(path).ok()?;
     let file = config::File::from_str(&text, config::FileFormat::Toml);
-    let lenient: Lenient = config::Config::builder().add_source(file).build().ok()?.try_deserialize().ok()?;
+    let lenient: Lenient = config::Config::builder()
+        .add_source(file)
+        .build()
+        .ok()?
+        .try_deserialize()
+        .ok()?;
     lenient.server?.socket
 }

@@ -49,8 +49,17 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
     if max_concurrent == 0 {
         problems.push("refresh.max_concurrent: must be at least 1".into());
     }
-    let providers: Vec<provider::Config> = raw.providers.iter().filter_map(|(name, p)| provider(name, p, context, &mut problems)).collect();
-    let clients = raw.clients.iter().enumerate().filter_map(|(i, c)| client(i, c, context, &mut problems)).collect();
+    let providers: Vec<provider::Config> = raw
+        .providers
+        .iter()
+        .filter_map(|(name, p)| provider(name, p, context, &mut problems))
+        .collect();
+    let clients = raw
+        .clients
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| client(i, c, context, &mut problems))
+        .collect();
     let accounts = raw
         .accounts
         .iter()
@@ -59,13 +68,28 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
     if !problems.is_empty() {
         return Err(problems);
     }
-    let store = store::Config { dir: raw.store.dir.clone().unwrap_or_else(|| DEFAULT_STORE_DIR.into()) };
+    let store = store::Config {
+        dir: raw
+            .store
+            .dir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STORE_DIR.into()),
+    };
     let (http, public_url) = checked.expect("no problems means the server section resolved");
     Ok(Settings {
         source: String::new(),
-        api: api::Config { socket, http, public_url, admin_uids: raw.server.admin_uids.clone(), clients },
+        api: api::Config {
+            socket,
+            http,
+            public_url,
+            admin_uids: raw.server.admin_uids.clone(),
+            clients,
+        },
         store,
-        broker: broker::Config { policy, max_concurrent },
+        broker: broker::Config {
+            policy,
+            max_concurrent,
+        },
         scheduler: scheduler::Config { check_interval },
         providers,
         accounts,
@@ -90,11 +114,16 @@ fn server(raw: &raw::Server, problems: &mut Vec<String>) -> ServerParts {
             Err(_) => Err(format!("server.http: {http_text:?} is not an address like 127.0.0.1:8765 (use \"\" to turn TCP off)")),
         }
     };
-    let default_public = http.as_ref().ok().copied().flatten().map_or_else(|| format!("http://{DEFAULT_HTTP}"), |addr| format!("http://{addr}"));
+    let default_public = http.as_ref().ok().copied().flatten().map_or_else(
+        || format!("http://{DEFAULT_HTTP}"),
+        |addr| format!("http://{addr}"),
+    );
     let public_text = raw.public_url.clone().unwrap_or(default_public);
     let public_url = match Url::parse(&public_text) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
-        _ => Err(format!("server.public_url: {public_text:?} is not an http(s) URL")),
+        _ => Err(format!(
+            "server.public_url: {public_text:?} is not an http(s) URL"
+        )),
     };
     let parts = match (http, public_url) {
         (Ok(http), Ok(public_url)) => Some((http, public_url)),
@@ -131,19 +160,29 @@ fn refresh_policy(raw: &raw::Refresh, problems: &mut Vec<String>) -> RefreshPoli
         problems.push("refresh.min_interval: must be at least 1s".into());
     }
     if policy.backoff_base.is_zero() || policy.backoff_base > policy.backoff_max {
-        problems.push("refresh.backoff_base: must be more than zero and at most refresh.backoff_max".into());
+        problems.push(
+            "refresh.backoff_base: must be more than zero and at most refresh.backoff_max".into(),
+        );
     }
     policy
 }
 
-fn provider(name: &str, raw: &raw::Provider, context: &Context, problems: &mut Vec<String>) -> Option<provider::Config> {
+fn provider(
+    name: &str,
+    raw: &raw::Provider,
+    context: &Context,
+    problems: &mut Vec<String>,
+) -> Option<provider::Config> {
     let key = |field: &str| format!("providers.{name}.{field}");
     let before = problems.len();
     let preset = match raw.preset.as_str() {
         "dropbox" => Some(Preset::Dropbox),
         "generic" => Some(Preset::Generic),
         other => {
-            problems.push(format!("{}: unknown preset {other:?} (this version has \"dropbox\" and \"generic\")", key("preset")));
+            problems.push(format!(
+                "{}: unknown preset {other:?} (this version has \"dropbox\" and \"generic\")",
+                key("preset")
+            ));
             None
         }
     };
@@ -152,11 +191,16 @@ fn provider(name: &str, raw: &raw::Provider, context: &Context, problems: &mut V
     }
     let client_secret = match (&raw.client_secret, &raw.client_secret_file) {
         (Some(_), Some(_)) => {
-            problems.push(format!("{}: give client_secret or client_secret_file, not both", key("client_secret")));
+            problems.push(format!(
+                "{}: give client_secret or client_secret_file, not both",
+                key("client_secret")
+            ));
             None
         }
         (Some(inline), None) => Some(ClientSecret::new(inline.clone())),
-        (None, Some(file)) => read_secret(file, &key("client_secret_file"), context, problems).map(ClientSecret::new),
+        (None, Some(file)) => {
+            read_secret(file, &key("client_secret_file"), context, problems).map(ClientSecret::new)
+        }
         (None, None) => None,
     };
     let auth_method = match raw.auth_method.as_deref() {
@@ -166,15 +210,22 @@ fn provider(name: &str, raw: &raw::Provider, context: &Context, problems: &mut V
         Some("post") => AuthMethod::Post,
         Some("none") => AuthMethod::None,
         Some(other) => {
-            problems.push(format!("{}: {other:?} is not basic, post or none", key("auth_method")));
+            problems.push(format!(
+                "{}: {other:?} is not basic, post or none",
+                key("auth_method")
+            ));
             AuthMethod::None
         }
     };
     match (auth_method, client_secret.is_some()) {
-        (AuthMethod::Basic | AuthMethod::Post, false) => {
-            problems.push(format!("{}: {auth_method:?} needs client_secret or client_secret_file", key("auth_method")))
-        }
-        (AuthMethod::None, true) => problems.push(format!("{}: a public client (none) takes no client secret", key("auth_method"))),
+        (AuthMethod::Basic | AuthMethod::Post, false) => problems.push(format!(
+            "{}: {auth_method:?} needs client_secret or client_secret_file",
+            key("auth_method")
+        )),
+        (AuthMethod::None, true) => problems.push(format!(
+            "{}: a public client (none) takes no client secret",
+            key("auth_method")
+        )),
         _ => {}
     }
     let url = |field: &str, value: &Option<String>, problems: &mut Vec<String>| -> Option<Url> {
@@ -200,9 +251,14 @@ fn provider(name: &str, raw: &raw::Provider, context: &Context, problems: &mut V
     let endpoints = match (preset?, issuer, token_url) {
         (Preset::Dropbox, issuer, token) => {
             if issuer.is_some() {
-                problems.push(format!("{}: the dropbox preset has fixed endpoints; override token_url etc. instead", key("issuer")));
+                problems.push(format!(
+                    "{}: the dropbox preset has fixed endpoints; override token_url etc. instead",
+                    key("issuer")
+                ));
             }
-            let fixed = Preset::Dropbox.endpoints().expect("dropbox has fixed endpoints");
+            let fixed = Preset::Dropbox
+                .endpoints()
+                .expect("dropbox has fixed endpoints");
             EndpointSource::Fixed(Endpoints {
                 token: token.unwrap_or(fixed.token),
                 authorize: authorize_url.or(fixed.authorize),
@@ -210,14 +266,24 @@ fn provider(name: &str, raw: &raw::Provider, context: &Context, problems: &mut V
             })
         }
         (Preset::Generic, Some(_), Some(_)) => {
-            problems.push(format!("{}: give issuer (discovery) or token_url, not both", key("issuer")));
+            problems.push(format!(
+                "{}: give issuer (discovery) or token_url, not both",
+                key("issuer")
+            ));
             return None;
         }
         (Preset::Generic, Some(issuer), None) => EndpointSource::Discover { issuer },
-        (Preset::Generic, None, Some(token)) => EndpointSource::Fixed(Endpoints { token, authorize: authorize_url, revoke: revoke_url }),
+        (Preset::Generic, None, Some(token)) => EndpointSource::Fixed(Endpoints {
+            token,
+            authorize: authorize_url,
+            revoke: revoke_url,
+        }),
         (Preset::Generic, None, None) => {
             if raw.issuer.is_none() && raw.token_url.is_none() {
-                problems.push(format!("{}: a generic provider needs issuer or token_url", key("token_url")));
+                problems.push(format!(
+                    "{}: a generic provider needs issuer or token_url",
+                    key("token_url")
+                ));
             }
             return None;
         }
@@ -225,9 +291,15 @@ fn provider(name: &str, raw: &raw::Provider, context: &Context, problems: &mut V
     let timeout = raw.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let connect_timeout = raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     if timeout.is_zero() || connect_timeout.is_zero() {
-        problems.push(format!("{}: timeouts must be more than zero", key("timeout")));
+        problems.push(format!(
+            "{}: timeouts must be more than zero",
+            key("timeout")
+        ));
     }
-    if raw.default_lifetime.is_some_and(|d| d < Duration::from_secs(1)) {
+    if raw
+        .default_lifetime
+        .is_some_and(|d| d < Duration::from_secs(1))
+    {
         problems.push(format!("{}: must be at least 1s", key("default_lifetime")));
     }
     (problems.len() == before).then(|| provider::Config {
@@ -238,13 +310,20 @@ fn provider(name: &str, raw: &raw::Provider, context: &Context, problems: &mut V
         auth_method,
         endpoints,
         scopes: raw.scopes.clone(),
-        default_lifetime: raw.default_lifetime.unwrap_or(preset.expect("checked above").default_lifetime()),
+        default_lifetime: raw
+            .default_lifetime
+            .unwrap_or(preset.expect("checked above").default_lifetime()),
         connect_timeout,
         timeout,
     })
 }
 
-fn client(index: usize, raw: &raw::Client, context: &Context, problems: &mut Vec<String>) -> Option<Client> {
+fn client(
+    index: usize,
+    raw: &raw::Client,
+    context: &Context,
+    problems: &mut Vec<String>,
+) -> Option<Client> {
     let key = |field: &str| format!("clients[{index}].{field}");
     let before = problems.len();
     if raw.name.trim().is_empty() {
@@ -252,21 +331,38 @@ fn client(index: usize, raw: &raw::Client, context: &Context, problems: &mut Vec
     }
     let api_key_sha256 = match (&raw.api_key_sha256, &raw.api_key_file) {
         (Some(_), Some(_)) => {
-            problems.push(format!("{}: give api_key_sha256 or api_key_file, not both", key("api_key_sha256")));
+            problems.push(format!(
+                "{}: give api_key_sha256 or api_key_file, not both",
+                key("api_key_sha256")
+            ));
             None
         }
-        (Some(text), None) => match hex::decode(text.trim()).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) {
+        (Some(text), None) => match hex::decode(text.trim())
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        {
             Some(digest) => Some(digest),
             None => {
-                problems.push(format!("{}: must be 64 hex digits (sha256sum of the key)", key("api_key_sha256")));
+                problems.push(format!(
+                    "{}: must be 64 hex digits (sha256sum of the key)",
+                    key("api_key_sha256")
+                ));
                 None
             }
         },
-        (None, Some(file)) => read_secret(file, &key("api_key_file"), context, problems).map(|k| Sha256::digest(k.as_bytes()).into()),
+        (None, Some(file)) => read_secret(file, &key("api_key_file"), context, problems)
+            .map(|k| Sha256::digest(k.as_bytes()).into()),
         (None, None) => None,
     };
-    if raw.uids.is_empty() && raw.gids.is_empty() && raw.api_key_sha256.is_none() && raw.api_key_file.is_none() {
-        problems.push(format!("{}: a client needs uids, gids, api_key_sha256 or api_key_file", key("name")));
+    if raw.uids.is_empty()
+        && raw.gids.is_empty()
+        && raw.api_key_sha256.is_none()
+        && raw.api_key_file.is_none()
+    {
+        problems.push(format!(
+            "{}: a client needs uids, gids, api_key_sha256 or api_key_file",
+            key("name")
+        ));
     }
     let accounts = raw
         .accounts
@@ -274,7 +370,10 @@ fn client(index: usize, raw: &raw::Client, context: &Context, problems: &mut Vec
         .filter_map(|pattern| match glob::Pattern::new(pattern) {
             Ok(compiled) => Some(compiled),
             Err(error) => {
-                problems.push(format!("{}: {pattern:?} is not a glob pattern ({error})", key("accounts")));
+                problems.push(format!(
+                    "{}: {pattern:?} is not a glob pattern ({error})",
+                    key("accounts")
+                ));
                 None
             }
         })
@@ -289,7 +388,13 @@ fn client(index: usize, raw: &raw::Client, context: &Context, problems: &mut Vec
     })
 }
 
-fn declared_account(name: &str, raw: &raw::Account, all: &Raw, context: &Context, problems: &mut Vec<String>) -> Option<DeclaredAccount> {
+fn declared_account(
+    name: &str,
+    raw: &raw::Account,
+    all: &Raw,
+    context: &Context,
+    problems: &mut Vec<String>,
+) -> Option<DeclaredAccount> {
     let key = |field: &str| format!("accounts.{name}.{field}");
     let parsed: Option<AccountName> = match name.parse() {
         Ok(parsed) => Some(parsed),
@@ -299,24 +404,48 @@ fn declared_account(name: &str, raw: &raw::Account, all: &Raw, context: &Context
         }
     };
     if !all.providers.contains_key(&raw.provider) {
-        problems.push(format!("{}: no provider named {:?} is configured", key("provider"), raw.provider));
+        problems.push(format!(
+            "{}: no provider named {:?} is configured",
+            key("provider"),
+            raw.provider
+        ));
     }
-    let refresh_token = raw.refresh_token_file.as_ref().and_then(|file| read_secret(file, &key("refresh_token_file"), context, problems)).map(RefreshToken::new);
-    Some(DeclaredAccount { name: parsed?, provider: raw.provider.clone(), refresh_token, required: raw.required })
+    let refresh_token = raw
+        .refresh_token_file
+        .as_ref()
+        .and_then(|file| read_secret(file, &key("refresh_token_file"), context, problems))
+        .map(RefreshToken::new);
+    Some(DeclaredAccount {
+        name: parsed?,
+        provider: raw.provider.clone(),
+        refresh_token,
+        required: raw.required,
+    })
 }
 
 /// Reads a secret file: absolute as given; relative in `$CREDENTIALS_DIRECTORY` first, then
 /// beside the configuration file. Surrounding whitespace (a trailing newline) is dropped.
-fn read_secret(file: &str, key: &str, context: &Context, problems: &mut Vec<String>) -> Option<String> {
+fn read_secret(
+    file: &str,
+    key: &str,
+    context: &Context,
+    problems: &mut Vec<String>,
+) -> Option<String> {
     let candidates = secret_candidates(Path::new(file), context);
     let Some(path) = candidates.iter().find(|p| p.is_file()) else {
         let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-        problems.push(format!("{key}: {file:?} not found (looked at {})", tried.join(", ")));
+        problems.push(format!(
+            "{key}: {file:?} not found (looked at {})",
+            tried.join(", ")
+        ));
         return None;
     };
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size > MAX_SECRET_FILE_BYTES {
-        problems.push(format!("{key}: {} is {size} bytes, too large for a secret", path.display()));
+        problems.push(format!(
+            "{key}: {} is {size} bytes, too large for a secret",
+            path.display()
+        ));
         return None;
     }
     match std::fs::read_to_string(path) {

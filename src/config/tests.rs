@@ -11,7 +11,9 @@ struct Files {
 
 impl Files {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
@@ -23,7 +25,10 @@ impl Files {
 
     fn load(&self, toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let path = self.write("config.toml", toml);
-        let env: Env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let env: Env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         load(&path, &env)
     }
 }
@@ -88,16 +93,43 @@ fn the_documented_example_loads() {
     let files = example_files();
     let settings = files.load(EXAMPLE, &[]).unwrap();
     assert_eq!(settings.api.http.unwrap().to_string(), "127.0.0.1:8765");
-    assert_eq!(settings.scheduler.check_interval, std::time::Duration::from_secs(30));
-    let dropbox = &settings.providers.iter().find(|p| p.name == "dropbox").unwrap();
-    assert_eq!(dropbox.client_secret.as_ref().unwrap().expose(), "dropbox-SECRET-value", "trailing newline dropped");
+    assert_eq!(
+        settings.scheduler.check_interval,
+        std::time::Duration::from_secs(30)
+    );
+    let dropbox = &settings
+        .providers
+        .iter()
+        .find(|p| p.name == "dropbox")
+        .unwrap();
+    assert_eq!(
+        dropbox.client_secret.as_ref().unwrap().expose(),
+        "dropbox-SECRET-value",
+        "trailing newline dropped"
+    );
     assert_eq!(dropbox.auth_method, AuthMethod::Basic);
-    assert!(matches!(&dropbox.endpoints, EndpointSource::Fixed(e) if e.token.as_str() == "https://api.dropboxapi.com/oauth2/token"));
-    assert_eq!(dropbox.default_lifetime, std::time::Duration::from_secs(14400));
-    let corp = &settings.providers.iter().find(|p| p.name == "corp").unwrap();
+    assert!(
+        matches!(&dropbox.endpoints, EndpointSource::Fixed(e) if e.token.as_str() == "https://api.dropboxapi.com/oauth2/token")
+    );
+    assert_eq!(
+        dropbox.default_lifetime,
+        std::time::Duration::from_secs(14400)
+    );
+    let corp = &settings
+        .providers
+        .iter()
+        .find(|p| p.name == "corp")
+        .unwrap();
     assert!(matches!(&corp.endpoints, EndpointSource::Discover { .. }));
     assert_eq!(corp.auth_method, AuthMethod::Post);
-    assert_eq!(settings.accounts[0].refresh_token.as_ref().unwrap().expose(), "refresh-SECRET-value");
+    assert_eq!(
+        settings.accounts[0]
+            .refresh_token
+            .as_ref()
+            .unwrap()
+            .expose(),
+        "refresh-SECRET-value"
+    );
     assert!(settings.accounts[0].required);
     assert_eq!(settings.api.clients.len(), 2);
     // Neither the summary nor Debug shows a secret.
@@ -110,20 +142,34 @@ fn the_documented_example_loads() {
 fn the_environment_overrides_the_file() {
     let files = example_files();
     let settings = files
-        .load(EXAMPLE, &[
-            ("TOKENBROKER__REFRESH__MAX_CONCURRENT", "3"),
-            ("TOKENBROKER__REFRESH__AHEAD", "2h"),
-            ("TOKENBROKER__SERVER__ADMIN_UIDS", "5,6"),
-            ("TOKENBROKER__SERVER__HTTP", ""),
-            ("TOKENBROKER__PROVIDERS__DROPBOX__CLIENT_ID", "12345"),
-            ("UNRELATED__X", "y"),
-        ])
+        .load(
+            EXAMPLE,
+            &[
+                ("TOKENBROKER__REFRESH__MAX_CONCURRENT", "3"),
+                ("TOKENBROKER__REFRESH__AHEAD", "2h"),
+                ("TOKENBROKER__SERVER__ADMIN_UIDS", "5,6"),
+                ("TOKENBROKER__SERVER__HTTP", ""),
+                ("TOKENBROKER__PROVIDERS__DROPBOX__CLIENT_ID", "12345"),
+                ("UNRELATED__X", "y"),
+            ],
+        )
         .unwrap();
     assert_eq!(settings.broker.max_concurrent, 3);
-    assert_eq!(settings.broker.policy.ahead, std::time::Duration::from_secs(7200));
+    assert_eq!(
+        settings.broker.policy.ahead,
+        std::time::Duration::from_secs(7200)
+    );
     assert_eq!(settings.api.admin_uids, vec![5, 6]);
     assert_eq!(settings.api.http, None);
-    assert_eq!(settings.providers.iter().find(|p| p.name == "dropbox").unwrap().client_id, "12345");
+    assert_eq!(
+        settings
+            .providers
+            .iter()
+            .find(|p| p.name == "dropbox")
+            .unwrap()
+            .client_id,
+        "12345"
+    );
 }
 
 #[test]
@@ -132,24 +178,49 @@ fn relative_secret_files_look_in_the_credentials_directory_first() {
     let credentials = files.write("creds/dropbox-secret", "from-credentials");
     let path = files.write("config.toml", EXAMPLE);
     let mut env = Env::new();
-    env.insert("CREDENTIALS_DIRECTORY".into(), credentials.parent().unwrap().display().to_string());
+    env.insert(
+        "CREDENTIALS_DIRECTORY".into(),
+        credentials.parent().unwrap().display().to_string(),
+    );
     let settings = load(&path, &env).unwrap();
-    let dropbox = settings.providers.iter().find(|p| p.name == "dropbox").unwrap();
-    assert_eq!(dropbox.client_secret.as_ref().unwrap().expose(), "from-credentials");
+    let dropbox = settings
+        .providers
+        .iter()
+        .find(|p| p.name == "dropbox")
+        .unwrap();
+    assert_eq!(
+        dropbox.client_secret.as_ref().unwrap().expose(),
+        "from-credentials"
+    );
     // Files not in the credentials directory are still found beside the configuration.
-    assert_eq!(settings.providers.iter().find(|p| p.name == "corp").unwrap().client_secret.as_ref().unwrap().expose(), "corp-SECRET-value");
+    assert_eq!(
+        settings
+            .providers
+            .iter()
+            .find(|p| p.name == "corp")
+            .unwrap()
+            .client_secret
+            .as_ref()
+            .unwrap()
+            .expose(),
+        "corp-SECRET-value"
+    );
 }
 
 fn error(toml: &str, env: &[(&str, &str)]) -> String {
     let files = example_files();
     let error = files.load(toml, env).unwrap_err();
-    assert!(error.to_string().contains("config.toml"), "names the file: {error}");
+    assert!(
+        error.to_string().contains("config.toml"),
+        "names the file: {error}"
+    );
     error.to_string()
 }
 
 #[test]
 fn every_error_names_its_key() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         ("[server]\nsockt = \"x\"", &[], "sockt"),
         ("[refresh]\nahead = \"soon\"", &[], "refresh.ahead"),
         ("[refresh]\nmax_concurrent = -1", &[], "refresh.max_concurrent"),
@@ -190,7 +261,12 @@ fn all_problems_are_reported_at_once_without_secret_contents() {
         .load("[server]\nhttp = \"8.8.8.8:1\"\n[refresh]\nmax_concurrent = 0\n[providers.d]\npreset = \"dropbox\"\nclient_id = \"x\"\nclient_secret_file = \"empty\"", &[])
         .unwrap_err()
         .to_string();
-    assert!(text.contains("server.http") && text.contains("max_concurrent") && text.contains("is empty"), "{text}");
+    assert!(
+        text.contains("server.http")
+            && text.contains("max_concurrent")
+            && text.contains("is empty"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -202,9 +278,19 @@ fn a_missing_file_is_a_configuration_error() {
 #[test]
 fn client_commands_find_the_socket_leniently() {
     let files = Files::new();
-    let path = files.write("config.toml", "[server]\nsocket = \"/tmp/x.sock\"\n[whatever]\nkey = 1\n");
+    let path = files.write(
+        "config.toml",
+        "[server]\nsocket = \"/tmp/x.sock\"\n[whatever]\nkey = 1\n",
+    );
     assert_eq!(socket_path(&path, &Env::new()), Path::new("/tmp/x.sock"));
-    assert_eq!(socket_path(Path::new("/nonexistent"), &Env::new()), Path::new(DEFAULT_SOCKET));
-    let env: Env = [("TOKENBROKER__SERVER__SOCKET".to_owned(), "/e.sock".to_owned())].into();
+    assert_eq!(
+        socket_path(Path::new("/nonexistent"), &Env::new()),
+        Path::new(DEFAULT_SOCKET)
+    );
+    let env: Env = [(
+        "TOKENBROKER__SERVER__SOCKET".to_owned(),
+        "/e.sock".to_owned(),
+    )]
+    .into();
     assert_eq!(socket_path(&path, &env), Path::new("/e.sock"));
 }

@@ -56,7 +56,10 @@ pub enum ProviderError {
         reason: String,
     },
     /// `invalid_grant`: the refresh token is invalid, expired or revoked.
-    #[error("the provider refused the grant (invalid_grant{})", describe(description))]
+    #[error(
+        "the provider refused the grant (invalid_grant{})",
+        describe(description)
+    )]
     InvalidGrant {
         /// The provider's `error_description`, cleaned.
         description: Option<String>,
@@ -99,29 +102,37 @@ pub enum ProviderError {
 }
 
 fn describe(description: &Option<String>) -> String {
-    description.as_deref().map(|text| format!(": {text}")).unwrap_or_default()
+    description
+        .as_deref()
+        .map(|text| format!(": {text}"))
+        .unwrap_or_default()
 }
 
 impl ProviderError {
     /// What the broker should do about it.
     pub fn kind(&self) -> FailureKind {
         match self {
-            Self::Network { .. } | Self::Timeout { .. } | Self::RateLimited { .. } | Self::Unavailable { .. } | Self::Malformed { .. } => {
-                FailureKind::Transient
-            }
+            Self::Network { .. }
+            | Self::Timeout { .. }
+            | Self::RateLimited { .. }
+            | Self::Unavailable { .. }
+            | Self::Malformed { .. } => FailureKind::Transient,
             // Discovery fails mostly because the server is down or unreachable; retry it.
             Self::Discovery { .. } => FailureKind::Transient,
             Self::InvalidGrant { .. } => FailureKind::Reauth,
-            Self::ClientRejected { .. } | Self::Rejected { .. } | Self::UnexpectedStatus { .. } | Self::Client(_) => {
-                FailureKind::Configuration
-            }
+            Self::ClientRejected { .. }
+            | Self::Rejected { .. }
+            | Self::UnexpectedStatus { .. }
+            | Self::Client(_) => FailureKind::Configuration,
         }
     }
 
     /// The wait the provider asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited { retry_after } | Self::Unavailable { retry_after, .. } => *retry_after,
+            Self::RateLimited { retry_after } | Self::Unavailable { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }

@@ -97,8 +97,13 @@ impl Preset {
         match self {
             Self::Dropbox => Some(Endpoints {
                 token: Url::parse("https://api.dropboxapi.com/oauth2/token").expect("valid URL"),
-                authorize: Some(Url::parse("https://www.dropbox.com/oauth2/authorize").expect("valid URL")),
-                revoke: Some(Url::parse("https://api.dropboxapi.com/2/auth/token/revoke").expect("valid URL")),
+                authorize: Some(
+                    Url::parse("https://www.dropbox.com/oauth2/authorize").expect("valid URL"),
+                ),
+                revoke: Some(
+                    Url::parse("https://api.dropboxapi.com/2/auth/token/revoke")
+                        .expect("valid URL"),
+                ),
             }),
             Self::Generic => None,
         }
@@ -158,7 +163,11 @@ impl Provider {
             .user_agent(USER_AGENT)
             .build()
             .map_err(ProviderError::Client)?;
-        Ok(Self { config, http, discovered: OnceCell::new() })
+        Ok(Self {
+            config,
+            http,
+            discovered: OnceCell::new(),
+        })
     }
 
     /// The provider's configured name.
@@ -175,15 +184,27 @@ impl Provider {
     ///
     /// # Errors
     /// Every failure, classified (see `ProviderError::kind`).
-    pub async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenResponse, ProviderError> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &RefreshToken,
+    ) -> Result<TokenResponse, ProviderError> {
         let endpoints = self.endpoints().await?;
-        let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose())];
-        let mut request = self.http.post(endpoints.token.clone()).header(ACCEPT, "application/json");
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+        ];
+        let mut request = self
+            .http
+            .post(endpoints.token.clone())
+            .header(ACCEPT, "application/json");
         match (&self.config.auth_method, &self.config.client_secret) {
             (AuthMethod::Basic, Some(secret)) => {
                 // RFC 6749 §2.3.1: form-encode id and secret before Basic encoding.
-                let id: String = url::form_urlencoded::byte_serialize(self.config.client_id.as_bytes()).collect();
-                let secret: String = url::form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect();
+                let id: String =
+                    url::form_urlencoded::byte_serialize(self.config.client_id.as_bytes())
+                        .collect();
+                let secret: String =
+                    url::form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect();
                 request = request.basic_auth(id, Some(secret));
             }
             (AuthMethod::Post, Some(secret)) => {
@@ -192,15 +213,29 @@ impl Provider {
             }
             _ => form.push(("client_id", &self.config.client_id)),
         }
-        let response = request.form(&form).send().await.map_err(|e| request_error("token", e))?;
+        let response = request
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| request_error("token", e))?;
         let status = response.status().as_u16();
-        let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = read_capped(response, "token").await?;
         let mut secrets = vec![refresh_token.expose()];
         if let Some(secret) = &self.config.client_secret {
             secrets.push(secret.expose());
         }
-        response::parse(status, retry_after.as_deref(), &body, self.config.default_lifetime, &secrets)
+        response::parse(
+            status,
+            retry_after.as_deref(),
+            &body,
+            self.config.default_lifetime,
+            &secrets,
+        )
     }
 
     /// The endpoints, discovering them on first use if configured with an issuer.
@@ -210,14 +245,21 @@ impl Provider {
     pub async fn endpoints(&self) -> Result<&Endpoints, ProviderError> {
         match &self.config.endpoints {
             EndpointSource::Fixed(endpoints) => Ok(endpoints),
-            EndpointSource::Discover { issuer } => self.discovered.get_or_try_init(|| self.discover(issuer)).await,
+            EndpointSource::Discover { issuer } => {
+                self.discovered
+                    .get_or_try_init(|| self.discover(issuer))
+                    .await
+            }
         }
     }
 
     /// RFC 8414 / OpenID Connect discovery: `openid-configuration`, then
     /// `oauth-authorization-server`; the metadata's `issuer` must match ours.
     async fn discover(&self, issuer: &Url) -> Result<Endpoints, ProviderError> {
-        let fail = |reason: String| ProviderError::Discovery { issuer: issuer.to_string(), reason };
+        let fail = |reason: String| ProviderError::Discovery {
+            issuer: issuer.to_string(),
+            reason,
+        };
         let base = issuer.as_str().trim_end_matches('/');
         let path = issuer.path().trim_end_matches('/');
         let origin = issuer.origin().ascii_serialization();
@@ -228,7 +270,13 @@ impl Provider {
         let mut last_error = None;
         for candidate in candidates {
             let url = Url::parse(&candidate).map_err(|e| fail(e.to_string()))?;
-            let response = match self.http.get(url).header(ACCEPT, "application/json").send().await {
+            let response = match self
+                .http
+                .get(url)
+                .header(ACCEPT, "application/json")
+                .send()
+                .await
+            {
                 Ok(response) => response,
                 Err(error) => {
                     last_error = Some(request_error("discovery", error));
@@ -236,11 +284,15 @@ impl Provider {
                 }
             };
             if !response.status().is_success() {
-                last_error = Some(fail(format!("{candidate} answered HTTP {}", response.status().as_u16())));
+                last_error = Some(fail(format!(
+                    "{candidate} answered HTTP {}",
+                    response.status().as_u16()
+                )));
                 continue;
             }
             let body = read_capped(response, "discovery").await?;
-            let metadata: Value = serde_json::from_slice(&body).map_err(|_| fail(format!("{candidate} is not JSON")))?;
+            let metadata: Value = serde_json::from_slice(&body)
+                .map_err(|_| fail(format!("{candidate} is not JSON")))?;
             return endpoints_from_metadata(issuer, &metadata).map_err(fail);
         }
         Err(last_error.unwrap_or_else(|| fail("no metadata found".into())))
@@ -248,12 +300,19 @@ impl Provider {
 }
 
 fn endpoints_from_metadata(issuer: &Url, metadata: &Value) -> Result<Endpoints, String> {
-    let claimed = metadata.get("issuer").and_then(Value::as_str).ok_or("metadata has no issuer")?;
+    let claimed = metadata
+        .get("issuer")
+        .and_then(Value::as_str)
+        .ok_or("metadata has no issuer")?;
     if claimed.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
-        return Err(format!("metadata names issuer {claimed:?}, not the configured one"));
+        return Err(format!(
+            "metadata names issuer {claimed:?}, not the configured one"
+        ));
     }
     let endpoint = |key: &str| -> Result<Option<Url>, String> {
-        let Some(text) = metadata.get(key).and_then(Value::as_str) else { return Ok(None) };
+        let Some(text) = metadata.get(key).and_then(Value::as_str) else {
+            return Ok(None);
+        };
         let url = Url::parse(text).map_err(|e| format!("{key} is not a URL: {e}"))?;
         check_endpoint(&url).map_err(|problem| format!("{key} {problem}"))?;
         Ok(Some(url))
@@ -269,19 +328,34 @@ fn request_error(endpoint: &'static str, error: reqwest::Error) -> ProviderError
     if error.is_timeout() {
         ProviderError::Timeout { endpoint }
     } else {
-        ProviderError::Network { endpoint, source: error.without_url() }
+        ProviderError::Network {
+            endpoint,
+            source: error.without_url(),
+        }
     }
 }
 
 /// Reads a body, refusing more than `MAX_RESPONSE_BYTES` (checked as it streams in, so a
 /// hostile endless body costs at most that much memory).
-async fn read_capped(mut response: reqwest::Response, endpoint: &'static str) -> Result<Vec<u8>, ProviderError> {
-    let too_large = || ProviderError::Malformed { reason: format!("the {endpoint} response is larger than {MAX_RESPONSE_BYTES} bytes") };
-    if response.content_length().is_some_and(|len| len > MAX_RESPONSE_BYTES as u64) {
+async fn read_capped(
+    mut response: reqwest::Response,
+    endpoint: &'static str,
+) -> Result<Vec<u8>, ProviderError> {
+    let too_large = || ProviderError::Malformed {
+        reason: format!("the {endpoint} response is larger than {MAX_RESPONSE_BYTES} bytes"),
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
+    {
         return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| request_error(endpoint, e))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| request_error(endpoint, e))?
+    {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(too_large());
         }
@@ -305,10 +379,20 @@ mod tests {
 
     #[test]
     fn endpoints_must_be_https_unless_loopback() {
-        for good in ["https://api.dropboxapi.com/oauth2/token", "http://127.0.0.1:9/t", "http://localhost/t", "http://[::1]:8/t"] {
+        for good in [
+            "https://api.dropboxapi.com/oauth2/token",
+            "http://127.0.0.1:9/t",
+            "http://localhost/t",
+            "http://[::1]:8/t",
+        ] {
             assert!(check_endpoint(&Url::parse(good).unwrap()).is_ok(), "{good}");
         }
-        for bad in ["http://example.com/t", "http://10.0.0.1/t", "ftp://127.0.0.1/t", "http://127.0.0.1.example.com/t"] {
+        for bad in [
+            "http://example.com/t",
+            "http://10.0.0.1/t",
+            "ftp://127.0.0.1/t",
+            "http://127.0.0.1.example.com/t",
+        ] {
             assert!(check_endpoint(&Url::parse(bad).unwrap()).is_err(), "{bad}");
         }
     }
@@ -317,7 +401,13 @@ mod tests {
     fn metadata_must_name_our_issuer() {
         let issuer = Url::parse("https://login.example.com").unwrap();
         let good = serde_json::json!({"issuer": "https://login.example.com/", "token_endpoint": "https://login.example.com/token"});
-        assert_eq!(endpoints_from_metadata(&issuer, &good).unwrap().token.as_str(), "https://login.example.com/token");
+        assert_eq!(
+            endpoints_from_metadata(&issuer, &good)
+                .unwrap()
+                .token
+                .as_str(),
+            "https://login.example.com/token"
+        );
         let mixed_up = serde_json::json!({"issuer": "https://evil.example", "token_endpoint": "https://evil.example/token"});
         assert!(endpoints_from_metadata(&issuer, &mixed_up).is_err());
         let insecure = serde_json::json!({"issuer": "https://login.example.com", "token_endpoint": "http://login.example.com/token"});

@@ -54,10 +54,15 @@ pub fn parse(
     let header_wait = retry_after_header.and_then(parse_retry_after);
     if status == 429 {
         let body_wait = json.as_ref().and_then(json_retry_after);
-        return Err(ProviderError::RateLimited { retry_after: header_wait.or(body_wait) });
+        return Err(ProviderError::RateLimited {
+            retry_after: header_wait.or(body_wait),
+        });
     }
     if (500..600).contains(&status) {
-        return Err(ProviderError::Unavailable { status, retry_after: header_wait });
+        return Err(ProviderError::Unavailable {
+            status,
+            retry_after: header_wait,
+        });
     }
     if let Some(object) = &json {
         if let Some(error) = object.get("error") {
@@ -65,7 +70,10 @@ pub fn parse(
         }
     }
     if status != 200 {
-        return Err(ProviderError::UnexpectedStatus { endpoint: "token", status });
+        return Err(ProviderError::UnexpectedStatus {
+            endpoint: "token",
+            status,
+        });
     }
     let Some(object) = json else {
         return Err(malformed("the body is not a JSON object"));
@@ -73,7 +81,10 @@ pub fn parse(
     success(&object, default_lifetime)
 }
 
-fn success(object: &Map<String, Value>, default_lifetime: Duration) -> Result<TokenResponse, ProviderError> {
+fn success(
+    object: &Map<String, Value>,
+    default_lifetime: Duration,
+) -> Result<TokenResponse, ProviderError> {
     let access_token = match object.get("access_token") {
         Some(Value::String(token)) => checked_token(token, "access_token")?,
         Some(_) => return Err(malformed("access_token is not a string")),
@@ -87,14 +98,26 @@ fn success(object: &Map<String, Value>, default_lifetime: Duration) -> Result<To
         None => "Bearer".to_owned(),
     };
     let refresh_token = match object.get("refresh_token") {
-        Some(Value::String(token)) if !token.is_empty() => Some(RefreshToken::new(checked_token(token, "refresh_token")?.expose())),
+        Some(Value::String(token)) if !token.is_empty() => Some(RefreshToken::new(
+            checked_token(token, "refresh_token")?.expose(),
+        )),
         Some(Value::String(_)) | Some(Value::Null) | None => None,
         Some(_) => return Err(malformed("refresh_token is not a string")),
     };
-    let lifetime = expires_in(object.get("expires_in")).unwrap_or(default_lifetime).min(MAX_LIFETIME);
+    let lifetime = expires_in(object.get("expires_in"))
+        .unwrap_or(default_lifetime)
+        .min(MAX_LIFETIME);
     let scope = match object.get("scope") {
-        Some(Value::String(scope)) if is_plain(scope, 4096) || scope.is_empty() => Some(scope.clone()),
-        Some(Value::Array(items)) => Some(items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")),
+        Some(Value::String(scope)) if is_plain(scope, 4096) || scope.is_empty() => {
+            Some(scope.clone())
+        }
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         _ => None,
     };
     let user_id = ["account_id", "team_id", "user_id"]
@@ -102,7 +125,14 @@ fn success(object: &Map<String, Value>, default_lifetime: Duration) -> Result<To
         .find_map(|key| object.get(*key).and_then(Value::as_str))
         .filter(|id| is_plain(id, 256))
         .map(str::to_owned);
-    Ok(TokenResponse { access_token, token_type, lifetime, refresh_token, scope, user_id })
+    Ok(TokenResponse {
+        access_token,
+        token_type,
+        lifetime,
+        refresh_token,
+        scope,
+        user_id,
+    })
 }
 
 /// `expires_in` as a positive number of seconds (number or numeric string); anything else
@@ -113,13 +143,19 @@ fn expires_in(value: Option<&Value>) -> Option<Duration> {
         Value::String(text) => text.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    (seconds.is_finite() && seconds >= 1.0).then(|| Duration::from_secs_f64(seconds.min(MAX_LIFETIME.as_secs_f64())))
+    (seconds.is_finite() && seconds >= 1.0)
+        .then(|| Duration::from_secs_f64(seconds.min(MAX_LIFETIME.as_secs_f64())))
 }
 
 /// Tokens go into HTTP headers and environment variables: printable ASCII only.
 fn checked_token(token: &str, field: &str) -> Result<AccessToken, ProviderError> {
-    if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(malformed(&format!("{field} is empty, too long, or has characters a token cannot have")));
+    if token.is_empty()
+        || token.len() > MAX_TOKEN_LEN
+        || !token.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(malformed(&format!(
+            "{field} is empty, too long, or has characters a token cannot have"
+        )));
     }
     Ok(AccessToken::new(token))
 }
@@ -136,14 +172,27 @@ fn oauth_error(error: &Value, description: Option<&Value>, secrets: &[&str]) -> 
             Some((code, rest)) => (code.trim().to_owned(), Some(rest.trim().to_owned())),
             None => (text.trim().to_owned(), None),
         },
-        Value::Object(object) => (object.get(".tag").and_then(Value::as_str).unwrap_or("unknown").to_owned(), None),
+        Value::Object(object) => (
+            object
+                .get(".tag")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_owned(),
+            None,
+        ),
         _ => ("unknown".to_owned(), None),
     };
-    let description = description.and_then(Value::as_str).map(str::to_owned).or(folded).map(|text| clean(&text, secrets));
+    let description = description
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or(folded)
+        .map(|text| clean(&text, secrets));
     let code = clean(&code, secrets);
     match code.as_str() {
         "invalid_grant" => ProviderError::InvalidGrant { description },
-        "invalid_client" | "unauthorized_client" => ProviderError::ClientRejected { code, description },
+        "invalid_client" | "unauthorized_client" => {
+            ProviderError::ClientRejected { code, description }
+        }
         // GitHub's names for the same two failures, sent with HTTP 200.
         "bad_refresh_token" => ProviderError::InvalidGrant { description },
         "incorrect_client_credentials" => ProviderError::ClientRejected { code, description },
@@ -160,16 +209,28 @@ pub(crate) fn clean(text: &str, secrets: &[&str]) -> String {
     }
     let mut cleaned = String::new();
     let mut run = String::new();
-    for c in text.chars().filter(|c| !c.is_control()).chain(std::iter::once(' ')) {
+    for c in text
+        .chars()
+        .filter(|c| !c.is_control())
+        .chain(std::iter::once(' '))
+    {
         if c.is_ascii_alphanumeric() || "-._~+/=:".contains(c) {
             run.push(c);
             continue;
         }
-        cleaned.push_str(if run.len() >= TOKEN_LIKE_LEN { "[REDACTED]" } else { &run });
+        cleaned.push_str(if run.len() >= TOKEN_LIKE_LEN {
+            "[REDACTED]"
+        } else {
+            &run
+        });
         run.clear();
         cleaned.push(c);
     }
-    let mut cleaned: String = cleaned.trim_end().chars().take(MAX_DESCRIPTION_LEN).collect();
+    let mut cleaned: String = cleaned
+        .trim_end()
+        .chars()
+        .take(MAX_DESCRIPTION_LEN)
+        .collect();
     if cleaned.is_empty() {
         cleaned.push('-');
     }
@@ -178,9 +239,14 @@ pub(crate) fn clean(text: &str, secrets: &[&str]) -> String {
 
 /// Dropbox's JSON `retry_after`, at the top level or inside `error`.
 fn json_retry_after(object: &Map<String, Value>) -> Option<Duration> {
-    let value = object.get("retry_after").or_else(|| object.get("error")?.get("retry_after"))?;
-    let seconds = value.as_f64().or_else(|| value.as_str()?.trim().parse().ok())?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())))
+    let value = object
+        .get("retry_after")
+        .or_else(|| object.get("error")?.get("retry_after"))?;
+    let seconds = value
+        .as_f64()
+        .or_else(|| value.as_str()?.trim().parse().ok())?;
+    (seconds.is_finite() && seconds >= 0.0)
+        .then(|| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())))
 }
 
 /// A `Retry-After` header in seconds (the HTTP-date form falls back to our own backoff).
@@ -190,7 +256,9 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 fn malformed(reason: &str) -> ProviderError {
-    ProviderError::Malformed { reason: reason.to_owned() }
+    ProviderError::Malformed {
+        reason: reason.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -210,7 +278,8 @@ mod tests {
 
     #[test]
     fn dropbox_refresh_response_has_no_refresh_token() {
-        let response = ok(r#"{"access_token": "sl.abc", "token_type": "bearer", "expires_in": 14400}"#);
+        let response =
+            ok(r#"{"access_token": "sl.abc", "token_type": "bearer", "expires_in": 14400}"#);
         assert_eq!(response.access_token.expose(), "sl.abc");
         assert_eq!(response.token_type, "Bearer");
         assert_eq!(response.lifetime, Duration::from_secs(14400));
@@ -219,11 +288,16 @@ mod tests {
 
     #[test]
     fn dropbox_code_response_carries_account_and_scope() {
-        let response = ok(r#"{"access_token": "sl.x", "token_type": "bearer", "expires_in": 14400, "refresh_token": "rt2",
-            "scope": "account_info.read files.content.read", "uid": "12", "account_id": "dbid:AAH"}"#);
+        let response = ok(
+            r#"{"access_token": "sl.x", "token_type": "bearer", "expires_in": 14400, "refresh_token": "rt2",
+            "scope": "account_info.read files.content.read", "uid": "12", "account_id": "dbid:AAH"}"#,
+        );
         assert_eq!(response.refresh_token.unwrap().expose(), "rt2");
         assert_eq!(response.user_id.as_deref(), Some("dbid:AAH"));
-        assert_eq!(response.scope.as_deref(), Some("account_info.read files.content.read"));
+        assert_eq!(
+            response.scope.as_deref(),
+            Some("account_info.read files.content.read")
+        );
     }
 
     #[test]
@@ -236,35 +310,84 @@ mod tests {
             ("\"soon\"", HOUR),
             ("1e300", MAX_LIFETIME),
         ] {
-            let body = format!(r#"{{"access_token": "a", "token_type": "bearer", "expires_in": {value}}}"#);
+            let body = format!(
+                r#"{{"access_token": "a", "token_type": "bearer", "expires_in": {value}}}"#
+            );
             assert_eq!(ok(&body).lifetime, expected, "{value}");
         }
-        assert_eq!(ok(r#"{"access_token": "a", "token_type": "bearer"}"#).lifetime, HOUR);
+        assert_eq!(
+            ok(r#"{"access_token": "a", "token_type": "bearer"}"#).lifetime,
+            HOUR
+        );
     }
 
     #[test]
     fn errors_are_classified() {
-        let grant = err(400, None, r#"{"error": "invalid_grant", "error_description": "refresh token is invalid or revoked"}"#);
+        let grant = err(
+            400,
+            None,
+            r#"{"error": "invalid_grant", "error_description": "refresh token is invalid or revoked"}"#,
+        );
         assert_eq!(grant.kind(), FailureKind::Reauth);
-        assert!(grant.to_string().contains("refresh token is invalid or revoked"));
-        let legacy = err(400, None, r#"{"error": "invalid_client: Invalid client_id or client_secret"}"#);
-        assert!(matches!(&legacy, ProviderError::ClientRejected { code, .. } if code == "invalid_client"));
+        assert!(grant
+            .to_string()
+            .contains("refresh token is invalid or revoked"));
+        let legacy = err(
+            400,
+            None,
+            r#"{"error": "invalid_client: Invalid client_id or client_secret"}"#,
+        );
+        assert!(
+            matches!(&legacy, ProviderError::ClientRejected { code, .. } if code == "invalid_client")
+        );
         assert_eq!(legacy.kind(), FailureKind::Configuration);
-        assert_eq!(err(401, None, r#"{"error": "invalid_client"}"#).kind(), FailureKind::Configuration);
-        assert_eq!(err(400, None, r#"{"error": "unauthorized_client"}"#).kind(), FailureKind::Configuration);
-        assert_eq!(err(200, None, r#"{"error": "bad_refresh_token"}"#).kind(), FailureKind::Reauth);
-        assert_eq!(err(200, None, r#"{"error": "invalid_scope", "access_token": "x"}"#).kind(), FailureKind::Configuration);
-        assert_eq!(err(404, None, "<html>not found</html>").kind(), FailureKind::Configuration);
+        assert_eq!(
+            err(401, None, r#"{"error": "invalid_client"}"#).kind(),
+            FailureKind::Configuration
+        );
+        assert_eq!(
+            err(400, None, r#"{"error": "unauthorized_client"}"#).kind(),
+            FailureKind::Configuration
+        );
+        assert_eq!(
+            err(200, None, r#"{"error": "bad_refresh_token"}"#).kind(),
+            FailureKind::Reauth
+        );
+        assert_eq!(
+            err(
+                200,
+                None,
+                r#"{"error": "invalid_scope", "access_token": "x"}"#
+            )
+            .kind(),
+            FailureKind::Configuration
+        );
+        assert_eq!(
+            err(404, None, "<html>not found</html>").kind(),
+            FailureKind::Configuration
+        );
         assert_eq!(err(302, None, "").kind(), FailureKind::Configuration);
     }
 
     #[test]
     fn rate_limits_and_outages_carry_their_wait() {
-        assert_eq!(err(429, Some("30"), "").retry_after(), Some(Duration::from_secs(30)));
+        assert_eq!(
+            err(429, Some("30"), "").retry_after(),
+            Some(Duration::from_secs(30))
+        );
         let json = r#"{"error_summary": "too_many_requests/", "error": {"reason": {".tag": "too_many_requests"}, "retry_after": 30}}"#;
-        assert_eq!(err(429, None, json).retry_after(), Some(Duration::from_secs(30)));
-        assert_eq!(err(429, None, r#"{"retry_after": 7}"#).retry_after(), Some(Duration::from_secs(7)));
-        assert_eq!(err(429, Some("99999999"), "").retry_after(), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            err(429, None, json).retry_after(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            err(429, None, r#"{"retry_after": 7}"#).retry_after(),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            err(429, Some("99999999"), "").retry_after(),
+            Some(MAX_RETRY_AFTER)
+        );
         let outage = err(503, Some("12"), "busy");
         assert_eq!(outage.kind(), FailureKind::Transient);
         assert_eq!(outage.retry_after(), Some(Duration::from_secs(12)));
@@ -272,8 +395,17 @@ mod tests {
 
     #[test]
     fn garbage_is_transient_and_never_a_token() {
-        for body in ["", "not json", "[]", "{}", r#"{"access_token": 5}"#, r#"{"access_token": ""}"#,
-            r#"{"access_token": "a b"}"#, r#"{"access_token": "a\nInjected: x"}"#, "\u{0}\u{1}"] {
+        for body in [
+            "",
+            "not json",
+            "[]",
+            "{}",
+            r#"{"access_token": 5}"#,
+            r#"{"access_token": ""}"#,
+            r#"{"access_token": "a b"}"#,
+            r#"{"access_token": "a\nInjected: x"}"#,
+            "\u{0}\u{1}",
+        ] {
             let error = err(200, None, body);
             assert_eq!(error.kind(), FailureKind::Transient, "{body}");
         }
@@ -287,9 +419,16 @@ mod tests {
         let text = error.to_string();
         assert!(!text.contains("rt-sent-secret"), "{text}");
         assert!(!text.contains('\u{1b}'), "{text}");
-        let long = format!(r#"{{"error": "invalid_grant", "error_description": "{}"}}"#, "x ".repeat(5000));
+        let long = format!(
+            r#"{{"error": "invalid_grant", "error_description": "{}"}}"#,
+            "x ".repeat(5000)
+        );
         assert!(err(400, None, &long).to_string().len() < 400);
-        let other = err(400, None, r#"{"error": "invalid_grant", "error_description": "token sl.AbCdEf0123456789xyzQ/w= of user dbid:1 is revoked"}"#);
+        let other = err(
+            400,
+            None,
+            r#"{"error": "invalid_grant", "error_description": "token sl.AbCdEf0123456789xyzQ/w= of user dbid:1 is revoked"}"#,
+        );
         assert_eq!(other.to_string(), "the provider refused the grant (invalid_grant: token [REDACTED] of user dbid:1 is revoked)");
     }
 }

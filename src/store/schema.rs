@@ -57,16 +57,24 @@ pub(super) fn encode(record: &AccountRecord) -> Vec<u8> {
         last_error: record.last_error.clone(),
     };
     let mut bytes = vec![FORMAT_JSON_V1];
-    serde_json::to_writer(&mut bytes, &row).expect("a row of strings and numbers always serializes");
+    serde_json::to_writer(&mut bytes, &row)
+        .expect("a row of strings and numbers always serializes");
     bytes
 }
 
 /// Parses a stored value back into a record.
 pub(super) fn decode(key: &[u8], bytes: &[u8]) -> Result<AccountRecord, StoreError> {
     let key_text = String::from_utf8_lossy(key).into_owned();
-    let fail = |reason: String| StoreError::Decode { key: key_text.clone(), reason };
-    let name: AccountName = key_text.parse().map_err(|_| fail("the key is not an account name".into()))?;
-    let (format, body) = bytes.split_first().ok_or_else(|| fail("empty value".into()))?;
+    let fail = |reason: String| StoreError::Decode {
+        key: key_text.clone(),
+        reason,
+    };
+    let name: AccountName = key_text
+        .parse()
+        .map_err(|_| fail("the key is not an account name".into()))?;
+    let (format, body) = bytes
+        .split_first()
+        .ok_or_else(|| fail("empty value".into()))?;
     if *format != FORMAT_JSON_V1 {
         return Err(fail(format!("unknown value format {format}")));
     }
@@ -91,7 +99,9 @@ pub(super) fn decode(key: &[u8], bytes: &[u8]) -> Result<AccountRecord, StoreErr
 }
 
 fn to_millis(time: SystemTime) -> u64 {
-    let since_epoch = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -134,7 +144,10 @@ mod tests {
     fn rejects_unknown_formats_and_garbage() {
         let mut bytes = encode(&sample());
         bytes[0] = 9;
-        assert!(matches!(decode(b"dropbox-main", &bytes), Err(StoreError::Decode { .. })));
+        assert!(matches!(
+            decode(b"dropbox-main", &bytes),
+            Err(StoreError::Decode { .. })
+        ));
         assert!(decode(b"dropbox-main", &[]).is_err());
         assert!(decode(b"dropbox-main", &[FORMAT_JSON_V1, b'{']).is_err());
         assert!(decode(b"../x", &encode(&sample())).is_err());

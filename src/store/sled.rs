@@ -41,18 +41,36 @@ impl SledStore {
         prepare_dir(&dir)?;
         let db_path = dir.join("db");
         let opened = panic::catch_unwind(AssertUnwindSafe(|| {
-            sled::Config::new().path(&db_path).cache_capacity(CACHE_CAPACITY).open()
+            sled::Config::new()
+                .path(&db_path)
+                .cache_capacity(CACHE_CAPACITY)
+                .open()
         }));
         let db = match opened {
             Ok(Ok(db)) => db,
-            Ok(Err(sled::Error::Io(error))) if error.to_string().contains("could not acquire lock") => {
+            Ok(Err(sled::Error::Io(error)))
+                if error.to_string().contains("could not acquire lock") =>
+            {
                 return Err(StoreError::Locked { path: db_path });
             }
             Ok(Err(error)) => return Err(open_error(&dir, &db_path, error.to_string())),
-            Err(_) => return Err(open_error(&dir, &db_path, "the database engine panicked while reading it".into())),
+            Err(_) => {
+                return Err(open_error(
+                    &dir,
+                    &db_path,
+                    "the database engine panicked while reading it".into(),
+                ))
+            }
         };
-        let accounts = db.open_tree("accounts").map_err(|e| engine("open accounts tree", e))?;
-        let store = Self { db, accounts, dir, writer: Mutex::new(()) };
+        let accounts = db
+            .open_tree("accounts")
+            .map_err(|e| engine("open accounts tree", e))?;
+        let store = Self {
+            db,
+            accounts,
+            dir,
+            writer: Mutex::new(()),
+        };
         store.check_schema(&db_path)?;
         store.restore_snapshot_if_empty()?;
         restrict_files(&store.dir)?;
@@ -60,17 +78,30 @@ impl SledStore {
     }
 
     fn check_schema(&self, db_path: &Path) -> Result<(), StoreError> {
-        match self.db.get(SCHEMA_KEY).map_err(|e| engine("read schema version", e))? {
+        match self
+            .db
+            .get(SCHEMA_KEY)
+            .map_err(|e| engine("read schema version", e))?
+        {
             None => {
-                self.db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes()).map_err(|e| engine("write schema version", e))?;
+                self.db
+                    .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(|e| engine("write schema version", e))?;
                 self.flush()
             }
             Some(bytes) => {
                 let found = <[u8; 4]>::try_from(bytes.as_ref())
                     .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Decode { key: "schema_version".into(), reason: "not a 4-byte version".into() })?;
+                    .map_err(|_| StoreError::Decode {
+                        key: "schema_version".into(),
+                        reason: "not a 4-byte version".into(),
+                    })?;
                 if found > SCHEMA_VERSION {
-                    return Err(StoreError::NewerSchema { path: db_path.to_owned(), found, supported: SCHEMA_VERSION });
+                    return Err(StoreError::NewerSchema {
+                        path: db_path.to_owned(),
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
                 }
                 Ok(())
             }
@@ -81,12 +112,19 @@ impl SledStore {
         if !self.accounts.is_empty() {
             return Ok(());
         }
-        let Some(values) = read_snapshot(&self.dir.join(SNAPSHOT_FILE))? else { return Ok(()) };
+        let Some(values) = read_snapshot(&self.dir.join(SNAPSHOT_FILE))? else {
+            return Ok(());
+        };
         for (key, value) in &values {
             schema::decode(key, value)?; // refuse to restore what we could not read back
-            self.accounts.insert(key.as_slice(), value.as_slice()).map_err(|e| engine("restore snapshot", e))?;
+            self.accounts
+                .insert(key.as_slice(), value.as_slice())
+                .map_err(|e| engine("restore snapshot", e))?;
         }
-        tracing::warn!(accounts = values.len(), "store was empty; restored accounts from {SNAPSHOT_FILE}");
+        tracing::warn!(
+            accounts = values.len(),
+            "store was empty; restored accounts from {SNAPSHOT_FILE}"
+        );
         self.flush()
     }
 
@@ -101,13 +139,18 @@ impl SledStore {
                 bytes.extend_from_slice(part);
             }
         }
-        write_atomically(&self.dir.join(SNAPSHOT_FILE), &bytes).map_err(|source| StoreError::Io { operation: "snapshot write", source })
+        write_atomically(&self.dir.join(SNAPSHOT_FILE), &bytes).map_err(|source| StoreError::Io {
+            operation: "snapshot write",
+            source,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         // A panic while holding the lock leaves nothing half-written that the next writer must
         // know about (sled's insert is atomic), so a poisoned lock is safe to take over.
-        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -125,14 +168,20 @@ impl Store for SledStore {
     fn put(&self, record: &AccountRecord) -> Result<(), StoreError> {
         let _writer = self.lock();
         let value = schema::encode(record);
-        self.accounts.insert(record.name.as_str(), value).map_err(|e| engine("write", e))?;
+        self.accounts
+            .insert(record.name.as_str(), value)
+            .map_err(|e| engine("write", e))?;
         self.flush_locked()?;
         self.write_snapshot()
     }
 
     fn remove(&self, name: &AccountName) -> Result<bool, StoreError> {
         let _writer = self.lock();
-        let existed = self.accounts.remove(name.as_str()).map_err(|e| engine("delete", e))?.is_some();
+        let existed = self
+            .accounts
+            .remove(name.as_str())
+            .map_err(|e| engine("delete", e))?
+            .is_some();
         self.flush_locked()?;
         self.write_snapshot()?;
         Ok(existed)
@@ -147,7 +196,10 @@ impl Store for SledStore {
 impl SledStore {
     fn flush_locked(&self) -> Result<(), StoreError> {
         self.db.flush().map(drop).map_err(|e| match e {
-            sled::Error::Io(source) => StoreError::Io { operation: "flush", source },
+            sled::Error::Io(source) => StoreError::Io {
+                operation: "flush",
+                source,
+            },
             other => engine("flush", other),
         })
     }
@@ -156,7 +208,10 @@ impl SledStore {
 fn engine(operation: &'static str, error: sled::Error) -> StoreError {
     match error {
         sled::Error::Io(source) => StoreError::Io { operation, source },
-        other => StoreError::Engine { operation, reason: other.to_string() },
+        other => StoreError::Engine {
+            operation,
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -169,13 +224,21 @@ fn open_error(dir: &Path, db_path: &Path, reason: String) -> StoreError {
             db_path.display()
         )
     } else {
-        "no snapshot exists; restore the store directory from a backup or reconnect the accounts".into()
+        "no snapshot exists; restore the store directory from a backup or reconnect the accounts"
+            .into()
     };
-    StoreError::Open { path: db_path.to_owned(), reason, recovery }
+    StoreError::Open {
+        path: db_path.to_owned(),
+        reason,
+        recovery,
+    }
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
-    let wrap = |source| StoreError::PrepareDir { path: dir.to_owned(), source };
+    let wrap = |source| StoreError::PrepareDir {
+        path: dir.to_owned(),
+        source,
+    };
     fs::create_dir_all(dir).map_err(wrap)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(wrap)
 }
@@ -183,7 +246,10 @@ fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
 /// Gives every file under the store directory mode 0600 and every directory 0700, whatever
 /// the umask was when sled created them.
 fn restrict_files(dir: &Path) -> Result<(), StoreError> {
-    let wrap = |source| StoreError::PrepareDir { path: dir.to_owned(), source };
+    let wrap = |source| StoreError::PrepareDir {
+        path: dir.to_owned(),
+        source,
+    };
     for entry in fs::read_dir(dir).map_err(wrap)? {
         let entry = entry.map_err(wrap)?;
         let path = entry.path();
@@ -200,7 +266,12 @@ fn restrict_files(dir: &Path) -> Result<(), StoreError> {
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&tmp, path)?;
@@ -221,12 +292,27 @@ fn take_part(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 fn read_snapshot(path: &Path) -> Result<Option<Entries>, StoreError> {
     let mut bytes = Vec::new();
     match File::open(path) {
-        Ok(mut file) => file.read_to_end(&mut bytes).map_err(|source| StoreError::Io { operation: "snapshot read", source })?,
+        Ok(mut file) => file
+            .read_to_end(&mut bytes)
+            .map_err(|source| StoreError::Io {
+                operation: "snapshot read",
+                source,
+            })?,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StoreError::Io { operation: "snapshot read", source }),
+        Err(source) => {
+            return Err(StoreError::Io {
+                operation: "snapshot read",
+                source,
+            })
+        }
     };
-    let bad = |reason: &str| StoreError::Decode { key: SNAPSHOT_FILE.into(), reason: reason.into() };
-    let mut rest = bytes.strip_prefix(SNAPSHOT_MAGIC).ok_or_else(|| bad("not a tokenbroker snapshot"))?;
+    let bad = |reason: &str| StoreError::Decode {
+        key: SNAPSHOT_FILE.into(),
+        reason: reason.into(),
+    };
+    let mut rest = bytes
+        .strip_prefix(SNAPSHOT_MAGIC)
+        .ok_or_else(|| bad("not a tokenbroker snapshot"))?;
     let mut entries = Vec::new();
     while !rest.is_empty() {
         let (key, tail) = take_part(rest).ok_or_else(|| bad("truncated"))?;
@@ -243,11 +329,17 @@ mod tests {
     use crate::secret::RefreshToken;
 
     fn record(name: &str, refresh: &str) -> AccountRecord {
-        AccountRecord::new(name.parse().unwrap(), "dropbox".into(), RefreshToken::new(refresh))
+        AccountRecord::new(
+            name.parse().unwrap(),
+            "dropbox".into(),
+            RefreshToken::new(refresh),
+        )
     }
 
     fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        SledStore::open(&Config { dir: dir.to_owned() })
+        SledStore::open(&Config {
+            dir: dir.to_owned(),
+        })
     }
 
     #[test]
@@ -273,7 +365,10 @@ mod tests {
         store.put(&record("a", "rt-a")).unwrap();
         drop(store);
         let _ = open(&dir).unwrap();
-        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         let mut seen = 0;
         let mut stack = vec![dir.clone()];
         while let Some(path) = stack.pop() {
@@ -311,7 +406,10 @@ mod tests {
         }
         fs::rename(tmp.path().join("db"), tmp.path().join("db.broken")).unwrap();
         let store = open(tmp.path()).unwrap();
-        assert_eq!(store.load_all().unwrap(), vec![record("a", "rt-a"), record("b", "rt-b")]);
+        assert_eq!(
+            store.load_all().unwrap(),
+            vec![record("a", "rt-a"), record("b", "rt-b")]
+        );
     }
 
     #[test]
@@ -334,7 +432,9 @@ mod tests {
             }
         }
         match open(tmp.path()) {
-            Err(StoreError::Open { recovery, .. }) => assert!(recovery.contains("accounts.snapshot"), "{recovery}"),
+            Err(StoreError::Open { recovery, .. }) => {
+                assert!(recovery.contains("accounts.snapshot"), "{recovery}")
+            }
             Err(other) => panic!("unexpected error {other}"),
             // sled may treat garbage as an empty log; the snapshot must then bring the account back.
             Ok(store) => assert_eq!(store.load_all().unwrap(), vec![record("a", "rt-a")]),
@@ -349,6 +449,9 @@ mod tests {
             store.db.insert(SCHEMA_KEY, &99u32.to_be_bytes()).unwrap();
             store.flush().unwrap();
         }
-        assert!(matches!(open(tmp.path()), Err(StoreError::NewerSchema { found: 99, .. })));
+        assert!(matches!(
+            open(tmp.path()),
+            Err(StoreError::NewerSchema { found: 99, .. })
+        ));
     }
 }

@@ -47,7 +47,11 @@ pub enum Reply {
 impl Reply {
     /// A standard OAuth error body.
     pub fn oauth_error(status: u16, code: &str, description: &str) -> Self {
-        Self::Json(status, json!({"error": code, "error_description": description}), vec![])
+        Self::Json(
+            status,
+            json!({"error": code, "error_description": description}),
+            vec![],
+        )
     }
 }
 
@@ -97,7 +101,9 @@ impl FakeProvider {
     /// # Panics
     /// If no loopback port can be bound.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound address");
         let shared = Shared {
             inner: Arc::new(Mutex::new(Inner {
@@ -120,7 +126,11 @@ impl FakeProvider {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        Self { shared, addr, server }
+        Self {
+            shared,
+            addr,
+            server,
+        }
     }
 
     /// `http://127.0.0.1:PORT`, also the issuer for discovery.
@@ -143,7 +153,11 @@ impl FakeProvider {
             client_id: "client".into(),
             client_secret: None,
             auth_method: AuthMethod::None,
-            endpoints: EndpointSource::Fixed(Endpoints { token: self.token_url().parse().expect("a URL"), authorize: None, revoke: None }),
+            endpoints: EndpointSource::Fixed(Endpoints {
+                token: self.token_url().parse().expect("a URL"),
+                authorize: None,
+                revoke: None,
+            }),
             scopes: vec![],
             default_lifetime: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(2),
@@ -180,7 +194,12 @@ impl FakeProvider {
 
     /// Every request to the token endpoint so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.lock().requests.iter().filter(|r| r.path == "/oauth2/token").cloned().collect()
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.path == "/oauth2/token")
+            .cloned()
+            .collect()
     }
 
     /// Number of token-endpoint requests so far.
@@ -213,7 +232,11 @@ impl FakeProvider {
             }
         })
         .await;
-        assert!(waited.is_ok(), "expected {count} token requests within {limit:?}, saw {}", self.token_calls());
+        assert!(
+            waited.is_ok(),
+            "expected {count} token requests within {limit:?}, saw {}",
+            self.token_calls()
+        );
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -237,17 +260,30 @@ async fn discovery(State(shared): State<Shared>) -> Json<Value> {
 
 async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let form: BTreeMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let reply = {
         let mut inner = shared.inner.lock().expect("fake provider lock");
-        inner.requests.push(RecordedRequest { path: "/oauth2/token".into(), form: form.clone(), authorization: authorization.clone(), received_at: std::time::Instant::now() });
+        inner.requests.push(RecordedRequest {
+            path: "/oauth2/token".into(),
+            form: form.clone(),
+            authorization: authorization.clone(),
+            received_at: tokio::time::Instant::now().into_std(),
+        });
         inner.script.pop_front().unwrap_or(Reply::Issue)
     };
     shared.changed.notify_waiters();
     answer(&shared, reply, &form, authorization.is_some()).await
 }
 
-async fn answer(shared: &Shared, mut reply: Reply, form: &BTreeMap<String, String>, has_basic: bool) -> Response {
+async fn answer(
+    shared: &Shared,
+    mut reply: Reply,
+    form: &BTreeMap<String, String>,
+    has_basic: bool,
+) -> Response {
     loop {
         match reply {
             Reply::Delay(wait, inner) => {
@@ -258,12 +294,18 @@ async fn answer(shared: &Shared, mut reply: Reply, form: &BTreeMap<String, Strin
             Reply::Json(status, body, headers) => {
                 let mut response = (status_code(status), Json(body)).into_response();
                 for (name, value) in headers {
-                    response.headers_mut().insert(name, value.parse().expect("header value"));
+                    response
+                        .headers_mut()
+                        .insert(name, value.parse().expect("header value"));
                 }
                 return response;
             }
             Reply::Raw(status, bytes) => return (status_code(status), bytes).into_response(),
-            Reply::Trickle { chunk, every, count } => {
+            Reply::Trickle {
+                chunk,
+                every,
+                count,
+            } => {
                 let stream = futures_util::stream::unfold(0, move |sent| {
                     let chunk = chunk.clone();
                     async move {
@@ -282,9 +324,18 @@ async fn answer(shared: &Shared, mut reply: Reply, form: &BTreeMap<String, Strin
 }
 
 fn issue(shared: &Shared, form: &BTreeMap<String, String>, has_basic: bool) -> Response {
-    let error = |code: &str, description: &str| (StatusCode::BAD_REQUEST, Json(json!({"error": code, "error_description": description}))).into_response();
+    let error = |code: &str, description: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": code, "error_description": description})),
+        )
+            .into_response()
+    };
     if has_basic && form.contains_key("client_secret") {
-        return error("invalid_request", "client authenticated in more than one way");
+        return error(
+            "invalid_request",
+            "client authenticated in more than one way",
+        );
     }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return error("unsupported_grant_type", "only refresh_token is scripted");

@@ -1,5 +1,8 @@
 //! Runs the real `tokenbroker` binary in a temporary directory against a fake provider.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // each test binary uses part of this
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+// each test binary uses part of this
+// The daemon is another process: bounding our waits on it takes real elapsed time.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -17,7 +20,9 @@ pub struct Home {
 
 impl Home {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -69,40 +74,66 @@ timeout = "2s"
 
     /// Starts `tokenbroker serve` and waits until its socket answers `/healthz`.
     pub async fn start(&self, config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let log = self.path(&format!("daemon-{}.log", rand_suffix()));
+        let log = self.path(&format!("daemon-{}.log", next_log_number()));
         let mut command = Command::new(BINARY);
-        command.arg("serve").arg("--config").arg(config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
         command.env_remove("RUST_LOG").env_remove("NOTIFY_SOCKET");
         for (key, value) in env {
             command.env(key, value);
         }
         let child = command.spawn().unwrap();
         tokenbroker::provider::install_crypto_provider();
-        let http = reqwest::Client::builder().unix_socket(self.socket()).timeout(Duration::from_secs(30)).build().unwrap();
-        let mut daemon = Daemon { child: Some(child), http, socket: self.socket(), log };
+        // No idle pooling: the daemon closes idle connections after 5 s (its header-read
+        // timeout), and reusing a pooled connection could race that close.
+        let http = reqwest::Client::builder()
+            .unix_socket(self.socket())
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut daemon = Daemon {
+            child: Some(child),
+            http,
+            socket: self.socket(),
+            log,
+        };
         daemon.wait_until_serving().await;
         daemon
     }
 
     /// Runs `tokenbroker serve` expecting it to fail; returns its status and stderr.
     pub fn serve_fails(&self, config: &Path) -> Output {
-        let mut child = Command::new(BINARY).arg("serve").arg("--config").arg(config).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(BINARY)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let started = Instant::now();
         while child.try_wait().unwrap().is_none() {
-            assert!(started.elapsed() < START_LIMIT, "expected tokenbroker to exit");
+            assert!(
+                started.elapsed() < START_LIMIT,
+                "expected tokenbroker to exit"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         child.wait_with_output().unwrap()
     }
 }
 
-fn rand_suffix() -> u32 {
-    std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ rand_u32()
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new().build_hasher().finish() as u32
+/// A distinct number per daemon started by this test binary, for log file names.
+fn next_log_number() -> u32 {
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A running daemon.
@@ -119,14 +150,21 @@ impl Daemon {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("tokenbroker exited with {status} while starting:\n{}", self.logs());
+                panic!(
+                    "tokenbroker exited with {status} while starting:\n{}",
+                    self.logs()
+                );
             }
             if self.socket.exists() {
                 if let Ok((200, _)) = self.try_request("GET", "/healthz", None).await {
                     return;
                 }
             }
-            assert!(started.elapsed() < START_LIMIT, "tokenbroker did not start:\n{}", self.logs());
+            assert!(
+                started.elapsed() < START_LIMIT,
+                "tokenbroker did not start:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -139,23 +177,35 @@ impl Daemon {
         self.child.as_ref().unwrap().id() as i32
     }
 
-
-    async fn try_request(&self, method: &str, path: &str, body: Option<Value>) -> reqwest::Result<(u16, Value)> {
-        let mut request = self.http.request(method.parse().unwrap(), format!("http://localhost{path}"));
+    async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("http://localhost{path}"));
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     /// A request over the socket (as this test's uid, which is the daemon's: an admin).
     pub async fn request(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         match self.try_request(method, path, body).await {
             Ok(answer) => answer,
-            Err(error) => panic!("{method} {path} failed: {error:?}\ndaemon log:\n{}", self.logs()),
+            Err(error) => panic!(
+                "{method} {path} failed: {error:?}\ndaemon log:\n{}",
+                self.logs()
+            ),
         }
     }
 
@@ -165,28 +215,54 @@ impl Daemon {
             .args(args)
             .env("TOKENBROKER_SOCKET", &self.socket)
             .env_remove("RUST_LOG")
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         if let Some(text) = stdin {
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
         }
         child.wait_with_output().unwrap()
     }
 
     /// Imports `refresh_token` as `name` with the `fake` provider through the CLI.
     pub fn import(&self, name: &str, refresh_token: &str) {
-        let output = self.cli(&["import", name, "--provider", "fake", "--refresh-token-stdin"], Some(refresh_token));
-        assert!(output.status.success(), "import failed: {}", String::from_utf8_lossy(&output.stderr));
+        let output = self.cli(
+            &[
+                "import",
+                name,
+                "--provider",
+                "fake",
+                "--refresh-token-stdin",
+            ],
+            Some(refresh_token),
+        );
+        assert!(
+            output.status.success(),
+            "import failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// SIGTERM, then waits for the exit (bounded).
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
-        rustix::process::kill_process(rustix::process::Pid::from_raw(child.id() as i32).unwrap(), rustix::process::Signal::TERM).unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
         wait_bounded(&mut child)
     }
 
@@ -213,7 +289,10 @@ pub fn wait_bounded(child: &mut Child) -> ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "process did not exit");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "process did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -294,3 +294,25 @@ fn client_commands_find_the_socket_leniently() {
     .into();
     assert_eq!(socket_path(&path, &env), Path::new("/e.sock"));
 }
+
+#[test]
+fn the_shipped_example_configurations_are_valid() {
+    let credentials = Files::new();
+    credentials.write("dropbox-secret", "s");
+    credentials.write("corp-secret", "s");
+    let env: Env = [(
+        "CREDENTIALS_DIRECTORY".to_owned(),
+        credentials.dir.path().display().to_string(),
+    )]
+    .into();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            load(&path, &env).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2);
+}

@@ -153,10 +153,16 @@ fn caller(client: &Client, uid: Option<u32>, pid: Option<i32>) -> Caller {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn client(name: &str, key: Option<&str>, uids: &[u32], accounts: &[&str]) -> Client {
+    /// A client for tests; `key` is the plain API key.
+    pub(in crate::api) fn client(
+        name: &str,
+        key: Option<&str>,
+        uids: &[u32],
+        accounts: &[&str],
+    ) -> Client {
         Client {
             name: name.into(),
             uids: uids.to_vec(),

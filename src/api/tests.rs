@@ -8,9 +8,9 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
+use super::access::tests::client;
 use super::*;
 use crate::broker::{self, Broker};
 use crate::clock::{Clock, ManualClock, SystemClock};
@@ -43,20 +43,6 @@ struct Api {
     fake: FakeProvider,
     router: Router,
     _dir: tempfile::TempDir,
-}
-
-fn client(name: &str, key: Option<&str>, uids: &[u32], accounts: &[&str]) -> Client {
-    Client {
-        name: name.into(),
-        uids: uids.to_vec(),
-        gids: vec![],
-        api_key_sha256: key.map(|k| Sha256::digest(k.as_bytes()).into()),
-        accounts: accounts
-            .iter()
-            .map(|p| glob::Pattern::new(p).unwrap())
-            .collect(),
-        admin: false,
-    }
 }
 
 async fn api() -> Api {
@@ -198,48 +184,53 @@ async fn status_codes_follow_the_design() {
     let api = api().await;
     api.import("corp").await;
     api.import("dropbox-main").await;
-    let get = |peer, uri: &'static str, key| {
-        let api = &api;
-        async move { api.json(peer, "GET", uri, key, None).await.0 }
-    };
-    assert_eq!(
-        get(TCP, "/v1/token/corp", None).await,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        get(TCP, "/v1/token/corp", Some("wrong")).await,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        get(TCP, "/v1/token/corp", Some("sidecar-key")).await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get(TCP, "/v1/token/dropbox-main", Some("sidecar-key")).await,
-        StatusCode::FORBIDDEN
-    );
     // An unknown account is 403 for a restricted client (names do not leak), 404 for `*`.
-    assert_eq!(
-        get(TCP, "/v1/token/nope", Some("sidecar-key")).await,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        get(BACKUP_UID, "/v1/token/dropbox-nope", None).await,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        get(TCP, "/v1/token/nope", Some("ops-key")).await,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        get(TCP, "/v1/token/..%2Fetc", Some("ops-key")).await,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        get(STRANGER, "/v1/token/corp", None).await,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(get(ADMIN, "/v1/token/corp", None).await, StatusCode::OK);
+    let cases = [
+        (TCP, "/v1/token/corp", None, StatusCode::UNAUTHORIZED),
+        (
+            TCP,
+            "/v1/token/corp",
+            Some("wrong"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (TCP, "/v1/token/corp", Some("sidecar-key"), StatusCode::OK),
+        (
+            TCP,
+            "/v1/token/dropbox-main",
+            Some("sidecar-key"),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            TCP,
+            "/v1/token/nope",
+            Some("sidecar-key"),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            BACKUP_UID,
+            "/v1/token/dropbox-nope",
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            TCP,
+            "/v1/token/nope",
+            Some("ops-key"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            TCP,
+            "/v1/token/..%2Fetc",
+            Some("ops-key"),
+            StatusCode::NOT_FOUND,
+        ),
+        (STRANGER, "/v1/token/corp", None, StatusCode::FORBIDDEN),
+        (ADMIN, "/v1/token/corp", None, StatusCode::OK),
+    ];
+    for (peer, uri, key, expected) in cases {
+        let (status, body) = api.json(peer, "GET", uri, key, None).await;
+        assert_eq!(status, expected, "{peer:?} {uri} {key:?}: {body}");
+    }
     let (status, headers, _) = api.call(TCP, "GET", "/v1/token/corp", &[], None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");

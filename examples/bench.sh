@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Benchmark: GET /v1/token/{account} on tokenbroker against a bare hyper server that returns a
+# fixed body of the same size, both measured in the same run, over the Unix socket and over
+# loopback TCP, with oha at 64 connections. Prints throughput and p99 for each, and the ratios.
+#
+#   cargo install oha --locked       # once, ~4 min
+#   examples/bench.sh                # DURATION=10s CONNECTIONS=64 ROUNDS=3 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+ROUNDS=${ROUNDS:-3}
+command -v oha >/dev/null || { echo "oha is missing: cargo install oha --locked" >&2; exit 1; }
+
+cargo build --release --quiet --bin tokenbroker --example bare_hyper
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+broker_port=$(free_port)
+bare_port=$(free_port)
+
+# The broker as shipped: dev mode (an account `demo` with a token), default info logging
+# (every token served is logged, as in production), written to a file.
+TOKENBROKER__SERVER__SOCKET="$work/tb.sock" TOKENBROKER__SERVER__HTTP="127.0.0.1:$broker_port" \
+  target/release/tokenbroker serve --dev 2>"$work/broker.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$work/tb.sock" ] && curl -sf --unix-socket "$work/tb.sock" http://localhost/healthz >/dev/null && break; sleep 0.1; done
+size=$(curl -sf --unix-socket "$work/tb.sock" http://localhost/v1/token/demo | wc -c)
+
+target/release/examples/bare_hyper "$work/bare.sock" "127.0.0.1:$bare_port" "$size" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$work/bare.sock" ] && break; sleep 0.1; done
+
+measure() { # name, then oha arguments; prints "rps p99_ms"
+  local name=$1; shift
+  oha --no-tui --output-format json -z "$DURATION" -c "$CONNECTIONS" "$@" > "$work/$name.json"
+  python3 - "$work/$name.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+codes = r.get("statusCodeDistribution", {})
+assert set(codes) == {"200"}, f"non-200 answers: {codes}"
+print(f'{r["summary"]["requestsPerSec"]:.0f} {r["latencyPercentiles"]["p99"] * 1000:.3f}')
+PY
+}
+
+echo "body ${size} bytes, ${CONNECTIONS} connections, ${DURATION} per run, ${ROUNDS} rounds"
+printf '%-6s %-5s %12s %12s %10s %10s %8s %8s\n' round via bare_rps broker_rps bare_p99 broker_p99 rps_x p99_x
+for round in $(seq "$ROUNDS"); do
+  for via in unix tcp; do
+    if [ "$via" = unix ]; then
+      bare=$(measure "bare-$via-$round" --unix-socket "$work/bare.sock" http://localhost/v1/token/demo)
+      broker=$(measure "broker-$via-$round" --unix-socket "$work/tb.sock" http://localhost/v1/token/demo)
+    else
+      bare=$(measure "bare-$via-$round" "http://127.0.0.1:$bare_port/v1/token/demo")
+      broker=$(measure "broker-$via-$round" -H 'Authorization: Bearer dev' "http://127.0.0.1:$broker_port/v1/token/demo")
+    fi
+    read -r bare_rps bare_p99 <<<"$bare"
+    read -r broker_rps broker_p99 <<<"$broker"
+    python3 -c "print('%-6s %-5s %12s %12s %10s %10s %8.2f %8.2f' % ('$round', '$via', $bare_rps, $broker_rps, $bare_p99, $broker_p99, $broker_rps / $bare_rps, $broker_p99 / $bare_p99))"
+  done
+done
+echo "rps_x = broker throughput / bare throughput (higher is better, goal >= 0.9); p99_x = broker p99 / bare p99"

@@ -555,3 +555,46 @@ async fn accounts_survive_a_reopen_and_removal_is_durable() {
     h.sweep().await;
     assert!(h.broker.has_valid_token(&name("b")));
 }
+
+#[tokio::test]
+async fn refreshes_respect_max_concurrent_and_show_refreshing() {
+    let h = harness().await; // max_concurrent 4
+    for index in 0..8 {
+        let label = format!("acct-{index}");
+        h.broker
+            .seed(
+                name(&label),
+                "fake",
+                RefreshToken::new(h.fake.grant(&label)),
+            )
+            .await
+            .unwrap();
+    }
+    h.fake
+        .push((0..8).map(|_| Reply::Delay(Duration::from_millis(300), Box::new(Reply::Issue))));
+    let handles = h.broker.sweep();
+    h.fake.wait_for_calls(4, Duration::from_secs(5)).await;
+    let statuses: Vec<Status> = h.broker.accounts().iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == Status::Refreshing)
+            .count(),
+        8,
+        "all eight are refreshing: {statuses:?}"
+    );
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    assert_eq!(h.fake.token_calls(), 8);
+    assert_eq!(
+        h.fake.max_in_flight(),
+        4,
+        "never more than max_concurrent at the provider"
+    );
+    assert!(h
+        .broker
+        .accounts()
+        .iter()
+        .all(|a| a.status == Status::Active));
+}

@@ -374,6 +374,9 @@ pub fn install_crypto_provider() {
 }
 
 #[cfg(test)]
+mod client_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -77,6 +77,8 @@ struct Inner {
     issued: u64,
     issued_access_tokens: Vec<String>,
     requests: Vec<RecordedRequest>,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +116,8 @@ impl FakeProvider {
                 issued: 0,
                 issued_access_tokens: Vec::new(),
                 requests: Vec::new(),
+                in_flight: 0,
+                max_in_flight: 0,
             })),
             changed: Arc::new(Notify::new()),
             nonce: format!("{:08x}", rand::random::<u32>()),
@@ -207,6 +211,11 @@ impl FakeProvider {
         self.requests().len()
     }
 
+    /// The most token requests that were being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.lock().max_in_flight
+    }
+
     /// Every access token issued, in order.
     pub fn issued_access_tokens(&self) -> Vec<String> {
         self.lock().issued_access_tokens.clone()
@@ -272,10 +281,24 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
             authorization: authorization.clone(),
             received_at: tokio::time::Instant::now().into_std(),
         });
+        inner.in_flight += 1;
+        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
         inner.script.pop_front().unwrap_or(Reply::Issue)
     };
     shared.changed.notify_waiters();
+    // Counts the request as answered even if the client gives up and the future is dropped.
+    let _done = InFlight(shared.inner.clone());
     answer(&shared, reply, &form, authorization.is_some()).await
+}
+
+struct InFlight(Arc<Mutex<Inner>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.0.lock() {
+            inner.in_flight -= 1;
+        }
+    }
 }
 
 async fn answer(

@@ -74,12 +74,24 @@ timeout = "2s"
 
     /// Starts `tokenbroker serve` and waits until its socket answers `/healthz`.
     pub async fn start(&self, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let args = ["serve".as_ref(), "--config".as_ref(), config.as_os_str()];
+        self.spawn(&args, env).await
+    }
+
+    /// Starts `tokenbroker serve --dev` with its socket at `self.socket()`.
+    pub async fn start_dev(&self, env: &[(&str, &str)]) -> Daemon {
+        let socket = self.socket().display().to_string();
+        let mut env = env.to_vec();
+        env.push(("TOKENBROKER__SERVER__SOCKET", &socket));
+        self.spawn(&["serve".as_ref(), "--dev".as_ref()], &env)
+            .await
+    }
+
+    async fn spawn(&self, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Daemon {
         let log = self.path(&format!("daemon-{}.log", next_log_number()));
         let mut command = Command::new(BINARY);
         command
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());

@@ -1,0 +1,129 @@
+//! The command line against a running daemon, and the dev mode.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::Value;
+use support::{Home, BINARY};
+use tokenbroker::testing::FakeProvider;
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_commands_round_trip() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let daemon = home
+        .start(&home.config(&fake.token_url(), "", ""), &[])
+        .await;
+    let refresh_file = home.write("rt", &format!("{}\n", fake.grant("files")));
+    let imported = stdout(&daemon.cli(
+        &[
+            "import",
+            "files",
+            "--provider",
+            "fake",
+            "--refresh-token-file",
+            refresh_file.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(imported.contains("files: active"), "{imported}");
+
+    let token = stdout(&daemon.cli(&["token", "files"], None));
+    assert_eq!(token.trim(), fake.issued_access_tokens()[0]);
+    let json: Value = serde_json::from_str(&stdout(
+        &daemon.cli(&["token", "files", "--json", "--min-valid", "5m"], None),
+    ))
+    .unwrap();
+    assert_eq!(json["token_type"], "Bearer");
+
+    let table = stdout(&daemon.cli(&["accounts"], None));
+    assert!(
+        table.starts_with("NAME") && table.contains("files") && table.contains("active"),
+        "{table}"
+    );
+    let listed: Value =
+        serde_json::from_str(&stdout(&daemon.cli(&["accounts", "--json"], None))).unwrap();
+    assert_eq!(listed["accounts"][0]["name"], "files");
+
+    stdout(&daemon.cli(&["refresh", "files"], None));
+    assert_eq!(fake.token_calls(), 2);
+    stdout(&daemon.cli(&["remove", "files"], None));
+    let missing = daemon.cli(&["token", "files"], None);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no account named files"));
+    let refused = daemon.cli(
+        &[
+            "import",
+            "other",
+            "--provider",
+            "fake",
+            "--refresh-token-stdin",
+        ],
+        Some("not-a-grant"),
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("invalid_grant"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[test]
+fn a_missing_daemon_gets_a_clear_message_and_bad_usage_exit_2() {
+    let output = std::process::Command::new(BINARY)
+        .args(["accounts", "--socket", "/nonexistent/tb.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot reach tokenbroker at /nonexistent/tb.sock"),
+        "{stderr}"
+    );
+    let usage = std::process::Command::new(BINARY)
+        .args(["import", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_mode_serves_a_demo_token_on_both_listeners_and_warns() {
+    let home = Home::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("127.0.0.1:{port}");
+    let mut daemon = home
+        .start_dev(&[("TOKENBROKER__SERVER__HTTP", &http)])
+        .await;
+    assert!(
+        daemon.logs().contains("NOTHING IS SECURED"),
+        "{}",
+        daemon.logs()
+    );
+    let (status, body) = daemon.request("GET", "/v1/token/demo", None).await;
+    assert_eq!(status, 200, "{body}");
+    let expires_in = body["expires_in"].as_u64().unwrap();
+    assert!((1..=60).contains(&expires_in), "60-second tokens: {body}");
+    let over_tcp = reqwest::Client::new()
+        .get(format!("http://{http}/v1/token/demo"))
+        .bearer_auth("dev")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over_tcp.status(), 200);
+    assert!(daemon.terminate().success());
+}

@@ -48,19 +48,23 @@ PY
 }
 
 echo "body ${size} bytes, ${CONNECTIONS} connections, ${DURATION} per run, ${ROUNDS} rounds"
-printf '%-6s %-5s %12s %12s %10s %10s %8s %8s\n' round via bare_rps broker_rps bare_p99 broker_p99 rps_x p99_x
+printf '%-6s %-5s %12s %12s %10s %10s %8s %8s %12s\n' round via bare_rps broker_rps bare_p99 broker_p99 rps_x p99_x healthz_rps
 for round in $(seq "$ROUNDS"); do
   for via in unix tcp; do
     if [ "$via" = unix ]; then
       bare=$(measure "bare-$via-$round" --unix-socket "$work/bare.sock" http://localhost/v1/token/demo)
       broker=$(measure "broker-$via-$round" --unix-socket "$work/tb.sock" http://localhost/v1/token/demo)
+      healthz=$(measure "healthz-$via-$round" --unix-socket "$work/tb.sock" http://localhost/healthz)
     else
       bare=$(measure "bare-$via-$round" "http://127.0.0.1:$bare_port/v1/token/demo")
       broker=$(measure "broker-$via-$round" -H 'Authorization: Bearer dev' "http://127.0.0.1:$broker_port/v1/token/demo")
+      healthz=$(measure "healthz-$via-$round" "http://127.0.0.1:$broker_port/healthz")
     fi
     read -r bare_rps bare_p99 <<<"$bare"
     read -r broker_rps broker_p99 <<<"$broker"
-    python3 -c "print('%-6s %-5s %12s %12s %10s %10s %8.2f %8.2f' % ('$round', '$via', $bare_rps, $broker_rps, $bare_p99, $broker_p99, $broker_rps / $bare_rps, $broker_p99 / $bare_p99))"
+    read -r healthz_rps _ <<<"$healthz"
+    python3 -c "print('%-6s %-5s %12s %12s %10s %10s %8.2f %8.2f %12s' % ('$round', '$via', $bare_rps, $broker_rps, $bare_p99, $broker_p99, $broker_rps / $bare_rps, $broker_p99 / $bare_p99, $healthz_rps))"
   done
 done
 echo "rps_x = broker throughput / bare throughput (higher is better, goal >= 0.9); p99_x = broker p99 / bare p99"
+echo "healthz_rps = the broker's /healthz (routing and listener, no token work, no log line) for comparison"

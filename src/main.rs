@@ -8,6 +8,7 @@ use clap::Parser;
 use tokenbroker::cli::{self, Cli, Command, LogFormat};
 use tokenbroker::config::{self, ConfigError, Env};
 use tokenbroker::{daemon, dev};
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 /// `EX_CONFIG` from sysexits.h: systemd's `RestartPreventExitStatus=78` stops restart loops.
@@ -18,7 +19,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: Env = std::env::vars().collect();
     let is_daemon = matches!(cli.command, Command::Serve { .. });
-    init_logging(cli.log_format, cli.log_level.as_deref(), is_daemon, &env);
+    // Held until main returns: dropping it flushes the log lines still queued.
+    let _log_writer = init_logging(cli.log_format, cli.log_level.as_deref(), is_daemon, &env);
     match run(cli.command, &env).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -60,8 +62,10 @@ async fn shutdown_signal() {
 }
 
 /// Logs go to stderr (stdout is for command output): human-readable, or flat JSON; no
-/// colours or timestamps of our own under journald, which adds its own.
-fn init_logging(format: LogFormat, level: Option<&str>, is_daemon: bool, env: &Env) {
+/// colours or timestamps of our own under journald, which adds its own. Lines are written by
+/// a dedicated thread in batches, so serving a token never waits on a log write; none are
+/// dropped (a full queue makes the logging call wait instead).
+fn init_logging(format: LogFormat, level: Option<&str>, is_daemon: bool, env: &Env) -> WorkerGuard {
     let default_level = if is_daemon { "info" } else { "warn" };
     let directives = level
         .map(str::to_owned)
@@ -78,14 +82,18 @@ fn init_logging(format: LogFormat, level: Option<&str>, is_daemon: bool, env: &E
             .expect("a valid directive"),
     );
     let under_journald = env.contains_key("JOURNAL_STREAM");
+    let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("tokenbroker-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Human if under_journald => builder.with_ansi(false).without_time().init(),
-        LogFormat::Human => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+        LogFormat::Human => builder.with_ansi(is_terminal).init(),
     }
+    guard
 }

@@ -71,6 +71,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             started_at: clock.now(),
         }),
         clock,
+        public_url: settings.api.public_url.clone(),
     };
     let router = api::router(state);
     let mut socket = SocketFile::bind(&settings.api.socket)?;

@@ -63,6 +63,18 @@ secret_type!(
     /// An API key presented by a TCP client.
     ApiKey
 );
+secret_type!(
+    /// A one-time authorization code from a provider's redirect or its no-redirect page.
+    AuthorizationCode
+);
+secret_type!(
+    /// A PKCE code verifier (RFC 7636): proves the exchange comes from who started the flow.
+    PkceVerifier
+);
+secret_type!(
+    /// An RFC 8628 device code, polled with at the token endpoint.
+    DeviceCode
+);
 
 #[cfg(test)]
 mod tests {

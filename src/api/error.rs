@@ -88,6 +88,11 @@ impl From<BrokerError> for ApiError {
                 retry_after: Some(retry_after),
             },
             BrokerError::Store(_) => Self::Internal(message),
+            BrokerError::Revoke(_) => Self::Unavailable {
+                code: "revoke_failed",
+                message,
+                retry_after: None,
+            },
         }
     }
 }

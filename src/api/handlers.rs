@@ -142,18 +142,11 @@ pub(super) async fn delete_account(
 ) -> Result<StatusCode, ApiError> {
     let caller = admin(&app, &peer, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest("bad_query", e.body_text()))?;
-    if query.revoke {
-        return Err(ApiError::BadRequest(
-            "revoke_unsupported",
-            "revocation at the provider is not available in this version; remove without revoke"
-                .into(),
-        ));
-    }
     let name = account
         .parse()
         .map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))?;
-    app.broker.remove(&name).await?;
-    tracing::info!(client = caller.name, uid = caller.uid, account = %name, "account removed by admin");
+    app.broker.remove(&name, query.revoke).await?;
+    tracing::info!(client = caller.name, uid = caller.uid, account = %name, revoked = query.revoke, "account removed by admin");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -209,7 +202,11 @@ pub(super) async fn not_found() -> ApiError {
 
 // === helpers ===
 
-fn identify(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(super) fn identify(
+    app: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
     let bearer = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(value) => {
@@ -224,7 +221,7 @@ fn identify(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, 
     app.access.identify(peer, bearer.as_ref())
 }
 
-fn admin(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(super) fn admin(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let caller = identify(app, peer, headers)?;
     if !caller.admin {
         return Err(ApiError::Forbidden(format!(

@@ -4,9 +4,11 @@
 //! timeouts and connection limits. Handlers call only the broker.
 
 mod access;
+mod connect;
 mod error;
 mod handlers;
 pub mod listen;
+mod pages;
 pub mod types;
 
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use tower_http::timeout::TimeoutLayer;
 use url::Url;
 
 pub use self::access::{Access, Caller, Client, Peer};
+pub use self::connect::callback_url;
 pub use self::error::ApiError;
 use crate::broker::Broker;
 use crate::clock::SharedClock;
@@ -69,6 +72,8 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// The clock.
     pub clock: SharedClock,
+    /// Base of the OAuth redirect URI and of connect links.
+    pub public_url: Url,
 }
 
 /// The API's routes.
@@ -89,6 +94,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/accounts/{name}/refresh",
             post(handlers::refresh_account),
         )
+        .route("/v1/connect", post(connect::start_flow))
+        .route(
+            "/v1/connect/{ticket}",
+            get(connect::flow_status).delete(connect::cancel_flow),
+        )
+        .route("/v1/connect/{ticket}/code", post(connect::submit_code))
+        .route("/oauth/start/{ticket}", get(connect::oauth_start))
+        .route("/oauth/callback", get(connect::oauth_callback))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .fallback(handlers::not_found)

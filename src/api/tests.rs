@@ -77,6 +77,7 @@ async fn api() -> Api {
         access,
         readiness,
         clock,
+        public_url: "http://127.0.0.1:8765".parse().unwrap(),
     });
     Api {
         fake,
@@ -365,7 +366,6 @@ async fn bad_requests_get_json_errors() {
             "/v1/accounts/new",
             Some(json!({"provider": "fake", "refresh_token": "not-valid"})),
         ),
-        ("DELETE", "/v1/accounts/corp?revoke=true", None),
     ] {
         let (status, body) = api.json(ADMIN, method, uri, None, body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {body}");
@@ -458,6 +458,7 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
         access: Arc::new(Access::new(&[], 0, vec![])),
         readiness,
         clock: Arc::new(clock.clone()),
+        public_url: "http://127.0.0.1:8765".parse().unwrap(),
     };
     let api = Api {
         fake,

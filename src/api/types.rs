@@ -158,3 +158,64 @@ pub struct HealthBody {
 fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
+
+/// `POST /v1/connect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRequest {
+    /// The account name to connect (or reconnect).
+    pub account: String,
+    /// The configured provider.
+    pub provider: String,
+    /// `redirect` (default), `no_redirect` or `device`.
+    pub mode: Option<String>,
+}
+
+/// The answer to `POST /v1/connect`: what the person must do next.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnectBody {
+    /// Follows the flow in `GET /v1/connect/{ticket}`.
+    pub ticket: String,
+    /// RFC 3339 time after which the flow is void.
+    pub expires_at: String,
+    /// Redirect flow: open this in a browser.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_url: Option<String>,
+    /// No-redirect flow: open this, approve, and paste the code shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorize_url: Option<String>,
+    /// Device flow: the code to type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_code: Option<String>,
+    /// Device flow: where to type it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification_uri: Option<String>,
+    /// Device flow: the same with the code filled in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification_uri_complete: Option<String>,
+}
+
+/// `GET /v1/connect/{ticket}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectStatusBody {
+    /// `pending`, `connected` or `failed`.
+    pub status: String,
+    /// The connected account.
+    pub account: Option<AccountBody>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// `POST /v1/connect/{ticket}/code`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeBody {
+    /// The code the provider showed.
+    pub code: String,
+}
+
+impl fmt::Debug for CodeBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeBody").field("code", &REDACTED).finish()
+    }
+}

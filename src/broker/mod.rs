@@ -13,8 +13,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tokio::task::JoinHandle;
 
+mod connect;
+
+pub use self::connect::{
+    Callback, ConnectError, Mode as ConnectMode, Next as ConnectNext, Outcome as ConnectOutcome,
+    Started as ConnectStarted, FLOW_LIFETIME,
+};
 use crate::clock::SharedClock;
-use crate::provider::{FailureKind, Provider, ProviderError, TokenResponse};
+use crate::provider::{FailureKind, Provider, ProviderError, Revocation, TokenResponse};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::store::{Store, StoreError};
 use crate::token::{AccountName, AccountRecord, IssuedToken, RefreshPolicy};
@@ -132,6 +138,9 @@ pub enum BrokerError {
     /// The store failed; nothing was acknowledged.
     #[error("store failure: {0}")]
     Store(String),
+    /// Revocation at the provider failed or is impossible; the account was kept.
+    #[error("revocation failed, so the account was kept: {0}")]
+    Revoke(String),
 }
 
 impl BrokerError {
@@ -162,6 +171,7 @@ struct Inner {
     permits: Semaphore,
     random: RandomSource,
     last_tick: Mutex<Option<SystemTime>>,
+    flows: Mutex<connect::Flows>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -262,6 +272,7 @@ impl Broker {
             permits: Semaphore::new(config.max_concurrent.max(1)),
             random,
             last_tick: Mutex::new(None),
+            flows: Mutex::new(connect::Flows::default()),
         };
         let broker = Self {
             inner: Arc::new(inner),
@@ -368,47 +379,65 @@ impl Broker {
         provider: &str,
         refresh_token: RefreshToken,
     ) -> Result<AccountView, BrokerError> {
-        let provider_handle = self.provider(provider)?;
-        let existing = read(&self.inner.accounts).get(&name).cloned();
-        let guard = match &existing {
-            Some(slot) => Some(slot.flight.clone().lock_owned().await),
-            None => None,
-        };
+        let handle = self.provider(provider)?;
         let broker = self.clone();
         let provider = provider.to_owned();
         // Detached for the same reason as refreshes: a rotated token must reach the store.
-        tokio::spawn(async move {
-            let _guard = guard;
+        detached(async move {
             let answer = {
-                let _permit = broker.inner.permits.acquire().await.expect("the semaphore is never closed");
-                provider_handle.refresh(&refresh_token).await
+                let _permit = broker
+                    .inner
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                handle.refresh(&refresh_token).await
             };
-            let now = broker.now();
-            let mut record = AccountRecord::new(name.clone(), provider.clone(), refresh_token);
-            let failure = match answer {
-                Ok(response) => {
-                    record = with_response(record, response, now);
-                    None
-                }
-                Err(error) if error.kind() == FailureKind::Transient => {
-                    tracing::warn!(account = %name, provider, error = %error, "first refresh of an imported grant failed; it is stored and will be retried");
-                    record.last_error = Some(error.to_string());
-                    Some(error)
-                }
-                Err(error) => return Err(BrokerError::GrantRejected(error.to_string())),
-            };
-            broker.persist(record.clone()).await.map_err(|e| BrokerError::Store(e.to_string()))?;
-            tracing::info!(account = %name, provider, "grant imported");
-            let slot = broker.new_slot(record);
-            if let Some(error) = failure {
-                let mut state = slot.state();
-                broker.note_failure(&mut state, &error, now);
-            }
-            write(&broker.inner.accounts).insert(name.clone(), slot);
-            broker.account(&name)
+            broker.install(name, &provider, refresh_token, answer).await
         })
-        .await
-        .map_err(|_| BrokerError::Store("import task failed".into()))?
+        .await?
+    }
+
+    /// Stores the grant that `answer` (a refresh, or a code exchange) proved, replacing the
+    /// account's old grant only now that the new one has worked. A transient failure stores
+    /// the grant anyway, degraded and retried; any other failure stores nothing.
+    async fn install(
+        &self,
+        name: AccountName,
+        provider: &str,
+        refresh_token: RefreshToken,
+        answer: Result<TokenResponse, ProviderError>,
+    ) -> Result<AccountView, BrokerError> {
+        let now = self.now();
+        let mut record = AccountRecord::new(name.clone(), provider.to_owned(), refresh_token);
+        let failure = match answer {
+            Ok(response) => {
+                record = with_response(record, response, now);
+                None
+            }
+            Err(error) if error.kind() == FailureKind::Transient => {
+                tracing::warn!(account = %name, provider, error = %error, "first refresh of a new grant failed; it is stored and will be retried");
+                record.last_error = Some(error.to_string());
+                Some(error)
+            }
+            Err(error) => return Err(BrokerError::GrantRejected(error.to_string())),
+        };
+        let existing = read(&self.inner.accounts).get(&name).cloned();
+        let _flight = match &existing {
+            Some(slot) => Some(slot.flight.clone().lock_owned().await),
+            None => None,
+        };
+        self.persist(record.clone())
+            .await
+            .map_err(|e| BrokerError::Store(e.to_string()))?;
+        tracing::info!(account = %name, provider, "grant stored");
+        let slot = self.new_slot(record);
+        if let Some(error) = failure {
+            let mut state = slot.state();
+            self.note_failure(&mut state, &error, now);
+        }
+        write(&self.inner.accounts).insert(name.clone(), slot);
+        self.account(&name)
     }
 
     /// Adds a grant from the configuration if the store has none for that name yet; the
@@ -435,21 +464,69 @@ impl Broker {
         Ok(true)
     }
 
-    /// Forgets an account, after any refresh of it in flight has finished.
+    /// Forgets an account, after any refresh of it in flight has finished. With `revoke`,
+    /// the grant is first revoked at the provider, and the account is forgotten only once
+    /// the provider confirmed (or said the grant was already dead).
     ///
     /// # Errors
-    /// Unknown account, or the store failed (the account is kept).
-    pub async fn remove(&self, name: &AccountName) -> Result<(), BrokerError> {
+    /// Unknown account, revocation failed or is impossible (the account is kept), or the
+    /// store failed (the account is kept).
+    pub async fn remove(&self, name: &AccountName, revoke: bool) -> Result<(), BrokerError> {
         let slot = self.slot(name)?;
-        let _flight = slot.flight.lock().await;
-        let store = self.inner.store.clone();
-        let key = name.clone();
-        tokio::task::spawn_blocking(move || store.remove(&key))
+        let broker = self.clone();
+        let name = name.clone();
+        detached(async move {
+            let _flight = slot.flight.lock().await;
+            if revoke {
+                broker.revoke_locked(&slot).await?;
+            }
+            let store = broker.inner.store.clone();
+            let key = name.clone();
+            tokio::task::spawn_blocking(move || store.remove(&key))
+                .await
+                .map_err(|_| BrokerError::Store("store task failed".into()))?
+                .map_err(|e| BrokerError::Store(e.to_string()))?;
+            write(&broker.inner.accounts).remove(&name);
+            tracing::info!(account = %name, revoked = revoke, "account removed");
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Revokes the account's grant at its provider; called with the flight lock held.
+    async fn revoke_locked(&self, slot: &Slot) -> Result<(), BrokerError> {
+        let record = slot.state().record.clone();
+        let provider = self.provider(&record.provider)?;
+        let style = provider.config().preset.revocation().ok_or_else(|| {
+            BrokerError::Revoke(format!("provider {} offers no revocation; remove the account without revoking and revoke it in the provider's settings", record.provider))
+        })?;
+        let mut access_token = record
+            .token
+            .as_ref()
+            .filter(|t| t.remaining(self.now()) > Duration::from_secs(60))
+            .map(|t| t.access_token.clone());
+        if style == Revocation::DropboxBearer && access_token.is_none() {
+            // Dropbox revokes through an access token: get a fresh one first.
+            match provider.refresh(&record.refresh_token).await {
+                Ok(response) => {
+                    let refreshed = with_response(record.clone(), response, self.now());
+                    self.persist(refreshed.clone())
+                        .await
+                        .map_err(|e| BrokerError::Store(e.to_string()))?;
+                    access_token = refreshed.token.as_ref().map(|t| t.access_token.clone());
+                    slot.state().record = refreshed;
+                }
+                // The grant is already dead: nothing left to revoke.
+                Err(ProviderError::InvalidGrant { .. }) => return Ok(()),
+                Err(error) => return Err(BrokerError::Revoke(error.to_string())),
+            }
+        }
+        let refresh_token = slot.state().record.refresh_token.clone();
+        provider
+            .revoke(&refresh_token, access_token.as_ref())
             .await
-            .map_err(|_| BrokerError::Store("store task failed".into()))?
-            .map_err(|e| BrokerError::Store(e.to_string()))?;
-        write(&self.inner.accounts).remove(name);
-        tracing::info!(account = %name, "account removed");
+            .map_err(|e| BrokerError::Revoke(e.to_string()))?;
+        tracing::info!(account = %record.name, provider = record.provider, "grant revoked at the provider");
         Ok(())
     }
 
@@ -927,6 +1004,16 @@ impl Slot {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Runs `work` as its own task and waits for it, so that the caller hanging up cannot stop
+/// it halfway (between a provider's answer and the store write, say).
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, BrokerError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|_| BrokerError::Store("a broker task failed".into()))
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

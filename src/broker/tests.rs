@@ -538,7 +538,7 @@ async fn accounts_survive_a_reopen_and_removal_is_durable() {
             .unwrap(),
         "seeding never overwrites"
     );
-    h.broker.remove(&name("a")).await.unwrap();
+    h.broker.remove(&name("a"), false).await.unwrap();
     let names: Vec<_> = h
         .store
         .load_all()

@@ -72,6 +72,8 @@ pub(super) struct Provider {
     pub(super) authorize_url: Option<String>,
     pub(super) token_url: Option<String>,
     pub(super) revoke_url: Option<String>,
+    pub(super) device_url: Option<String>,
+    pub(super) tenant: Option<String>,
     pub(super) auth_method: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub(super) default_lifetime: Option<Duration>,

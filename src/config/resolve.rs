@@ -175,17 +175,21 @@ fn provider(
 ) -> Option<provider::Config> {
     let key = |field: &str| format!("providers.{name}.{field}");
     let before = problems.len();
-    let preset = match raw.preset.as_str() {
-        "dropbox" => Some(Preset::Dropbox),
-        "generic" => Some(Preset::Generic),
-        other => {
-            problems.push(format!(
-                "{}: unknown preset {other:?} (this version has \"dropbox\" and \"generic\")",
-                key("preset")
-            ));
-            None
-        }
-    };
+    let preset = Preset::from_name(&raw.preset);
+    if preset.is_none() {
+        problems.push(format!(
+            "{}: unknown preset {:?} (dropbox, google, microsoft, github, box or generic)",
+            key("preset"),
+            raw.preset
+        ));
+    }
+    if raw.tenant.is_some() && preset != Some(Preset::Microsoft) {
+        problems.push(format!(
+            "{}: only the microsoft preset takes a tenant",
+            key("tenant")
+        ));
+    }
+    let tenant = raw.tenant.clone().unwrap_or_else(|| "common".to_owned());
     if raw.client_id.trim().is_empty() {
         problems.push(format!("{}: must not be empty", key("client_id")));
     }
@@ -247,38 +251,41 @@ fn provider(
     let token_url = url("token_url", &raw.token_url, problems);
     let authorize_url = url("authorize_url", &raw.authorize_url, problems);
     let revoke_url = url("revoke_url", &raw.revoke_url, problems);
+    let device_url = url("device_url", &raw.device_url, problems);
     let issuer = url("issuer", &raw.issuer, problems);
-    let endpoints = match (preset?, issuer, token_url) {
-        (Preset::Dropbox, issuer, token) => {
+    let preset = preset?;
+    let endpoints = match (preset.endpoints(&tenant), issuer, token_url) {
+        // A preset: its endpoints, each of which may be overridden (a proxy, a test server).
+        (Some(fixed), issuer, token) => {
             if issuer.is_some() {
                 problems.push(format!(
-                    "{}: the dropbox preset has fixed endpoints; override token_url etc. instead",
-                    key("issuer")
+                    "{}: the {} preset has fixed endpoints; override token_url etc. instead",
+                    key("issuer"),
+                    raw.preset
                 ));
             }
-            let fixed = Preset::Dropbox
-                .endpoints()
-                .expect("dropbox has fixed endpoints");
             EndpointSource::Fixed(Endpoints {
                 token: token.unwrap_or(fixed.token),
                 authorize: authorize_url.or(fixed.authorize),
                 revoke: revoke_url.or(fixed.revoke),
+                device: device_url.or(fixed.device),
             })
         }
-        (Preset::Generic, Some(_), Some(_)) => {
+        (None, Some(_), Some(_)) => {
             problems.push(format!(
                 "{}: give issuer (discovery) or token_url, not both",
                 key("issuer")
             ));
             return None;
         }
-        (Preset::Generic, Some(issuer), None) => EndpointSource::Discover { issuer },
-        (Preset::Generic, None, Some(token)) => EndpointSource::Fixed(Endpoints {
+        (None, Some(issuer), None) => EndpointSource::Discover { issuer },
+        (None, None, Some(token)) => EndpointSource::Fixed(Endpoints {
             token,
             authorize: authorize_url,
             revoke: revoke_url,
+            device: device_url,
         }),
-        (Preset::Generic, None, None) => {
+        (None, None, None) => {
             if raw.issuer.is_none() && raw.token_url.is_none() {
                 problems.push(format!(
                     "{}: a generic provider needs issuer or token_url",
@@ -287,6 +294,12 @@ fn provider(
             }
             return None;
         }
+    };
+    let expected_issuer = match &endpoints {
+        EndpointSource::Discover { issuer } => {
+            Some(issuer.as_str().trim_end_matches('/').to_owned())
+        }
+        EndpointSource::Fixed(_) => preset.issuer(&tenant),
     };
     let timeout = raw.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let connect_timeout = raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
@@ -304,15 +317,14 @@ fn provider(
     }
     (problems.len() == before).then(|| provider::Config {
         name: name.to_owned(),
-        preset: preset.expect("checked above"),
+        preset,
         client_id: raw.client_id.clone(),
         client_secret,
         auth_method,
         endpoints,
         scopes: raw.scopes.clone(),
-        default_lifetime: raw
-            .default_lifetime
-            .unwrap_or(preset.expect("checked above").default_lifetime()),
+        issuer: expected_issuer,
+        default_lifetime: raw.default_lifetime.unwrap_or(preset.default_lifetime()),
         connect_timeout,
         timeout,
     })

@@ -91,6 +91,7 @@ async fn an_unreachable_endpoint_is_transient() {
         token: format!("http://127.0.0.1:{port}/t").parse().unwrap(),
         authorize: None,
         revoke: None,
+        device: None,
     });
     let error = Provider::new(config)
         .unwrap()

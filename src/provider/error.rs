@@ -96,6 +96,14 @@ pub enum ProviderError {
         /// Why.
         reason: String,
     },
+    /// The provider has no endpoint or method for what was asked.
+    #[error("provider {provider} has no {what}")]
+    Unsupported {
+        /// The provider's name.
+        provider: String,
+        /// What it lacks.
+        what: String,
+    },
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
@@ -123,6 +131,7 @@ impl ProviderError {
             Self::ClientRejected { .. }
             | Self::Rejected { .. }
             | Self::UnexpectedStatus { .. }
+            | Self::Unsupported { .. }
             | Self::Client(_) => FailureKind::Configuration,
         }
     }
@@ -133,6 +142,15 @@ impl ProviderError {
             Self::RateLimited { retry_after } | Self::Unavailable { retry_after, .. } => {
                 *retry_after
             }
+            _ => None,
+        }
+    }
+
+    /// The OAuth error code the provider sent, if it sent one.
+    pub fn oauth_code(&self) -> Option<&str> {
+        match self {
+            Self::InvalidGrant { .. } => Some("invalid_grant"),
+            Self::ClientRejected { code, .. } | Self::Rejected { code, .. } => Some(code),
             _ => None,
         }
     }
@@ -150,6 +168,7 @@ impl ProviderError {
             Self::Rejected { .. } => "rejected",
             Self::UnexpectedStatus { .. } => "unexpected_status",
             Self::Discovery { .. } => "discovery_failed",
+            Self::Unsupported { .. } => "unsupported",
             Self::Client(_) => "client",
         }
     }

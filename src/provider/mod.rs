@@ -5,6 +5,8 @@
 //! classified `ProviderError` (see `error`).
 
 mod error;
+mod flow;
+mod preset;
 mod response;
 
 use std::sync::Once;
@@ -16,21 +18,14 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 pub use self::error::{FailureKind, ProviderError};
+pub use self::flow::{random_token, DeviceAuthorization, Pkce};
+pub use self::preset::{Preset, Revocation};
 pub use self::response::{parse as parse_token_response, TokenResponse};
 use crate::secret::{ClientSecret, RefreshToken};
 
 /// The most we read of any provider answer.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const USER_AGENT: &str = concat!("tokenbroker/", env!("CARGO_PKG_VERSION"));
-
-/// The built-in provider families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Preset {
-    /// Dropbox: fixed endpoints, `token_access_type=offline`, 4-hour tokens.
-    Dropbox,
-    /// Any RFC 6749 server: explicit URLs or `issuer` discovery.
-    Generic,
-}
 
 /// How the client authenticates at the token endpoint (never two ways at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,10 +47,13 @@ pub struct Endpoints {
     pub authorize: Option<Url>,
     /// The revocation endpoint.
     pub revoke: Option<Url>,
+    /// The device authorization endpoint (RFC 8628).
+    pub device: Option<Url>,
 }
 
 /// Where a provider's endpoints come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one per provider, built once
 pub enum EndpointSource {
     /// Known up front (presets, or explicit URLs).
     Fixed(Endpoints),
@@ -83,6 +81,8 @@ pub struct Config {
     pub endpoints: EndpointSource,
     /// Scopes to request when connecting.
     pub scopes: Vec<String>,
+    /// The issuer a callback's `iss` must name (discovery's issuer, or a preset's).
+    pub issuer: Option<String>,
     /// Lifetime assumed when a response has no usable `expires_in`.
     pub default_lifetime: Duration,
     /// Limit on establishing a connection.
@@ -91,31 +91,9 @@ pub struct Config {
     pub timeout: Duration,
 }
 
-impl Preset {
-    /// The endpoints a preset brings, if it fixes them.
-    pub fn endpoints(self) -> Option<Endpoints> {
-        match self {
-            Self::Dropbox => Some(Endpoints {
-                token: Url::parse("https://api.dropboxapi.com/oauth2/token").expect("valid URL"),
-                authorize: Some(
-                    Url::parse("https://www.dropbox.com/oauth2/authorize").expect("valid URL"),
-                ),
-                revoke: Some(
-                    Url::parse("https://api.dropboxapi.com/2/auth/token/revoke")
-                        .expect("valid URL"),
-                ),
-            }),
-            Self::Generic => None,
-        }
-    }
-
-    /// Access-token lifetime assumed when a response omits `expires_in`.
-    pub fn default_lifetime(self) -> Duration {
-        match self {
-            Self::Dropbox => Duration::from_secs(14400),
-            Self::Generic => Duration::from_secs(3600),
-        }
-    }
+/// A provider's free text made safe to show: short, printable, no token-shaped runs.
+pub fn clean_text(text: &str) -> String {
+    response::clean(text, &[])
 }
 
 /// Checks that an endpoint is https, or http on a loopback host.
@@ -188,31 +166,26 @@ impl Provider {
         &self,
         refresh_token: &RefreshToken,
     ) -> Result<TokenResponse, ProviderError> {
-        let endpoints = self.endpoints().await?;
-        let mut form = vec![
+        let form = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose()),
         ];
-        let mut request = self
+        self.token_request(form, &[refresh_token.expose()]).await
+    }
+
+    /// Posts a grant to the token endpoint with the client's authentication and parses the
+    /// answer; `sent_secrets` are scrubbed from any error text the provider echoes.
+    async fn token_request(
+        &self,
+        mut form: Vec<(&str, &str)>,
+        sent_secrets: &[&str],
+    ) -> Result<TokenResponse, ProviderError> {
+        let endpoints = self.endpoints().await?;
+        let request = self
             .http
             .post(endpoints.token.clone())
             .header(ACCEPT, "application/json");
-        match (&self.config.auth_method, &self.config.client_secret) {
-            (AuthMethod::Basic, Some(secret)) => {
-                // RFC 6749 §2.3.1: form-encode id and secret before Basic encoding.
-                let id: String =
-                    url::form_urlencoded::byte_serialize(self.config.client_id.as_bytes())
-                        .collect();
-                let secret: String =
-                    url::form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect();
-                request = request.basic_auth(id, Some(secret));
-            }
-            (AuthMethod::Post, Some(secret)) => {
-                form.push(("client_id", &self.config.client_id));
-                form.push(("client_secret", secret.expose()));
-            }
-            _ => form.push(("client_id", &self.config.client_id)),
-        }
+        let request = self.authenticate(request, &mut form);
         let response = request
             .form(&form)
             .send()
@@ -225,7 +198,7 @@ impl Provider {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let body = read_capped(response, "token").await?;
-        let mut secrets = vec![refresh_token.expose()];
+        let mut secrets = sent_secrets.to_vec();
         if let Some(secret) = &self.config.client_secret {
             secrets.push(secret.expose());
         }
@@ -236,6 +209,34 @@ impl Provider {
             self.config.default_lifetime,
             &secrets,
         )
+    }
+
+    /// Adds the client's credentials, one way only: Basic, body, or just the id.
+    fn authenticate<'a>(
+        &'a self,
+        request: reqwest::RequestBuilder,
+        form: &mut Vec<(&'a str, &'a str)>,
+    ) -> reqwest::RequestBuilder {
+        match (&self.config.auth_method, &self.config.client_secret) {
+            (AuthMethod::Basic, Some(secret)) => {
+                // RFC 6749 §2.3.1: form-encode id and secret before Basic encoding.
+                let id: String =
+                    url::form_urlencoded::byte_serialize(self.config.client_id.as_bytes())
+                        .collect();
+                let secret: String =
+                    url::form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect();
+                request.basic_auth(id, Some(secret))
+            }
+            (AuthMethod::Post, Some(secret)) => {
+                form.push(("client_id", &self.config.client_id));
+                form.push(("client_secret", secret.expose()));
+                request
+            }
+            _ => {
+                form.push(("client_id", &self.config.client_id));
+                request
+            }
+        }
     }
 
     /// The endpoints, discovering them on first use if configured with an issuer.
@@ -321,6 +322,7 @@ fn endpoints_from_metadata(issuer: &Url, metadata: &Value) -> Result<Endpoints, 
         token: endpoint("token_endpoint")?.ok_or("metadata has no token_endpoint")?,
         authorize: endpoint("authorization_endpoint")?,
         revoke: endpoint("revocation_endpoint")?,
+        device: endpoint("device_authorization_endpoint")?,
     })
 }
 

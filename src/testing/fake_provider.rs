@@ -79,6 +79,27 @@ struct Inner {
     requests: Vec<RecordedRequest>,
     in_flight: usize,
     max_in_flight: usize,
+    /// Issued authorization codes and what they were issued for.
+    codes: std::collections::HashMap<String, CodeGrant>,
+    /// Access token → the refresh token it was minted from (for Dropbox-style revocation).
+    minted_from: std::collections::HashMap<String, String>,
+    /// Whether the user approved the pending device flow.
+    device_approved: bool,
+    /// `iss` added to authorization redirects, if set.
+    callback_iss: Option<String>,
+    /// Require `token_access_type=offline` for a refresh token (Dropbox's rule).
+    dropbox_mode: bool,
+    /// Authorize requests seen (their query parameters).
+    authorize_requests: Vec<BTreeMap<String, String>>,
+    /// Revocation requests seen: (path, form or bearer token).
+    revocations: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+struct CodeGrant {
+    redirect_uri: Option<String>,
+    code_challenge: Option<String>,
+    token_access_type: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +139,13 @@ impl FakeProvider {
                 requests: Vec::new(),
                 in_flight: 0,
                 max_in_flight: 0,
+                codes: std::collections::HashMap::new(),
+                minted_from: std::collections::HashMap::new(),
+                device_approved: false,
+                callback_iss: None,
+                dropbox_mode: false,
+                authorize_requests: Vec::new(),
+                revocations: Vec::new(),
             })),
             changed: Arc::new(Notify::new()),
             nonce: format!("{:08x}", rand::random::<u32>()),
@@ -125,6 +153,13 @@ impl FakeProvider {
         };
         let router = Router::new()
             .route("/oauth2/token", post(token))
+            .route(
+                "/oauth2/authorize",
+                get(authorize_page).post(authorize_decision),
+            )
+            .route("/oauth2/device", post(device_authorization))
+            .route("/oauth2/revoke", post(revoke_rfc7009))
+            .route("/2/auth/token/revoke", post(revoke_dropbox))
             .route("/.well-known/openid-configuration", get(discovery))
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
@@ -161,8 +196,10 @@ impl FakeProvider {
                 token: self.token_url().parse().expect("a URL"),
                 authorize: None,
                 revoke: None,
+                device: None,
             }),
             scopes: vec![],
+            issuer: None,
             default_lifetime: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_millis(500),
@@ -209,6 +246,52 @@ impl FakeProvider {
     /// Number of token-endpoint requests so far.
     pub fn token_calls(&self) -> usize {
         self.requests().len()
+    }
+
+    /// The authorization endpoint.
+    pub fn authorize_url(&self) -> String {
+        format!("{}/oauth2/authorize", self.shared.base)
+    }
+
+    /// The device authorization endpoint.
+    pub fn device_url(&self) -> String {
+        format!("{}/oauth2/device", self.shared.base)
+    }
+
+    /// The RFC 7009 revocation endpoint.
+    pub fn revoke_url(&self) -> String {
+        format!("{}/oauth2/revoke", self.shared.base)
+    }
+
+    /// The Dropbox-style revocation endpoint (`POST /2/auth/token/revoke`, bearer token).
+    pub fn dropbox_revoke_url(&self) -> String {
+        format!("{}/2/auth/token/revoke", self.shared.base)
+    }
+
+    /// Behave like Dropbox: a code exchange yields a refresh token only when the authorize
+    /// request carried `token_access_type=offline`.
+    pub fn set_dropbox_mode(&self, on: bool) {
+        self.lock().dropbox_mode = on;
+    }
+
+    /// Adds `iss=<value>` to authorization redirects (RFC 9207).
+    pub fn set_callback_iss(&self, iss: Option<String>) {
+        self.lock().callback_iss = iss;
+    }
+
+    /// The user approves the pending device flow.
+    pub fn approve_device(&self) {
+        self.lock().device_approved = true;
+    }
+
+    /// The query parameters of every authorize request.
+    pub fn authorize_requests(&self) -> Vec<BTreeMap<String, String>> {
+        self.lock().authorize_requests.clone()
+    }
+
+    /// Every revocation request: its path and what it presented.
+    pub fn revocations(&self) -> Vec<(String, String)> {
+        self.lock().revocations.clone()
     }
 
     /// The most token requests that were being answered at the same time.
@@ -264,7 +347,140 @@ async fn discovery(State(shared): State<Shared>) -> Json<Value> {
         "issuer": shared.base,
         "token_endpoint": format!("{}/oauth2/token", shared.base),
         "authorization_endpoint": format!("{}/oauth2/authorize", shared.base),
+        "device_authorization_endpoint": format!("{}/oauth2/device", shared.base),
+        "revocation_endpoint": format!("{}/oauth2/revoke", shared.base),
+        "code_challenge_methods_supported": ["S256"],
     }))
+}
+
+/// The consent page: it must be rendered and its button clicked (no JavaScript).
+async fn authorize_page(
+    State(shared): State<Shared>,
+    axum::extract::Query(query): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    shared
+        .inner
+        .lock()
+        .expect("fake provider lock")
+        .authorize_requests
+        .push(query.clone());
+    let hidden: String = query
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                r#"<input type="hidden" name="{}" value="{}">"#,
+                escape(k),
+                escape(v)
+            )
+        })
+        .collect();
+    let client = escape(query.get("client_id").map_or("", String::as_str));
+    axum::response::Html(format!(
+        r#"<!doctype html><html><head><title>Fake provider: authorize</title></head><body>
+<h1>Allow {client} to access your files?</h1>
+<form method="post" action="/oauth2/authorize">{hidden}
+<button type="submit" id="allow" name="decision" value="allow">Allow</button>
+<button type="submit" id="deny" name="decision" value="deny">Deny</button>
+</form></body></html>"#
+    ))
+    .into_response()
+}
+
+async fn authorize_decision(State(shared): State<Shared>, body: Bytes) -> Response {
+    let form: BTreeMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let state = form.get("state").cloned().unwrap_or_default();
+    let redirect_uri = form.get("redirect_uri").cloned();
+    let mut inner = shared.inner.lock().expect("fake provider lock");
+    let iss = inner.callback_iss.clone();
+    let target = |params: Vec<(&str, String)>| -> Response {
+        let Some(redirect) = &redirect_uri else {
+            let code = params
+                .iter()
+                .find(|(k, _)| *k == "code")
+                .map_or_else(String::new, |(_, v)| v.clone());
+            return axum::response::Html(format!(
+                "<p>Copy this code into the application: <code id=\"code\">{}</code></p>",
+                escape(&code)
+            ))
+            .into_response();
+        };
+        let mut url = url::Url::parse(redirect).expect("a redirect URI");
+        {
+            let mut query = url.query_pairs_mut();
+            for (key, value) in &params {
+                query.append_pair(key, value);
+            }
+            query.append_pair("state", &state);
+            if let Some(iss) = &iss {
+                query.append_pair("iss", iss);
+            }
+        }
+        (StatusCode::FOUND, [("location", url.to_string())]).into_response()
+    };
+    if form.get("decision").map(String::as_str) != Some("allow") {
+        return target(vec![
+            ("error", "access_denied".into()),
+            ("error_description", "the user denied access".into()),
+        ]);
+    }
+    let code = format!("fake-code-{:016x}", rand::random::<u64>());
+    inner.codes.insert(
+        code.clone(),
+        CodeGrant {
+            redirect_uri: redirect_uri.clone(),
+            code_challenge: form.get("code_challenge").cloned(),
+            token_access_type: form.get("token_access_type").cloned(),
+        },
+    );
+    target(vec![("code", code)])
+}
+
+async fn device_authorization(State(shared): State<Shared>) -> Json<Value> {
+    Json(json!({
+        "device_code": format!("fake-device-{}", shared.nonce),
+        "user_code": "WDJB-MJHT",
+        "verification_uri": format!("{}/device", shared.base),
+        "expires_in": 120,
+        "interval": 1,
+    }))
+}
+
+async fn revoke_rfc7009(State(shared): State<Shared>, body: Bytes) -> Response {
+    let form: BTreeMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let token = form.get("token").cloned().unwrap_or_default();
+    let mut inner = shared.inner.lock().expect("fake provider lock");
+    inner
+        .revocations
+        .push(("/oauth2/revoke".into(), token.clone()));
+    inner.valid_refresh_tokens.remove(&token);
+    StatusCode::OK.into_response()
+}
+
+async fn revoke_dropbox(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let mut inner = shared.inner.lock().expect("fake provider lock");
+    inner
+        .revocations
+        .push(("/2/auth/token/revoke".into(), bearer.clone()));
+    match inner.minted_from.get(&bearer).cloned() {
+        Some(refresh) => {
+            inner.valid_refresh_tokens.remove(&refresh);
+            Json(Value::Null).into_response()
+        }
+        None => (StatusCode::UNAUTHORIZED, Json(json!({"error_summary": "invalid_access_token/", "error": {".tag": "invalid_access_token"}}))).into_response(),
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -360,24 +576,64 @@ fn issue(shared: &Shared, form: &BTreeMap<String, String>, has_basic: bool) -> R
             "client authenticated in more than one way",
         );
     }
-    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
-        return error("unsupported_grant_type", "only refresh_token is scripted");
-    }
     let mut inner = shared.inner.lock().expect("fake provider lock");
-    let presented = form.get("refresh_token").cloned().unwrap_or_default();
-    if !inner.valid_refresh_tokens.contains(&presented) {
-        return error("invalid_grant", "refresh token is invalid or revoked");
-    }
+    let mut with_refresh = inner.rotate;
+    let presented = match form.get("grant_type").map(String::as_str) {
+        Some("refresh_token") => {
+            let presented = form.get("refresh_token").cloned().unwrap_or_default();
+            if !inner.valid_refresh_tokens.contains(&presented) {
+                return error("invalid_grant", "refresh token is invalid or revoked");
+            }
+            Some(presented)
+        }
+        Some("authorization_code") => {
+            let Some(grant) = form.get("code").and_then(|code| inner.codes.remove(code)) else {
+                return error("invalid_grant", "code doesn't exist or has expired");
+            };
+            if grant.redirect_uri != form.get("redirect_uri").cloned() {
+                return error("invalid_grant", "redirect_uri mismatch");
+            }
+            if let Some(challenge) = &grant.code_challenge {
+                let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+                let computed = {
+                    use base64::Engine as _;
+                    use sha2::Digest as _;
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .encode(sha2::Sha256::digest(verifier.as_bytes()))
+                };
+                if &computed != challenge {
+                    return error("invalid_grant", "invalid code_verifier");
+                }
+            }
+            with_refresh =
+                !inner.dropbox_mode || grant.token_access_type.as_deref() == Some("offline");
+            None
+        }
+        Some("urn:ietf:params:oauth:grant-type:device_code") => {
+            if !inner.device_approved {
+                return error("authorization_pending", "the user has not approved yet");
+            }
+            with_refresh = true;
+            None
+        }
+        _ => return error("unsupported_grant_type", "not scripted"),
+    };
     inner.issued += 1;
     let access_token = format!("fake-access-{}-{}", shared.nonce, inner.issued);
     inner.issued_access_tokens.push(access_token.clone());
-    let mut body = json!({"access_token": access_token, "token_type": "bearer", "expires_in": inner.expires_in.clone()});
-    if inner.rotate {
-        let rotated = format!("fake-refresh-{}-rotated-{}", shared.nonce, inner.issued);
-        inner.valid_refresh_tokens.remove(&presented);
+    let mut body = json!({"access_token": access_token, "token_type": "bearer", "expires_in": inner.expires_in.clone(), "account_id": "dbid:fake-user"});
+    let refresh = if with_refresh {
+        let rotated = format!("fake-refresh-{}-issued-{}", shared.nonce, inner.issued);
+        if let Some(old) = &presented {
+            inner.valid_refresh_tokens.remove(old);
+        }
         inner.valid_refresh_tokens.insert(rotated.clone());
         body["refresh_token"] = json!(rotated);
-    }
+        rotated
+    } else {
+        presented.unwrap_or_default()
+    };
+    inner.minted_from.insert(access_token, refresh);
     Json(body).into_response()
 }
 

@@ -12,7 +12,10 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
 
-use crate::api::types::{AccountBody, AccountsBody, ErrorBody, ImportBody, TokenBody};
+use crate::api::types::{
+    AccountBody, AccountsBody, ConnectBody, ConnectRequest, ConnectStatusBody, ErrorBody,
+    ImportBody, TokenBody,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Env, DEFAULT_PATH};
 
@@ -101,6 +104,23 @@ pub enum Command {
         #[command(flatten)]
         daemon: Daemon,
     },
+    /// Connect (or reconnect) an account: approve in a browser, and the daemon keeps the grant.
+    Connect {
+        /// The account name.
+        name: String,
+        /// The configured provider.
+        #[arg(long)]
+        provider: String,
+        /// Print the authorize URL without a redirect and read the code the provider shows.
+        #[arg(long, conflicts_with = "device")]
+        no_redirect: bool,
+        /// Use the device flow (RFC 8628): enter a code on any device.
+        #[arg(long)]
+        device: bool,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: Daemon,
+    },
     /// Refresh an account's token now.
     Refresh {
         /// The account.
@@ -113,6 +133,9 @@ pub enum Command {
     Remove {
         /// The account.
         name: String,
+        /// Revoke the grant at the provider first; the account is kept if that fails.
+        #[arg(long)]
+        revoke: bool,
         /// How to reach the daemon.
         #[command(flatten)]
         daemon: Daemon,
@@ -203,19 +226,138 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
                 .await?;
             report(&account);
         }
-        Command::Remove { name, daemon } => {
+        Command::Remove {
+            name,
+            revoke,
+            daemon,
+        } => {
             let client = Client::new(&daemon, env)?;
-            client
-                .call_empty(
-                    reqwest::Method::DELETE,
-                    &format!("/v1/accounts/{}", segment(&name)),
-                )
-                .await?;
-            println!("removed {name}");
+            let query = if revoke { "?revoke=true" } else { "" };
+            let path = format!("/v1/accounts/{}{query}", segment(&name));
+            client.call_empty(reqwest::Method::DELETE, &path).await?;
+            println!(
+                "removed {name}{}",
+                if revoke {
+                    " (revoked at the provider)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Command::Connect {
+            name,
+            provider,
+            no_redirect,
+            device,
+            daemon,
+        } => {
+            let client = Client::new(&daemon, env)?;
+            connect(&client, &name, &provider, no_redirect, device).await?;
         }
         Command::Serve { .. } | Command::CheckConfig { .. } => bail!("not a client command"),
     }
     Ok(())
+}
+
+/// Runs a connect flow to its end, printing what the person must do.
+async fn connect(
+    client: &Client,
+    name: &str,
+    provider: &str,
+    no_redirect: bool,
+    device: bool,
+) -> anyhow::Result<()> {
+    let mode = if no_redirect {
+        "no_redirect"
+    } else if device {
+        "device"
+    } else {
+        "redirect"
+    };
+    let request = ConnectRequest {
+        account: name.to_owned(),
+        provider: provider.to_owned(),
+        mode: Some(mode.to_owned()),
+    };
+    let started: ConnectBody = client
+        .call(
+            reqwest::Method::POST,
+            "/v1/connect",
+            Some(serde_json::to_value(&request)?),
+        )
+        .await?;
+    let ticket = segment(&started.ticket);
+    if let Some(url) = &started.authorize_url {
+        eprintln!("1. Open this URL in a browser and approve access for {name}:");
+        println!("{url}");
+        eprintln!("2. Paste the code the provider shows, then press Enter:");
+        let code = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+        .await??;
+        if code.trim().is_empty() {
+            client
+                .call_empty(reqwest::Method::DELETE, &format!("/v1/connect/{ticket}"))
+                .await?;
+            bail!("no code entered; nothing was connected");
+        }
+        let body = serde_json::json!({ "code": code.trim() });
+        let status: ConnectStatusBody = client
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/connect/{ticket}/code"),
+                Some(body),
+            )
+            .await?;
+        return connect_result(status);
+    }
+    if let Some(url) = &started.start_url {
+        eprintln!("Open this link in a browser to connect {name} at {provider} (single use, valid until {}):", started.expires_at);
+        println!("{url}");
+    }
+    if let (Some(code), Some(uri)) = (&started.user_code, &started.verification_uri) {
+        eprintln!("On any device, go to {uri} and enter the code:");
+        println!("{code}");
+        if let Some(complete) = &started.verification_uri_complete {
+            eprintln!("(or open {complete})");
+        }
+    }
+    eprintln!("Waiting for approval; press Ctrl-C to cancel.");
+    loop {
+        let path = format!("/v1/connect/{ticket}?wait=25");
+        let poll = client.call::<ConnectStatusBody>(reqwest::Method::GET, &path, None);
+        let status = tokio::select! {
+            status = poll => status?,
+            _ = tokio::signal::ctrl_c() => {
+                client.call_empty(reqwest::Method::DELETE, &format!("/v1/connect/{ticket}")).await?;
+                bail!("cancelled; nothing was connected");
+            }
+        };
+        if status.status != "pending" {
+            return connect_result(status);
+        }
+    }
+}
+
+fn connect_result(status: ConnectStatusBody) -> anyhow::Result<()> {
+    match (status.status.as_str(), status.account) {
+        ("connected", Some(account)) => {
+            let user = account.provider_user_id.as_deref().unwrap_or("unknown");
+            let expires = account.expires_at.as_deref().unwrap_or("unknown");
+            println!(
+                "connected {} at {} (provider user id {user}); token expires at {expires}",
+                account.name, account.provider
+            );
+            Ok(())
+        }
+        _ => bail!(
+            "not connected: {}",
+            status
+                .error
+                .unwrap_or_else(|| "the flow ended without a result".into())
+        ),
+    }
 }
 
 fn report(account: &AccountBody) {

@@ -598,3 +598,73 @@ async fn refreshes_respect_max_concurrent_and_show_refreshing() {
         .iter()
         .all(|a| a.status == Status::Active));
 }
+
+#[tokio::test]
+async fn an_expired_state_is_refused_without_a_token_call() {
+    let h = harness().await;
+    let callback: url::Url = "http://127.0.0.1:8765/oauth/callback".parse().unwrap();
+    let start_base: url::Url = "http://127.0.0.1:8765/oauth/start/".parse().unwrap();
+    let mut config = h.fake.provider_config("web");
+    config.endpoints = crate::provider::EndpointSource::Fixed(crate::provider::Endpoints {
+        token: h.fake.token_url().parse().unwrap(),
+        authorize: Some(h.fake.authorize_url().parse().unwrap()),
+        revoke: None,
+        device: None,
+    });
+    let broker = Broker::open_with_random(
+        h.store.clone(),
+        vec![Arc::new(Provider::new(config).unwrap())],
+        Arc::new(h.clock.clone()),
+        Config {
+            policy: RefreshPolicy::default(),
+            max_concurrent: 1,
+        },
+        Arc::new(|| 0.5),
+    )
+    .unwrap();
+    let started = broker
+        .begin_connect(
+            name("late"),
+            "web",
+            ConnectMode::Redirect,
+            &callback,
+            &start_base,
+        )
+        .await
+        .unwrap();
+    let authorize = broker.oauth_start(&started.ticket).await.unwrap();
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    h.clock.advance(FLOW_LIFETIME + Duration::from_secs(1));
+    let late = Callback {
+        code: Some(crate::secret::AuthorizationCode::new("code")),
+        state: Some(state),
+        ..Callback::default()
+    };
+    assert!(matches!(
+        broker.oauth_callback(late).await,
+        Err(ConnectError::BadState)
+    ));
+    assert_eq!(h.fake.token_calls(), 0);
+    assert!(broker.accounts().is_empty());
+    // An unused start ticket expires the same way.
+    let started = broker
+        .begin_connect(
+            name("later"),
+            "web",
+            ConnectMode::Redirect,
+            &callback,
+            &start_base,
+        )
+        .await
+        .unwrap();
+    h.clock.advance(FLOW_LIFETIME);
+    assert!(matches!(
+        broker.oauth_start(&started.ticket).await,
+        Err(ConnectError::UnknownTicket)
+    ));
+}

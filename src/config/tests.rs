@@ -246,6 +246,7 @@ fn every_error_names_its_key() {
         ("[[clients]]\nname = \"c\"\naccounts = [\"*\"]", &[], "clients[0]"),
         ("[[clients]]\nname = \"c\"\napi_key_sha256 = \"abc\"", &[], "clients[0].api_key_sha256"),
         ("[[clients]]\nname = \"c\"\nuids = [1]\naccounts = [\"[\"]", &[], "clients[0].accounts"),
+        ("[providers.g]\npreset = \"google\"\nclient_id = \"x\"\ntenant = \"t\"", &[], "providers.g.tenant"),
     ];
     for (toml, env, key) in cases {
         let text = error(toml, env);
@@ -315,4 +316,27 @@ fn the_shipped_example_configurations_are_valid() {
         }
     }
     assert!(seen >= 2);
+}
+
+#[test]
+fn every_preset_loads_and_microsoft_takes_a_tenant() {
+    let files = Files::new();
+    let toml = "[providers.g]\npreset = \"google\"\nclient_id = \"x\"\n\
+                [providers.m]\npreset = \"microsoft\"\nclient_id = \"x\"\ntenant = \"contoso\"\n\
+                [providers.h]\npreset = \"github\"\nclient_id = \"x\"\n\
+                [providers.b]\npreset = \"box\"\nclient_id = \"x\"\n";
+    let settings = files.load(toml, &[]).unwrap();
+    let microsoft = settings.providers.iter().find(|p| p.name == "m").unwrap();
+    assert!(
+        matches!(&microsoft.endpoints, EndpointSource::Fixed(e) if e.token.as_str().contains("/contoso/"))
+    );
+    assert_eq!(
+        microsoft.issuer.as_deref(),
+        Some("https://login.microsoftonline.com/contoso/v2.0")
+    );
+    let github = settings.providers.iter().find(|p| p.name == "h").unwrap();
+    assert_eq!(
+        github.default_lifetime,
+        std::time::Duration::from_secs(28800)
+    );
 }

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::testing::{FakeProvider, Reply};
+use url::Url;
 
 fn with_auth(fake: &FakeProvider, auth_method: AuthMethod, secret: Option<&str>) -> Provider {
     let mut config = fake.provider_config("p");
@@ -136,4 +137,67 @@ async fn discovery_of_a_foreign_issuer_is_refused() {
         .unwrap_err();
     assert!(matches!(error, ProviderError::Discovery { .. }), "{error}");
     assert_eq!(fake.token_calls(), 0);
+}
+
+#[tokio::test]
+async fn authorize_urls_carry_each_presets_offline_parameters_and_pkce() {
+    let fake = FakeProvider::start().await;
+    let pkce = Pkce::generate();
+    let redirect: Url = "http://127.0.0.1:8765/oauth/callback".parse().unwrap();
+    for (preset, secret, expect_pkce, offline) in [
+        (
+            Preset::Google,
+            Some("s"),
+            true,
+            vec![("access_type", "offline"), ("prompt", "consent")],
+        ),
+        (
+            Preset::Dropbox,
+            Some("s"),
+            false,
+            vec![("token_access_type", "offline")],
+        ),
+        (
+            Preset::Dropbox,
+            None,
+            true,
+            vec![("token_access_type", "offline")],
+        ),
+        (Preset::Box, Some("s"), false, vec![]),
+        (Preset::Github, Some("s"), true, vec![]),
+    ] {
+        let mut config = fake.provider_config("p");
+        config.preset = preset;
+        config.client_secret = secret.map(ClientSecret::new);
+        config.auth_method = if secret.is_some() {
+            AuthMethod::Basic
+        } else {
+            AuthMethod::None
+        };
+        config.endpoints = EndpointSource::Fixed(Endpoints {
+            token: fake.token_url().parse().unwrap(),
+            authorize: Some(fake.authorize_url().parse().unwrap()),
+            revoke: None,
+            device: None,
+        });
+        let provider = Provider::new(config).unwrap();
+        assert_eq!(provider.uses_pkce(), expect_pkce, "{preset:?}");
+        let url = provider
+            .authorize_url("st", provider.uses_pkce().then_some(&pkce), Some(&redirect))
+            .await
+            .unwrap();
+        let query: std::collections::BTreeMap<String, String> =
+            url.query_pairs().into_owned().collect();
+        assert_eq!(query["response_type"], "code");
+        assert_eq!(query["state"], "st");
+        assert_eq!(query["redirect_uri"], redirect.as_str());
+        assert_eq!(
+            query.get("code_challenge").is_some(),
+            expect_pkce,
+            "{preset:?}"
+        );
+        for (key, value) in offline {
+            assert_eq!(query[key], value, "{preset:?}");
+        }
+    }
 }

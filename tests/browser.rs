@@ -3,6 +3,7 @@
 //! lands on tokenbroker's success page; the account is then served. A screenshot of the
 //! success page is saved as a test artefact (target/test-artifacts/connect-success.png).
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::print_stderr)] // says why the test is skipped
 #![allow(clippy::disallowed_methods)] // bounding waits on other processes takes real time
 
 mod support;

@@ -192,7 +192,7 @@ async fn authorize_urls_carry_each_presets_offline_parameters_and_pkce() {
         assert_eq!(query["state"], "st");
         assert_eq!(query["redirect_uri"], redirect.as_str());
         assert_eq!(
-            query.get("code_challenge").is_some(),
+            query.contains_key("code_challenge"),
             expect_pkce,
             "{preset:?}"
         );

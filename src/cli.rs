@@ -267,6 +267,8 @@ async fn connect(
     no_redirect: bool,
     device: bool,
 ) -> anyhow::Result<()> {
+    // Listen for Ctrl-C before anything is printed, so an early one cancels the flow too.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mode = if no_redirect {
         "no_redirect"
     } else if device {
@@ -329,7 +331,7 @@ async fn connect(
         let poll = client.call::<ConnectStatusBody>(reqwest::Method::GET, &path, None);
         let status = tokio::select! {
             status = poll => status?,
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 client.call_empty(reqwest::Method::DELETE, &format!("/v1/connect/{ticket}")).await?;
                 bail!("cancelled; nothing was connected");
             }

@@ -414,11 +414,15 @@ async fn the_device_flow_polls_slows_down_and_connects() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .starts_with("connected tv at fake"));
+    let result = lines.next().and_then(Result::ok).unwrap_or_default();
+    if !result.starts_with("connected tv at fake") {
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        panic!(
+            "device flow did not connect: {result:?}\n{stderr}\n{}",
+            daemon.logs()
+        );
+    }
     let polls: Vec<_> = fake
         .requests()
         .into_iter()
@@ -549,4 +553,32 @@ async fn generic_providers_revoke_the_refresh_token_with_rfc_7009() {
         daemon.request("GET", "/v1/accounts/files", None).await.0,
         404
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_cancels_the_pending_flow() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let (daemon, _) = daemon_with(&home, &public_provider("fake", &fake)).await;
+    let (child, mut lines) = spawn_connect(&daemon, &["files", "--provider", "fake"]);
+    let start_url = lines.next().unwrap().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cancelled"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let gone = no_redirects().get(&start_url).send().await.unwrap();
+    assert_eq!(
+        gone.status(),
+        410,
+        "the cancelled flow's link no longer works"
+    );
+    assert!(fake.authorize_requests().is_empty());
 }

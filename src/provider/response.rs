@@ -18,6 +18,30 @@ pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// A run of token characters at least this long in a provider's text is taken for a credential.
 const TOKEN_LIKE_LEN: usize = 20;
+/// Error codes of RFC 6749, 7009 and 8628, and the providers' own, kept verbatim (some are
+/// longer than `TOKEN_LIKE_LEN`, and the device flow depends on reading them).
+const KNOWN_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "unsupported_response_type",
+    "server_error",
+    "temporarily_unavailable",
+    "unsupported_token_type",
+    "authorization_pending",
+    "slow_down",
+    "expired_token",
+    "bad_refresh_token",
+    "incorrect_client_credentials",
+    "bad_verification_code",
+    "interaction_required",
+    "consent_required",
+    "login_required",
+];
 /// How much of an `error_description` we keep.
 const MAX_DESCRIPTION_LEN: usize = 200;
 
@@ -187,7 +211,12 @@ fn oauth_error(error: &Value, description: Option<&Value>, secrets: &[&str]) -> 
         .map(str::to_owned)
         .or(folded)
         .map(|text| clean(&text, secrets));
-    let code = clean(&code, secrets);
+    // Codes from the OAuth vocabularies are kept as sent; anything else is provider text.
+    let code = if KNOWN_CODES.contains(&code.as_str()) {
+        code
+    } else {
+        clean(&code, secrets)
+    };
     match code.as_str() {
         "invalid_grant" => ProviderError::InvalidGrant { description },
         "invalid_client" | "unauthorized_client" => {
@@ -367,6 +396,14 @@ mod tests {
             FailureKind::Configuration
         );
         assert_eq!(err(302, None, "").kind(), FailureKind::Configuration);
+    }
+
+    #[test]
+    fn long_standard_codes_survive_and_unknown_token_like_codes_do_not() {
+        let pending = err(400, None, r#"{"error": "authorization_pending"}"#);
+        assert_eq!(pending.oauth_code(), Some("authorization_pending"));
+        let odd = err(400, None, r#"{"error": "sl.AbCdEf0123456789xyzQwerty"}"#);
+        assert_eq!(odd.oauth_code(), Some("[REDACTED]"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! timeouts and connection limits. Handlers call only the broker.
 
 mod access;
+mod browser;
 mod connect;
 mod error;
 mod handlers;
@@ -78,7 +79,8 @@ pub struct AppState {
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // The API proper: never for web pages (DNS rebinding, a page on the same machine).
+    let api = Router::new()
         .route(
             "/v1/token/{account}",
             get(handlers::get_token).post(handlers::post_token),
@@ -100,6 +102,13 @@ pub fn router(state: AppState) -> Router {
             get(connect::flow_status).delete(connect::cancel_flow),
         )
         .route("/v1/connect/{ticket}/code", post(connect::submit_code))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            browser::refuse_web_pages,
+        ));
+    Router::new()
+        .merge(api)
+        // The pages a person's browser visits while connecting an account.
         .route("/oauth/start/{ticket}", get(connect::oauth_start))
         .route("/oauth/callback", get(connect::oauth_callback))
         .route("/healthz", get(handlers::healthz))

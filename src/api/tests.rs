@@ -483,3 +483,59 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn web_pages_cannot_reach_the_api_but_can_reach_the_connect_pages() {
+    let api = api().await;
+    api.import("corp").await;
+    let key = ("authorization", "Bearer sidecar-key");
+    let cases = [
+        (TCP, vec![key, ("host", "127.0.0.1:8765")], StatusCode::OK),
+        (TCP, vec![key, ("host", "localhost")], StatusCode::OK),
+        (
+            TCP,
+            vec![key, ("host", "evil.example:8765")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            TCP,
+            vec![
+                key,
+                ("host", "127.0.0.1:8765"),
+                ("origin", "http://evil.example"),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
+        (ADMIN, vec![("origin", "null")], StatusCode::FORBIDDEN),
+        // Socket clients name any host (curl --unix-socket http://whatever/...).
+        (ADMIN, vec![("host", "tokenbroker")], StatusCode::OK),
+    ];
+    for (peer, headers, expected) in cases {
+        let (status, _, body) = api
+            .call(peer, "GET", "/v1/token/corp", &headers, None)
+            .await;
+        assert_eq!(
+            status,
+            expected,
+            "{headers:?}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let (status, _, _) = api
+        .call(
+            TCP,
+            "GET",
+            "/oauth/start/unknown",
+            &[
+                ("origin", "http://127.0.0.1:8765"),
+                ("host", "127.0.0.1:8765"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::GONE,
+        "the connect pages stay reachable from a browser"
+    );
+}

@@ -1,0 +1,92 @@
+//! Keeping web pages away from the API: a page in a browser on the same machine can send
+//! requests to loopback, and DNS rebinding can make one look same-origin. Such requests carry
+//! an `Origin` header, or (on TCP) a `Host` that is not ours; both are refused on the API
+//! routes. The connect pages, which a browser is meant to visit, are not behind this.
+
+use axum::extract::{Request, State};
+use axum::http::header::{HOST, ORIGIN};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use url::Url;
+
+use super::{ApiError, AppState, Peer};
+
+/// Refuses requests that come from web pages.
+pub(super) async fn refuse_web_pages(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.headers().contains_key(ORIGIN) {
+        return ApiError::Forbidden(
+            "requests from web pages (with an Origin header) are refused".into(),
+        )
+        .into_response();
+    }
+    let is_tcp = matches!(request.extensions().get::<Peer>(), Some(Peer::Tcp(_)));
+    if is_tcp {
+        let host = request.headers().get(HOST).and_then(|v| v.to_str().ok());
+        if !host_allowed(host, &app.public_url) {
+            let shown = host
+                .unwrap_or("(none)")
+                .chars()
+                .take(100)
+                .collect::<String>();
+            return ApiError::Forbidden(format!(
+                "Host {shown:?} is neither a loopback name nor the public_url host"
+            ))
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header names us: a loopback name or address, or `public_url`'s host.
+fn host_allowed(host: Option<&str>, public_url: &Url) -> bool {
+    let Some(host) = host else {
+        // HTTP/1.0 clients may omit it; browsers never do.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+        || public_url
+            .host_str()
+            .is_some_and(|public| public.trim_matches(['[', ']']).eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_names_and_the_public_host_are_ours() {
+        let public: Url = "https://broker.internal:8443".parse().unwrap();
+        for ours in [
+            None,
+            Some("localhost"),
+            Some("LOCALHOST:8765"),
+            Some("127.0.0.1:8765"),
+            Some("127.1.2.3"),
+            Some("[::1]:8765"),
+            Some("broker.internal:8443"),
+        ] {
+            assert!(host_allowed(ours, &public), "{ours:?}");
+        }
+        for theirs in [
+            Some("evil.example"),
+            Some("evil.example:8765"),
+            Some("10.0.0.1:8765"),
+            Some("localhost.evil.example"),
+            Some("[::2]:1"),
+            Some(""),
+        ] {
+            assert!(!host_allowed(theirs, &public), "{theirs:?}");
+        }
+    }
+}

@@ -121,6 +121,12 @@ pub enum Command {
         #[command(flatten)]
         daemon: Daemon,
     },
+    /// Re-seal the store under a new key (the key tokenbroker manages in store.dir).
+    Rekey {
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: Daemon,
+    },
     /// Refresh an account's token now.
     Refresh {
         /// The account.
@@ -242,6 +248,16 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
                 } else {
                     ""
                 }
+            );
+        }
+        Command::Rekey { daemon } => {
+            let client = Client::new(&daemon, env)?;
+            let answer: serde_json::Value = client
+                .call(reqwest::Method::POST, "/v1/admin/rekey", None)
+                .await?;
+            println!(
+                "re-sealed {} accounts under a new store key",
+                answer["resealed"]
             );
         }
         Command::Connect {

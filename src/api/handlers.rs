@@ -150,6 +150,22 @@ pub(super) async fn delete_account(
     Ok(StatusCode::NO_CONTENT)
 }
 
+pub(super) async fn rekey(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = admin(&app, &peer, &headers)?;
+    let count = app.broker.rekey().await?;
+    tracing::info!(
+        client = caller.name,
+        uid = caller.uid,
+        accounts = count,
+        "store re-sealed by admin"
+    );
+    Ok(Json(serde_json::json!({ "resealed": count })))
+}
+
 pub(super) async fn healthz() -> Json<HealthBody> {
     Json(HealthBody {
         status: "ok".into(),

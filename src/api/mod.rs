@@ -96,6 +96,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/accounts/{name}/refresh",
             post(handlers::refresh_account),
         )
+        .route("/v1/admin/rekey", post(handlers::rekey))
         .route("/v1/connect", post(connect::start_flow))
         .route(
             "/v1/connect/{ticket}",

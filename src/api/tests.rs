@@ -50,6 +50,7 @@ async fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         SledStore::open(&store::Config {
+            key_file: dir.path().to_owned().join("store-key"),
             dir: dir.path().to_owned(),
         })
         .unwrap(),
@@ -435,6 +436,7 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         SledStore::open(&store::Config {
+            key_file: dir.path().to_owned().join("store-key"),
             dir: dir.path().to_owned(),
         })
         .unwrap(),

@@ -611,6 +611,18 @@ impl Broker {
                 .is_some_and(|t| t.remaining(self.now()) > Duration::ZERO)
     }
 
+    /// Re-seals every stored account under a new store key; returns how many.
+    ///
+    /// # Errors
+    /// The key is not managed by tokenbroker, or the store failed.
+    pub async fn rekey(&self) -> Result<usize, BrokerError> {
+        let store = self.inner.store.clone();
+        detached(async move { tokio::task::spawn_blocking(move || store.rekey()).await })
+            .await?
+            .map_err(|_| BrokerError::Store("the rekey task failed".into()))?
+            .map_err(|e| BrokerError::Store(e.to_string()))
+    }
+
     /// Flushes the store; for shutdown.
     ///
     /// # Errors

@@ -39,6 +39,7 @@ async fn harness_with(policy: RefreshPolicy) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         SledStore::open(&store::Config {
+            key_file: dir.path().join("store").join("store-key"),
             dir: dir.path().join("store"),
         })
         .unwrap(),

@@ -21,6 +21,7 @@ use crate::{broker, scheduler, store};
 
 const DEFAULT_HTTP: &str = "127.0.0.1:8765";
 const DEFAULT_STORE_DIR: &str = "/var/lib/tokenbroker";
+const DEFAULT_KEY_FILE: &str = "store-key";
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONCURRENT: usize = 8;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,12 +69,15 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
     if !problems.is_empty() {
         return Err(problems);
     }
+    let store_dir = raw
+        .store
+        .dir
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STORE_DIR.into());
+    let key_file = store_key_path(raw.store.key_file.as_deref(), &store_dir, context);
     let store = store::Config {
-        dir: raw
-            .store
-            .dir
-            .clone()
-            .unwrap_or_else(|| DEFAULT_STORE_DIR.into()),
+        dir: store_dir,
+        key_file,
     };
     let (http, public_url) = checked.expect("no problems means the server section resolved");
     Ok(Settings {
@@ -433,6 +437,22 @@ fn declared_account(
         refresh_token,
         required: raw.required,
     })
+}
+
+/// Where the store key is: absolute as given; relative in `$CREDENTIALS_DIRECTORY` if it is
+/// there (systemd `LoadCredential=`, TPM-bound keys), else in the store directory, where a
+/// new store generates it.
+fn store_key_path(key_file: Option<&Path>, store_dir: &Path, context: &Context) -> PathBuf {
+    let key_file = key_file.unwrap_or(Path::new(DEFAULT_KEY_FILE));
+    if key_file.is_absolute() {
+        return key_file.to_owned();
+    }
+    context
+        .credentials_dir
+        .as_ref()
+        .map(|credentials| credentials.join(key_file))
+        .filter(|candidate| candidate.is_file())
+        .unwrap_or_else(|| store_dir.join(key_file))
 }
 
 /// Reads a secret file: absolute as given; relative in `$CREDENTIALS_DIRECTORY` first, then

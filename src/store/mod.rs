@@ -6,6 +6,7 @@
 //! A shared multi-host backend can implement the same trait later.
 
 mod schema;
+pub mod seal;
 mod sled;
 
 use std::path::PathBuf;
@@ -18,6 +19,9 @@ use crate::token::{AccountName, AccountRecord};
 pub struct Config {
     /// Directory holding the database and its snapshot (created 0700).
     pub dir: PathBuf,
+    /// The key file: used if it exists; generated (0600) if the store is new. Only a key
+    /// file inside `dir` is managed by tokenbroker (generated, rotated by `rekey`).
+    pub key_file: PathBuf,
 }
 
 /// Durable, per-account storage. Calls block: run them off the async workers.
@@ -39,6 +43,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// A write or flush failure.
     fn remove(&self, name: &AccountName) -> Result<bool, StoreError>;
+
+    /// Re-seals every value under a new key and makes it the key; returns how many values.
+    /// Interrupted at any point, every value stays readable (the next open finishes the job).
+    ///
+    /// # Errors
+    /// The key is not managed by tokenbroker, or a write failed.
+    fn rekey(&self) -> Result<usize, StoreError>;
 
     /// Flushes whatever is pending; called on shutdown.
     ///
@@ -74,6 +85,22 @@ pub enum StoreError {
         reason: String,
         /// What the operator can do about it.
         recovery: String,
+    },
+    /// The values are sealed with a key we do not have.
+    #[error("the store's values are sealed with key {found}, but the key loaded is {loaded}; start with the right store.key_file (nothing was changed)")]
+    WrongKey {
+        /// Key id found in a value.
+        found: String,
+        /// Key id of the key loaded.
+        loaded: String,
+    },
+    /// The key file is missing while the store holds sealed values, or is unreadable.
+    #[error("store key {path}: {problem}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
     },
     /// The store was written by a newer tokenbroker.
     #[error("store {path} has schema version {found}, newer than this tokenbroker understands ({supported}); upgrade tokenbroker")]

@@ -1,12 +1,14 @@
 //! The on-disk form of an account record: a format byte, then the serialized row.
 //!
-//! Format 1 is a JSON row. The format byte leaves room for sealed (encrypted) values, and the
-//! store's schema-version key for migrations; domain types never derive `Serialize`.
+//! Format 2 (written): the key id, then the JSON row sealed with that key (`seal.rs`).
+//! Format 1 (read only, from before encryption): the JSON row in the clear; such a value is
+//! sealed on its next write. Domain types never derive `Serialize`.
 
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::seal::{Keyring, StoreKey, KEY_ID_LEN};
 use super::StoreError;
 use crate::secret::{AccessToken, RefreshToken};
 use crate::token::{AccountName, AccountRecord, IssuedToken};
@@ -14,8 +16,10 @@ use crate::token::{AccountName, AccountRecord, IssuedToken};
 /// The schema version this build writes and reads.
 pub(super) const SCHEMA_VERSION: u32 = 1;
 
-/// Value format: a version byte followed by a JSON `Row`.
+/// Value format 1: a version byte followed by a JSON `Row` in the clear (read only).
 const FORMAT_JSON_V1: u8 = 1;
+/// Value format 2: version byte, key id, then `nonce || sealed JSON row`.
+const FORMAT_SEALED_V2: u8 = 2;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,8 +43,8 @@ struct TokenRow {
     scope: Option<String>,
 }
 
-/// Serializes a record into its stored form.
-pub(super) fn encode(record: &AccountRecord) -> Vec<u8> {
+/// Serializes and seals a record into its stored form.
+pub(super) fn encode(record: &AccountRecord, key: &StoreKey) -> Vec<u8> {
     let row = Row {
         provider: record.provider.clone(),
         refresh_token: record.refresh_token.expose().to_owned(),
@@ -56,14 +60,40 @@ pub(super) fn encode(record: &AccountRecord) -> Vec<u8> {
         last_refresh_ms: record.last_refresh.map(to_millis),
         last_error: record.last_error.clone(),
     };
-    let mut bytes = vec![FORMAT_JSON_V1];
-    serde_json::to_writer(&mut bytes, &row)
-        .expect("a row of strings and numbers always serializes");
-    bytes
+    let plaintext = zeroize::Zeroizing::new(
+        serde_json::to_vec(&row).expect("a row of strings and numbers always serializes"),
+    );
+    let mut header = vec![FORMAT_SEALED_V2];
+    header.extend_from_slice(&key.id());
+    let sealed = key.seal(
+        &associated(&header, record.name.as_str().as_bytes()),
+        &plaintext,
+    );
+    header.extend_from_slice(&sealed);
+    header
 }
 
-/// Parses a stored value back into a record.
-pub(super) fn decode(key: &[u8], bytes: &[u8]) -> Result<AccountRecord, StoreError> {
+/// What a sealed value is bound to: its own header and the account's name.
+fn associated(header: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut associated = header.to_vec();
+    associated.extend_from_slice(name);
+    associated
+}
+
+/// The id of the key that sealed a value, if it is sealed.
+pub(super) fn key_id(bytes: &[u8]) -> Option<&[u8]> {
+    match bytes.split_first() {
+        Some((&FORMAT_SEALED_V2, rest)) => rest.get(..KEY_ID_LEN),
+        _ => None,
+    }
+}
+
+/// Opens and parses a stored value back into a record.
+pub(super) fn decode(
+    key: &[u8],
+    bytes: &[u8],
+    keyring: &Keyring,
+) -> Result<AccountRecord, StoreError> {
     let key_text = String::from_utf8_lossy(key).into_owned();
     let fail = |reason: String| StoreError::Decode {
         key: key_text.clone(),
@@ -75,11 +105,29 @@ pub(super) fn decode(key: &[u8], bytes: &[u8]) -> Result<AccountRecord, StoreErr
     let (format, body) = bytes
         .split_first()
         .ok_or_else(|| fail("empty value".into()))?;
-    if *format != FORMAT_JSON_V1 {
-        return Err(fail(format!("unknown value format {format}")));
-    }
+    let plaintext = match *format {
+        FORMAT_JSON_V1 => zeroize::Zeroizing::new(body.to_vec()),
+        FORMAT_SEALED_V2 => {
+            let (id, sealed) = body
+                .split_at_checked(KEY_ID_LEN)
+                .ok_or_else(|| fail("truncated".into()))?;
+            let store_key = keyring.find(id).ok_or_else(|| StoreError::WrongKey {
+                found: hex::encode(id),
+                loaded: keyring.current.id_hex(),
+            })?;
+            let header = &bytes[..1 + KEY_ID_LEN];
+            store_key
+                .open(&associated(header, key), sealed)
+                .ok_or_else(|| {
+                    fail(
+                        "it does not authenticate (tampered, or moved from another account)".into(),
+                    )
+                })?
+        }
+        other => return Err(fail(format!("unknown value format {other}"))),
+    };
     // serde_json's messages quote no input text beyond a type name, so they carry no secret.
-    let row: Row = serde_json::from_slice(body).map_err(|error| fail(format!("{error}")))?;
+    let row: Row = serde_json::from_slice(&plaintext).map_err(|error| fail(format!("{error}")))?;
     Ok(AccountRecord {
         name,
         provider: row.provider,
@@ -119,7 +167,7 @@ mod tests {
             provider: "dropbox".into(),
             refresh_token: RefreshToken::new("rt-secret"),
             token: Some(IssuedToken {
-                access_token: AccessToken::new("sl.at"),
+                access_token: AccessToken::new("sl.at-secret"),
                 token_type: "Bearer".into(),
                 expires_at: from_millis(1_800_000_000_123),
                 lifetime: Duration::from_secs(14400),
@@ -132,24 +180,62 @@ mod tests {
         }
     }
 
-    #[test]
-    fn round_trips_every_field() {
-        let record = sample();
-        let bytes = encode(&record);
-        assert_eq!(bytes[0], FORMAT_JSON_V1);
-        assert_eq!(decode(b"dropbox-main", &bytes).unwrap(), record);
+    fn keyring() -> Keyring {
+        Keyring::new(StoreKey::from_bytes(&[1; 32]))
     }
 
     #[test]
-    fn rejects_unknown_formats_and_garbage() {
-        let mut bytes = encode(&sample());
-        bytes[0] = 9;
+    fn round_trips_every_field_sealed() {
+        let record = sample();
+        let bytes = encode(&record, &keyring().current);
+        assert_eq!(bytes[0], FORMAT_SEALED_V2);
+        assert_eq!(key_id(&bytes), Some(&keyring().current.id()[..]));
+        assert_eq!(decode(b"dropbox-main", &bytes, &keyring()).unwrap(), record);
+        for secret in ["rt-secret", "sl.at-secret"] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} in the clear"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_plaintext_values_from_before_encryption() {
+        let row = r#"{"provider":"dropbox","refresh_token":"rt","token":null,"provider_user_id":null,"needs_reauth":false,"last_refresh_ms":null,"last_error":null}"#;
+        let mut bytes = vec![FORMAT_JSON_V1];
+        bytes.extend_from_slice(row.as_bytes());
+        assert_eq!(
+            decode(b"a", &bytes, &keyring())
+                .unwrap()
+                .refresh_token
+                .expose(),
+            "rt"
+        );
+    }
+
+    #[test]
+    fn the_wrong_key_or_account_or_garbage_is_refused() {
+        let bytes = encode(&sample(), &keyring().current);
+        let other = Keyring::new(StoreKey::from_bytes(&[2; 32]));
         assert!(matches!(
-            decode(b"dropbox-main", &bytes),
+            decode(b"dropbox-main", &bytes, &other),
+            Err(StoreError::WrongKey { .. })
+        ));
+        assert!(
+            matches!(
+                decode(b"dropbox-other", &bytes, &keyring()),
+                Err(StoreError::Decode { .. })
+            ),
+            "bound to its account"
+        );
+        let mut unknown = bytes.clone();
+        unknown[0] = 9;
+        assert!(matches!(
+            decode(b"dropbox-main", &unknown, &keyring()),
             Err(StoreError::Decode { .. })
         ));
-        assert!(decode(b"dropbox-main", &[]).is_err());
-        assert!(decode(b"dropbox-main", &[FORMAT_JSON_V1, b'{']).is_err());
-        assert!(decode(b"../x", &encode(&sample())).is_err());
+        assert!(decode(b"dropbox-main", &[], &keyring()).is_err());
+        assert!(decode(b"dropbox-main", &[FORMAT_JSON_V1, b'{'], &keyring()).is_err());
+        assert!(decode(b"../x", &bytes, &keyring()).is_err());
     }
 }

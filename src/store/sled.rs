@@ -3,6 +3,7 @@
 //! One writer at a time (a mutex), a blocking `flush()` before a write is acknowledged, a
 //! small cache, open errors and panics turned into `StoreError`, and a snapshot file
 //! (`accounts.snapshot`, written temp + fsync + rename) that restores an emptied store.
+//! Values are sealed (`seal.rs`); the key is loaded, or generated for a new store, here.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::schema::{self, SCHEMA_VERSION};
+use super::seal::{self, Keyring, StoreKey};
 use super::{Config, Store, StoreError};
 use crate::token::{AccountName, AccountRecord};
 
@@ -26,6 +28,8 @@ pub struct SledStore {
     db: sled::Db,
     accounts: sled::Tree,
     dir: PathBuf,
+    key_file: PathBuf,
+    keyring: std::sync::RwLock<Keyring>,
     /// Serialises writes and flushes: sled's concurrent flushes have deadlocked in the past.
     writer: Mutex<()>,
 }
@@ -39,6 +43,13 @@ impl SledStore {
     pub fn open(config: &Config) -> Result<Self, StoreError> {
         let dir = config.dir.clone();
         prepare_dir(&dir)?;
+        // Check the key against the snapshot before the database is opened (opening it
+        // writes sled's own files): a wrong or missing key must change nothing at all.
+        let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?;
+        let keyring = load_keyring(&config.key_file, &dir, snapshot.is_none())?;
+        for (key, value) in snapshot.iter().flatten() {
+            schema::decode(key, value, &keyring)?;
+        }
         let db_path = dir.join("db");
         let opened = panic::catch_unwind(AssertUnwindSafe(|| {
             sled::Config::new()
@@ -69,12 +80,95 @@ impl SledStore {
             db,
             accounts,
             dir,
+            key_file: config.key_file.clone(),
+            keyring: std::sync::RwLock::new(keyring),
             writer: Mutex::new(()),
         };
         store.check_schema(&db_path)?;
         store.restore_snapshot_if_empty()?;
+        store.check_every_value_opens()?;
+        if store.next_key_file().exists() {
+            // A rekey was interrupted: finish it before anything else is written.
+            let _writer = store.lock();
+            store.reseal_all()?;
+        }
         restrict_files(&store.dir)?;
         Ok(store)
+    }
+
+    /// Refuses to start on a store whose values this key cannot open; reads only.
+    fn check_every_value_opens(&self) -> Result<(), StoreError> {
+        let keyring = self.keyring();
+        for entry in self.accounts.iter() {
+            let (key, value) = entry.map_err(|e| engine("read", e))?;
+            schema::decode(&key, &value, &keyring)?;
+        }
+        Ok(())
+    }
+
+    fn next_key_file(&self) -> PathBuf {
+        next_key_path(&self.key_file)
+    }
+
+    fn keyring(&self) -> Keyring {
+        self.keyring
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Re-seals every value under the pending key (`<key_file>.next`) and then makes it the
+    /// key. Each step leaves every value readable with the keys on disk. Writer lock held.
+    fn reseal_all(&self) -> Result<usize, StoreError> {
+        let next_path = self.next_key_file();
+        let key_error = |problem: String| StoreError::Key {
+            path: next_path.clone(),
+            problem,
+        };
+        let bytes = zeroize::Zeroizing::new(
+            std::fs::read(&next_path).map_err(|e| key_error(e.to_string()))?,
+        );
+        let next_bytes =
+            seal::parse_key_file(&bytes).ok_or_else(|| key_error("not a 32-byte key".into()))?;
+        let next = StoreKey::from_bytes(&next_bytes);
+        let mut keyring = self.keyring();
+        if keyring.current.id() != next.id() {
+            let old = std::mem::replace(&mut keyring.current, next);
+            keyring.previous.push(old);
+        }
+        let mut count = 0;
+        for entry in self.accounts.iter() {
+            let (key, value) = entry.map_err(|e| engine("read", e))?;
+            if schema::key_id(&value) != Some(&keyring.current.id()[..]) {
+                let record = schema::decode(&key, &value, &keyring)?;
+                self.accounts
+                    .insert(key, schema::encode(&record, &keyring.current))
+                    .map_err(|e| engine("re-seal", e))?;
+            }
+            count += 1;
+        }
+        self.flush_locked()?;
+        *self
+            .keyring
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = keyring.clone();
+        self.write_snapshot()?;
+        fs::rename(&next_path, &self.key_file).map_err(|source| StoreError::Io {
+            operation: "key rename",
+            source,
+        })?;
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| StoreError::Io {
+                operation: "key rename",
+                source,
+            })?;
+        *self
+            .keyring
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Keyring::new(keyring.current);
+        tracing::info!(accounts = count, "store re-sealed under a new key");
+        Ok(count)
     }
 
     fn check_schema(&self, db_path: &Path) -> Result<(), StoreError> {
@@ -115,8 +209,9 @@ impl SledStore {
         let Some(values) = read_snapshot(&self.dir.join(SNAPSHOT_FILE))? else {
             return Ok(());
         };
+        let keyring = self.keyring();
         for (key, value) in &values {
-            schema::decode(key, value)?; // refuse to restore what we could not read back
+            schema::decode(key, value, &keyring)?; // refuse to restore what we could not read back
             self.accounts
                 .insert(key.as_slice(), value.as_slice())
                 .map_err(|e| engine("restore snapshot", e))?;
@@ -156,18 +251,37 @@ impl SledStore {
 
 impl Store for SledStore {
     fn load_all(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        let keyring = self.keyring();
         self.accounts
             .iter()
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| engine("read", e))?;
-                schema::decode(&key, &value)
+                schema::decode(&key, &value, &keyring)
             })
             .collect()
     }
 
+    fn rekey(&self) -> Result<usize, StoreError> {
+        if self.key_file.parent() != Some(self.dir.as_path()) {
+            return Err(StoreError::Key {
+                path: self.key_file.clone(),
+                problem: "rekey rotates only the key tokenbroker manages in store.dir; for a key from LoadCredential= or elsewhere, provide the new key there and restart".into(),
+            });
+        }
+        let _writer = self.lock();
+        let (_, bytes) = StoreKey::generate();
+        write_atomically(&self.next_key_file(), bytes.as_slice()).map_err(|source| {
+            StoreError::Io {
+                operation: "key write",
+                source,
+            }
+        })?;
+        self.reseal_all()
+    }
+
     fn put(&self, record: &AccountRecord) -> Result<(), StoreError> {
         let _writer = self.lock();
-        let value = schema::encode(record);
+        let value = schema::encode(record, &self.keyring().current);
         self.accounts
             .insert(record.name.as_str(), value)
             .map_err(|e| engine("write", e))?;
@@ -203,6 +317,52 @@ impl SledStore {
             other => engine("flush", other),
         })
     }
+}
+
+fn next_key_path(key_file: &Path) -> PathBuf {
+    let mut name = key_file
+        .file_name()
+        .map(std::ffi::OsStr::to_os_string)
+        .unwrap_or_default();
+    name.push(".next");
+    key_file.with_file_name(name)
+}
+
+/// Loads the store key (and a pending rekey's next key), generating one for a new store.
+fn load_keyring(key_file: &Path, dir: &Path, is_new: bool) -> Result<Keyring, StoreError> {
+    let key_error = |problem: String| StoreError::Key {
+        path: key_file.to_owned(),
+        problem,
+    };
+    let read_key = |path: &Path| -> Result<Option<StoreKey>, StoreError> {
+        match fs::read(path) {
+            Ok(bytes) => {
+                let bytes = zeroize::Zeroizing::new(bytes);
+                let key = seal::parse_key_file(&bytes).ok_or_else(|| {
+                    key_error("is not a key (32 raw bytes or 64 hex digits)".into())
+                })?;
+                Ok(Some(StoreKey::from_bytes(&key)))
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(key_error(error.to_string())),
+        }
+    };
+    let current = match read_key(key_file)? {
+        Some(key) => key,
+        None if is_new && key_file.parent() == Some(dir) => {
+            let (key, bytes) = StoreKey::generate();
+            write_atomically(key_file, bytes.as_slice()).map_err(|e| key_error(format!("cannot write a new key: {e}")))?;
+            tracing::info!(key_file = %key_file.display(), key_id = key.id_hex(), "generated a new store key");
+            key
+        }
+        None if is_new => return Err(key_error("not found (tokenbroker generates a key only inside store.dir)".into())),
+        None => return Err(key_error("not found, but the store holds sealed accounts: restore the key file (nothing was changed)".into())),
+    };
+    let mut keyring = Keyring::new(current);
+    if let Some(next) = read_key(&next_key_path(key_file))? {
+        keyring.previous.push(next);
+    }
+    Ok(keyring)
 }
 
 fn engine(operation: &'static str, error: sled::Error) -> StoreError {
@@ -339,6 +499,7 @@ mod tests {
     fn open(dir: &Path) -> Result<SledStore, StoreError> {
         SledStore::open(&Config {
             dir: dir.to_owned(),
+            key_file: dir.join("store-key"),
         })
     }
 
@@ -453,5 +614,144 @@ mod tests {
             open(tmp.path()),
             Err(StoreError::NewerSchema { found: 99, .. })
         ));
+    }
+
+    fn digests(dir: &Path) -> Vec<(PathBuf, String)> {
+        use sha2::Digest as _;
+        all_bytes(dir)
+            .into_iter()
+            .map(|(path, bytes)| (path, hex::encode(sha2::Sha256::digest(bytes))))
+            .collect()
+    }
+
+    fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(path) = stack.pop() {
+            for entry in fs::read_dir(&path).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    files.push((entry.path(), fs::read(entry.path()).unwrap()));
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn no_file_in_the_store_holds_a_token_in_the_clear() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let store = open(tmp.path()).unwrap();
+            for n in 0..20 {
+                store
+                    .put(&record(
+                        &format!("acct-{n}"),
+                        &format!("refresh-SECRET-{n:04}"),
+                    ))
+                    .unwrap();
+            }
+        }
+        let files = all_bytes(tmp.path());
+        assert!(files.iter().any(|(path, _)| path.ends_with("store-key")));
+        for (path, bytes) in files {
+            assert!(
+                !bytes.windows(14).any(|w| w == b"refresh-SECRET"),
+                "{} holds a token in the clear",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn the_wrong_key_or_a_missing_key_refuses_and_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        open(tmp.path()).unwrap().put(&record("a", "rt-a")).unwrap();
+        let before = digests(tmp.path());
+        fs::write(tmp.path().join("store-key"), [9u8; 32]).unwrap();
+        let error = open(tmp.path()).unwrap_err();
+        assert!(matches!(error, StoreError::WrongKey { .. }), "{error}");
+        assert!(error.to_string().contains("nothing was changed"));
+        let mut after = digests(tmp.path());
+        after.retain(|(path, _)| !path.ends_with("store-key"));
+        let mut expected = before.clone();
+        expected.retain(|(path, _)| !path.ends_with("store-key"));
+        assert_eq!(after, expected, "the store's files are untouched");
+        fs::remove_file(tmp.path().join("store-key")).unwrap();
+        let error = open(tmp.path()).unwrap_err();
+        assert!(
+            matches!(error, StoreError::Key { .. })
+                && error.to_string().contains("restore the key file"),
+            "{error}"
+        );
+        assert!(
+            !tmp.path().join("store-key").exists(),
+            "no new key is made for a store with data"
+        );
+    }
+
+    #[test]
+    fn rekey_reseals_everything_and_an_interrupted_one_finishes_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let records: Vec<_> = (0..5)
+            .map(|n| record(&format!("a{n}"), &format!("rt-{n}")))
+            .collect();
+        let old_key = {
+            let store = open(tmp.path()).unwrap();
+            records.iter().for_each(|r| store.put(r).unwrap());
+            let old = fs::read(tmp.path().join("store-key")).unwrap();
+            assert_eq!(store.rekey().unwrap(), 5);
+            assert_eq!(store.load_all().unwrap(), records);
+            old
+        };
+        assert_ne!(fs::read(tmp.path().join("store-key")).unwrap(), old_key);
+        assert!(!tmp.path().join("store-key.next").exists());
+        assert_eq!(open(tmp.path()).unwrap().load_all().unwrap(), records);
+
+        // Interrupted halfway: a next key on disk, two values re-sealed under it, the rest not.
+        {
+            let store = open(tmp.path()).unwrap();
+            let (next, bytes) = StoreKey::generate();
+            fs::write(tmp.path().join("store-key.next"), bytes.as_slice()).unwrap();
+            for r in &records[..2] {
+                store
+                    .accounts
+                    .insert(r.name.as_str(), schema::encode(r, &next))
+                    .unwrap();
+            }
+            store.db.flush().unwrap();
+        }
+        let store = open(tmp.path()).unwrap();
+        assert_eq!(store.load_all().unwrap(), records, "every account readable");
+        assert!(
+            !tmp.path().join("store-key.next").exists(),
+            "the rekey was finished"
+        );
+        let current = store.keyring().current.id();
+        for entry in store.accounts.iter() {
+            assert_eq!(schema::key_id(&entry.unwrap().1), Some(&current[..]));
+        }
+    }
+
+    #[test]
+    fn a_key_from_elsewhere_is_used_but_not_rotated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let credentials = tempfile::tempdir().unwrap();
+        let key_file = credentials.path().join("store-key");
+        fs::write(&key_file, hex::encode([5u8; 32])).unwrap();
+        let store = SledStore::open(&Config {
+            dir: tmp.path().to_owned(),
+            key_file: key_file.clone(),
+        })
+        .unwrap();
+        store.put(&record("a", "rt")).unwrap();
+        assert!(
+            !tmp.path().join("store-key").exists(),
+            "no key generated beside the store"
+        );
+        assert!(matches!(store.rekey(), Err(StoreError::Key { .. })));
     }
 }

@@ -496,11 +496,26 @@ mod tests {
         )
     }
 
-    fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        SledStore::open(&Config {
+    fn config(dir: &Path) -> Config {
+        Config {
             dir: dir.to_owned(),
             key_file: dir.join("store-key"),
-        })
+        }
+    }
+
+    /// Opens the store in `dir`. sled releases its file lock from a background thread after
+    /// the previous handle is dropped, so a reopen in the same process may briefly see it
+    /// held: retry that case only, for a bounded time.
+    fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        for _ in 0..200 {
+            match SledStore::open(&config(dir)) {
+                Err(StoreError::Locked { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other,
+            }
+        }
+        SledStore::open(&config(dir))
     }
 
     #[test]
@@ -552,7 +567,7 @@ mod tests {
     fn a_second_opener_gets_a_clear_locked_error() {
         let tmp = tempfile::tempdir().unwrap();
         let _first = open(tmp.path()).unwrap();
-        let error = open(tmp.path()).unwrap_err();
+        let error = SledStore::open(&config(tmp.path())).unwrap_err();
         assert!(matches!(error, StoreError::Locked { .. }), "{error}");
         assert!(error.to_string().contains("locked by another process"));
     }

@@ -1,6 +1,7 @@
 //! Encryption at rest through the real binary: nothing in the clear on disk, a wrong key
 //! refuses to start and changes nothing, and `rekey` survives SIGKILL at any moment.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // bounding waits on another process takes real time
 
 mod support;
 
@@ -127,7 +128,20 @@ async fn rekey_killed_at_any_moment_leaves_every_account_readable() {
                 .unwrap();
             let _ = client.post("http://localhost/v1/admin/rekey").send().await;
         });
-        tokio::time::sleep(Duration::from_millis(round * 3)).await;
+        // Wait until the rekey has begun (its next key is on disk, or it already finished),
+        // then let it run a varying moment longer before the kill.
+        let key_before = std::fs::read(home.store().join("store-key")).unwrap();
+        let begun = std::time::Instant::now();
+        while !home.store().join("store-key.next").exists()
+            && std::fs::read(home.store().join("store-key")).unwrap() == key_before
+        {
+            assert!(
+                begun.elapsed() < Duration::from_secs(10),
+                "round {round}: the rekey never started"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_micros(round * 700));
         daemon.kill();
         request.abort();
         daemon = home.start(&config, &[]).await;

@@ -74,7 +74,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         public_url: settings.api.public_url.clone(),
     };
     let router = api::router(state);
-    let mut socket = SocketFile::bind(&settings.api.socket)?;
+    raise_open_file_limit();
+    let mut socket = SocketFile::bind(&settings.api.socket, settings.api.socket_group)?;
     let tcp = match settings.api.http {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -168,6 +169,19 @@ async fn seed_declared_accounts(
     Ok(())
 }
 
+/// Lets the daemon hold as many connections as the system allows (the soft limit is often
+/// 1024), so a flood of connections meets the listener's own cap, not `EMFILE`.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %error, "cannot raise the open-file limit");
+        }
+    }
+}
+
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
     if let Err(error) = sd_notify::notify(state) {
         tracing::warn!(error = %error, "cannot notify systemd");
@@ -183,7 +197,7 @@ struct SocketFile {
 
 impl SocketFile {
     /// Binds the socket (mode 0660), replacing a stale file but never a live daemon's socket.
-    fn bind(path: &Path) -> anyhow::Result<Self> {
+    fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !parent.exists() {
                 std::fs::create_dir_all(parent)
@@ -219,11 +233,17 @@ impl SocketFile {
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("while binding {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-        Ok(Self {
+        // Owned from here on: any failure below removes the socket file again.
+        let socket = Self {
             path: path.to_owned(),
             listener: Some(listener),
-        })
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("while giving {} to group {gid}", path.display()))?;
+        }
+        Ok(socket)
     }
 
     fn take_listener(&mut self) -> UnixListener {

@@ -41,6 +41,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Config {
     /// Unix socket path.
     pub socket: PathBuf,
+    /// Group given to the socket (mode 0660), so its members can connect.
+    pub socket_group: Option<u32>,
     /// Loopback TCP address; `None` turns TCP off.
     pub http: Option<SocketAddr>,
     /// Base of the OAuth redirect URI.

@@ -29,6 +29,7 @@ pub(super) struct Server {
     pub(super) socket: Option<PathBuf>,
     pub(super) http: Option<String>,
     pub(super) public_url: Option<String>,
+    pub(super) socket_group: Option<String>,
     #[serde(default)]
     pub(super) admin_uids: Vec<u32>,
 }

@@ -41,6 +41,11 @@ pub(super) struct Context {
 pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<String>> {
     let mut problems = Vec::new();
     let (socket, checked) = server(&raw.server, &mut problems);
+    let socket_group = raw
+        .server
+        .socket_group
+        .as_deref()
+        .and_then(|group| resolve_group(group, &mut problems));
     let policy = refresh_policy(&raw.refresh, &mut problems);
     let check_interval = raw.refresh.check_interval.unwrap_or(DEFAULT_CHECK_INTERVAL);
     if let Err(error) = scheduler::cron_expression(check_interval) {
@@ -84,6 +89,7 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
         source: String::new(),
         api: api::Config {
             socket,
+            socket_group,
             http,
             public_url,
             admin_uids: raw.server.admin_uids.clone(),
@@ -437,6 +443,26 @@ fn declared_account(
         refresh_token,
         required: raw.required,
     })
+}
+
+/// A group name or number, as a gid.
+fn resolve_group(group: &str, problems: &mut Vec<String>) -> Option<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Some(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(found)) => Some(found.gid.as_raw()),
+        Ok(None) => {
+            problems.push(format!("server.socket_group: no group named {group:?}"));
+            None
+        }
+        Err(error) => {
+            problems.push(format!(
+                "server.socket_group: cannot look up {group:?}: {error}"
+            ));
+            None
+        }
+    }
 }
 
 /// Where the store key is: absolute as given; relative in `$CREDENTIALS_DIRECTORY` if it is

@@ -1,0 +1,189 @@
+//! Who may have a token, through the real binary: another local user on the socket (run
+//! with `setpriv` as uid 65534), and clients that stall or flood the listeners.
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // bounding waits on other processes takes real time
+
+mod support;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Home, BINARY};
+use tokenbroker::testing::FakeProvider;
+
+const NOBODY: u32 = 65534;
+
+fn can_switch_users() -> bool {
+    rustix::process::getuid().is_root() && Path::new("/usr/bin/setpriv").exists()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_user_gets_only_the_accounts_its_client_allows() {
+    if !can_switch_users() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root with setpriv, so this test must run there"
+        );
+        return;
+    }
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    // The other user must be able to reach the socket and run the binary.
+    std::fs::set_permissions(home.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = home.path("tokenbroker");
+    std::fs::copy(BINARY, &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let extra = format!(
+        "\n[[clients]]\nname = \"nightly\"\nuids = [{NOBODY}]\naccounts = [\"allowed-*\"]\n"
+    );
+    let config = home.config(&fake.token_url(), "", &extra);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "http = \"\"",
+        &format!("http = \"\"\nsocket_group = \"{NOBODY}\""),
+    );
+    let daemon = home.start(&home.write("config.toml", &text), &[]).await;
+    let metadata = std::fs::metadata(home.socket()).unwrap();
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&metadata), NOBODY);
+    daemon.import("allowed-a", &fake.grant("a"));
+    daemon.import("other-b", &fake.grant("b"));
+
+    let as_nobody = |args: &[&str]| {
+        Command::new("/usr/bin/setpriv")
+            .args([
+                format!("--reuid={NOBODY}"),
+                format!("--regid={NOBODY}"),
+                "--clear-groups".into(),
+            ])
+            .arg(&binary)
+            .args(args)
+            .arg("--socket")
+            .arg(home.socket())
+            .output()
+            .unwrap()
+    };
+    let allowed = as_nobody(&["token", "allowed-a"]);
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&allowed.stdout).trim(),
+        fake.issued_access_tokens()[0]
+    );
+    for (account, what) in [
+        ("other-b", "an account it may not have"),
+        ("allowed-nope", "an account that does not exist"),
+    ] {
+        let refused = as_nobody(&["token", account]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{what}");
+        assert!(
+            stderr.contains("(forbidden)") && stderr.contains("may not have"),
+            "{what}: {stderr}"
+        );
+    }
+    let listing = as_nobody(&["accounts", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    assert_eq!(
+        listed["accounts"].as_array().unwrap().len(),
+        1,
+        "it sees only what it may have"
+    );
+    let admin_route = as_nobody(&["refresh", "allowed-a"]);
+    assert!(String::from_utf8_lossy(&admin_route.stderr).contains("not an admin"));
+    let log = daemon.logs();
+    assert!(
+        log.contains("token served")
+            && log.contains("client=\"nightly\"")
+            && log.contains(&format!("uid={NOBODY}")),
+        "{log}"
+    );
+}
+
+fn resident_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_and_flooding_clients_do_not_starve_the_others() {
+    // This test holds a thousand sockets itself.
+    let mut limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, limit);
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let key = "flood-test-key";
+    let extra = format!(
+        "\n[[clients]]\nname = \"svc\"\napi_key_sha256 = \"{}\"\naccounts = [\"*\"]\n",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key))
+    );
+    let config = home.config(&fake.token_url(), "", &extra);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("http = \"\"", &format!("http = \"127.0.0.1:{port}\""));
+    let daemon = home.start(&home.write("config.toml", &text), &[]).await;
+    daemon.import("a", &fake.grant("a"));
+    let memory_before = resident_kib(daemon.pid());
+
+    // 500 slowloris clients trickling a header, 500 that connect and say nothing.
+    let mut held = Vec::new();
+    for n in 0..1000 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if n % 2 == 0 {
+            stream
+                .write_all(b"GET /v1/token/a HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .unwrap();
+        }
+        held.push(stream);
+    }
+    let http = reqwest::Client::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (status, _) = daemon.request("GET", "/v1/token/a", None).await;
+        assert_eq!(status, 200);
+        let over_tcp = http
+            .get(format!("http://127.0.0.1:{port}/v1/token/a"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(over_tcp.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a legitimate client waited {:?}",
+            started.elapsed()
+        );
+        for stream in held.iter_mut().step_by(2) {
+            let _ = stream.write_all(b"x");
+        }
+    }
+    let memory_during = resident_kib(daemon.pid());
+    assert!(
+        memory_during < memory_before + 64 * 1024,
+        "memory grew from {memory_before} KiB to {memory_during} KiB"
+    );
+    // The stalled connections are closed by the header timeout (5 s).
+    let mut closed = 0;
+    for stream in held.iter_mut().take(20) {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut sink = Vec::new();
+        if std::io::Read::read_to_end(stream, &mut sink).is_ok() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 20, "stalled connections are closed by the daemon");
+}

@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use url::Url;
 
+use super::error::Segment;
 use super::handlers::admin;
 use super::pages;
 use super::types::{AccountBody, CodeBody, ConnectBody, ConnectRequest, ConnectStatusBody};
@@ -113,7 +114,7 @@ pub(super) async fn flow_status(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path(ticket): Path<String>,
+    Segment(ticket): Segment,
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ConnectStatusBody>, ApiError> {
     admin(&app, &peer, &headers)?;
@@ -131,7 +132,7 @@ pub(super) async fn submit_code(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path(ticket): Path<String>,
+    Segment(ticket): Segment,
     body: Result<Json<CodeBody>, JsonRejection>,
 ) -> Result<Json<ConnectStatusBody>, ApiError> {
     admin(&app, &peer, &headers)?;
@@ -149,7 +150,7 @@ pub(super) async fn cancel_flow(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path(ticket): Path<String>,
+    Segment(ticket): Segment,
 ) -> Result<StatusCode, ApiError> {
     admin(&app, &peer, &headers)?;
     app.broker.cancel_connect(&ticket);
@@ -157,10 +158,7 @@ pub(super) async fn cancel_flow(
 }
 
 /// `GET /oauth/start/{ticket}`: the link the admin opens; redirects to the provider.
-pub(super) async fn oauth_start(
-    State(app): State<AppState>,
-    Path(ticket): Path<String>,
-) -> Response {
+pub(super) async fn oauth_start(State(app): State<AppState>, Segment(ticket): Segment) -> Response {
     match app.broker.oauth_start(&ticket).await {
         Ok(url) => (
             StatusCode::FOUND,

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// The request is malformed.
     #[error("{1}")]
     BadRequest(&'static str, String),
+    /// The route exists, but not for this method.
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     /// The request body is larger than the API accepts.
     #[error("the request body is too large")]
     TooLarge,
@@ -51,6 +54,7 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::BadRequest(code, _) => (StatusCode::BAD_REQUEST, code),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -122,5 +126,24 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+/// A path segment (`{account}`, `{name}`, `{ticket}`); a segment that cannot be decoded is
+/// answered with the API's JSON error rather than axum's plain-text one.
+#[derive(Debug)]
+pub(super) struct Segment(pub(super) String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(segment)| Self(segment))
+            .map_err(|rejection| ApiError::BadRequest("bad_path", rejection.body_text()))
     }
 }

@@ -1,12 +1,13 @@
 //! The route handlers: identify the caller, check what it may have, ask the broker.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
+use super::error::Segment;
 use super::types::{AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody, TokenBody};
 use super::{ApiError, AppState, Caller, Peer};
 use crate::broker::{BrokerError, ServedToken};
@@ -30,7 +31,7 @@ pub(super) async fn get_token(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path(account): Path<String>,
+    Segment(account): Segment,
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let caller = identify(&app, &peer, &headers)?;
@@ -49,7 +50,7 @@ pub(super) async fn post_token(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path(account): Path<String>,
+    Segment(account): Segment,
     body: Result<Json<RejectedBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let caller = identify(&app, &peer, &headers)?;
@@ -85,7 +86,7 @@ pub(super) async fn get_account(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path(account): Path<String>,
+    Segment(account): Segment,
 ) -> Result<Json<AccountBody>, ApiError> {
     let caller = identify(&app, &peer, &headers)?;
     let name = readable(&caller, &account)?;
@@ -100,7 +101,7 @@ pub(super) async fn import_account(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path(account): Path<String>,
+    Segment(account): Segment,
     body: Result<Json<ImportBody>, JsonRejection>,
 ) -> Result<Json<AccountBody>, ApiError> {
     let caller = admin(&app, &peer, &headers)?;
@@ -123,7 +124,7 @@ pub(super) async fn refresh_account(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path(account): Path<String>,
+    Segment(account): Segment,
 ) -> Result<Json<AccountBody>, ApiError> {
     admin(&app, &peer, &headers)?;
     let name = account
@@ -137,7 +138,7 @@ pub(super) async fn delete_account(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    Path(account): Path<String>,
+    Segment(account): Segment,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let caller = admin(&app, &peer, &headers)?;
@@ -210,6 +211,10 @@ pub(super) async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Hea
             problems,
         }),
     )
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 pub(super) async fn not_found() -> ApiError {

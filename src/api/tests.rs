@@ -541,3 +541,66 @@ async fn web_pages_cannot_reach_the_api_but_can_reach_the_connect_pages() {
         "the connect pages stay reachable from a browser"
     );
 }
+
+#[test]
+fn arbitrary_requests_never_panic_or_fail_inside() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let api = runtime.block_on(api());
+    runtime.block_on(api.import("corp"));
+    let config = ProptestConfig {
+        cases: 300,
+        ..ProptestConfig::default()
+    };
+    let strategy = (
+        prop_oneof![Just("GET"), Just("POST"), Just("PUT"), Just("DELETE")],
+        prop_oneof![
+            Just("/v1/token/"),
+            Just("/v1/accounts/"),
+            Just("/v1/connect/"),
+            Just("/oauth/"),
+            Just("/v1/"),
+            Just("/")
+        ],
+        "[a-zA-Z0-9%._~?=&/-]{0,40}",
+        proptest::collection::vec(any::<u8>(), 0..120),
+        any::<bool>(),
+    );
+    proptest::test_runner::TestRunner::new(config)
+        .run(&strategy, |(method, prefix, rest, body, as_admin)| {
+            let uri = format!("{prefix}{rest}");
+            prop_assume!(uri.parse::<axum::http::Uri>().is_ok());
+            let mut request = Request::builder()
+                .method(method)
+                .uri(&uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(if as_admin { ADMIN } else { TCP });
+            let response = runtime
+                .block_on(api.router.clone().oneshot(request))
+                .unwrap();
+            let status = response.status();
+            let is_html = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.to_str().unwrap_or_default().starts_with("text/html"));
+            let bytes = runtime
+                .block_on(response.into_body().collect())
+                .unwrap()
+                .to_bytes();
+            prop_assert!(!status.is_server_error(), "{method} {uri}: {status}");
+            if status.is_client_error() && !is_html {
+                let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                prop_assert!(
+                    error["error"].is_string() && error["message"].is_string(),
+                    "{method} {uri}: {status} {}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+}

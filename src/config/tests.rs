@@ -340,3 +340,41 @@ fn every_preset_loads_and_microsoft_takes_a_tenant() {
         std::time::Duration::from_secs(28800)
     );
 }
+
+#[test]
+fn the_store_key_is_found_in_the_credentials_directory_first() {
+    let files = Files::new();
+    let toml = "[store]\ndir = \"/var/lib/tb\"\n";
+    let settings = files.load(toml, &[]).unwrap();
+    assert_eq!(
+        settings.store.key_file,
+        Path::new("/var/lib/tb/store-key"),
+        "generated beside the store by default"
+    );
+    let credential = files.write("creds/store-key", "k");
+    let path = files.write("config.toml", toml);
+    let env: Env = [(
+        "CREDENTIALS_DIRECTORY".to_owned(),
+        credential.parent().unwrap().display().to_string(),
+    )]
+    .into();
+    assert_eq!(
+        load(&path, &env).unwrap().store.key_file,
+        credential,
+        "LoadCredential= wins when present"
+    );
+    let absolute = files
+        .load(
+            "[store]\ndir = \"/var/lib/tb\"\nkey_file = \"/etc/tb/key\"\n",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(absolute.store.key_file, Path::new("/etc/tb/key"));
+    let group = files.load("[server]\nsocket_group = \"0\"\n", &[]).unwrap();
+    assert_eq!(group.api.socket_group, Some(0));
+    assert!(files
+        .load("[server]\nsocket_group = \"no-such-group-here\"\n", &[])
+        .unwrap_err()
+        .to_string()
+        .contains("server.socket_group"));
+}

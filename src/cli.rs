@@ -121,6 +121,31 @@ pub enum Command {
         #[command(flatten)]
         daemon: Daemon,
     },
+    /// Run a command with a fresh access token in its environment; exits with its status.
+    Exec {
+        /// The account whose token to pass.
+        #[arg(long)]
+        account: String,
+        /// The variable to put it in (default: the account name in capitals, then `_TOKEN`).
+        #[arg(long)]
+        env: Option<String>,
+        /// The token must have at least this long left (default 5m).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        min_valid: Duration,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
     /// Re-seal the store under a new key (the key tokenbroker manages in store.dir).
     Rekey {
         /// How to reach the daemon.
@@ -157,6 +182,60 @@ pub struct Daemon {
     /// Configuration file to read the socket path from.
     #[arg(long, env = "TOKENBROKER_CONFIG", default_value = DEFAULT_PATH)]
     config: PathBuf,
+}
+
+/// The environment variable `exec` uses by default: `dropbox-main` → `DROPBOX_MAIN_TOKEN`.
+pub fn default_token_variable(account: &str) -> String {
+    let stem: String = account
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{stem}_TOKEN")
+}
+
+/// `tokenbroker exec`: fetches a token, runs the command with it, and returns the command's
+/// exit status (128 + the signal's number if a signal ended it).
+///
+/// # Errors
+/// The token cannot be had, or the command cannot be started.
+pub async fn exec(command: Command, env: &Env) -> anyhow::Result<u8> {
+    let Command::Exec {
+        account,
+        env: variable,
+        min_valid,
+        command,
+        daemon,
+    } = command
+    else {
+        bail!("not the exec command");
+    };
+    let client = Client::new(&daemon, env)?;
+    let path = format!(
+        "/v1/token/{}?min_valid={}",
+        segment(&account),
+        min_valid.as_secs()
+    );
+    let token: TokenBody = client.call(reqwest::Method::GET, &path, None).await?;
+    let variable = variable.unwrap_or_else(|| default_token_variable(&account));
+    let (program, arguments) = command.split_first().expect("clap requires a command");
+    let status = tokio::process::Command::new(program)
+        .args(arguments)
+        .env(&variable, &token.access_token)
+        .status()
+        .await
+        .with_context(|| format!("while starting {}", program.to_string_lossy()))?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(1);
+    Ok(u8::try_from(code).unwrap_or(1))
 }
 
 /// Runs a client command against the daemon.
@@ -270,7 +349,21 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
             let client = Client::new(&daemon, env)?;
             connect(&client, &name, &provider, no_redirect, device).await?;
         }
-        Command::Serve { .. } | Command::CheckConfig { .. } => bail!("not a client command"),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "tokenbroker",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())?;
+        }
+        Command::Serve { .. } | Command::CheckConfig { .. } | Command::Exec { .. } => {
+            bail!("not a client command")
+        }
     }
     Ok(())
 }

@@ -36,6 +36,11 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command, env: &Env) -> anyhow::Result<()> {
     match command {
+        exec @ Command::Exec { .. } => {
+            let code = cli::exec(exec, env).await?;
+            // The command's own status is ours; flush nothing else and leave now.
+            std::process::exit(i32::from(code));
+        }
         Command::Serve { dev: true, .. } => {
             let environment = dev::prepare(env).await?;
             eprintln!("{}", dev::banner(&environment.settings));

@@ -127,3 +127,92 @@ async fn dev_mode_serves_a_demo_token_on_both_listeners_and_warns() {
     assert_eq!(over_tcp.status(), 200);
     assert!(daemon.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_passes_a_fresh_token_and_the_commands_exit_status() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let daemon = home
+        .start(&home.config(&fake.token_url(), "", ""), &[])
+        .await;
+    daemon.import("dropbox-main", &fake.grant("d"));
+    let token = fake.issued_access_tokens()[0].clone();
+    let script = format!("test \"$DROPBOX_MAIN_TOKEN\" = '{token}' && exit 7; exit 1");
+    let output = daemon.cli(
+        &[
+            "exec",
+            "--account",
+            "dropbox-main",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        None,
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = daemon.cli(
+        &[
+            "exec",
+            "--account",
+            "dropbox-main",
+            "--env",
+            "TOK",
+            "--",
+            "sh",
+            "-c",
+            "printf %s \"$TOK\"",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&output), token);
+    let killed = daemon.cli(
+        &[
+            "exec",
+            "--account",
+            "dropbox-main",
+            "--",
+            "sh",
+            "-c",
+            "kill -TERM $$",
+        ],
+        None,
+    );
+    assert_eq!(
+        killed.status.code(),
+        Some(128 + 15),
+        "a signal's death is reported as 128 + signal"
+    );
+    let refused = daemon.cli(&["exec", "--account", "nope", "--", "true"], None);
+    assert_eq!(refused.status.code(), Some(1), "no token, no command");
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    let bash = std::process::Command::new(BINARY)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let bash = stdout(&bash);
+    assert!(
+        bash.contains("tokenbroker") && bash.contains("connect") && bash.contains("--min-valid"),
+        "{bash}"
+    );
+    let man = stdout(
+        &std::process::Command::new(BINARY)
+            .arg("man")
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH tokenbroker"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    assert!(man.contains("exec"));
+}

@@ -296,25 +296,21 @@ impl Broker {
         min_valid: Option<Duration>,
     ) -> Result<ServedToken, BrokerError> {
         let slot = self.slot(name)?;
-        let wanted = {
-            let state = slot.state();
-            let wanted = self.wanted_validity(&state, min_valid)?;
-            if let Some(served) = self.serve_if_valid(&state, wanted)? {
-                return Ok(served);
-            }
-            wanted
-        };
-        let now_ok = |broker: &Self, state: &SlotState| {
-            broker
-                .serve_if_valid(state, wanted)
-                .ok()
-                .flatten()
-                .is_some()
-        };
+        // What "good enough" means depends on the token held (its lifetime caps the default
+        // min_valid), so it is worked out afresh against each state, before and after a refresh.
+        let served =
+            |broker: &Self, state: &SlotState| -> Result<Option<ServedToken>, BrokerError> {
+                let wanted = broker.wanted_validity(state, min_valid)?;
+                broker.serve_if_valid(state, wanted)
+            };
+        if let Some(token) = served(self, &slot.state())? {
+            return Ok(token);
+        }
+        let now_ok =
+            |broker: &Self, state: &SlotState| served(broker, state).ok().flatten().is_some();
         self.refresh_shared(&slot, Trigger::Demand, now_ok).await?;
         let state = slot.state();
-        self.serve_if_valid(&state, wanted)?
-            .ok_or_else(|| self.unavailable(&state))
+        served(self, &state)?.ok_or_else(|| self.unavailable(&state))
     }
 
     /// A caller's API call was refused with `rejected`. If that is still the current token,

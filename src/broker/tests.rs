@@ -669,3 +669,16 @@ async fn an_expired_state_is_refused_without_a_token_call() {
         Err(ConnectError::UnknownTicket)
     ));
 }
+
+#[tokio::test]
+async fn a_seeded_account_without_a_token_gets_one_valid_by_its_own_lifetime() {
+    let h = harness().await;
+    h.fake.set_expires_in(json!(59)); // shorter than the default min_valid of 60 s
+    h.broker
+        .seed(name("new"), "fake", RefreshToken::new(h.fake.grant("new")))
+        .await
+        .unwrap();
+    let served = h.broker.token(&name("new"), None).await.unwrap();
+    assert_eq!(served.expires_in, Duration::from_secs(59));
+    assert_eq!(h.fake.token_calls(), 1);
+}

@@ -119,21 +119,14 @@ async fn stalled_and_flooding_clients_do_not_starve_the_others() {
     let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, limit);
     let fake = FakeProvider::start().await;
     let home = Home::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let key = "flood-test-key";
     let extra = format!(
         "\n[[clients]]\nname = \"svc\"\napi_key_sha256 = \"{}\"\naccounts = [\"*\"]\n",
         hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key))
     );
     let config = home.config(&fake.token_url(), "", &extra);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("http = \"\"", &format!("http = \"127.0.0.1:{port}\""));
-    let daemon = home.start(&home.write("config.toml", &text), &[]).await;
+    let (config, port) = home.with_tcp(&config);
+    let daemon = home.start(&config, &[]).await;
     daemon.import("a", &fake.grant("a"));
     let memory_before = resident_kib(daemon.pid());
 

@@ -203,16 +203,8 @@ async fn a_stale_socket_file_is_replaced() {
 async fn half_sent_requests_are_closed_within_seconds() {
     let fake = FakeProvider::start().await;
     let home = Home::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = home.config(&fake.token_url(), "", "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("http = \"\"", &format!("http = \"127.0.0.1:{port}\""));
-    let config = home.write("tcp.toml", &text);
+    let (config, port) = home.with_tcp(&config);
     let daemon = home.start(&config, &[]).await;
     let started = Instant::now();
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -16,11 +16,6 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
     let client_secret = "client-SECRET-0123456789";
     let api_key = "api-key-SECRET-abcdef";
     home.write("secret", client_secret);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let extra = format!(
         r#"
 [providers.basic]
@@ -45,10 +40,7 @@ accounts = ["*"]
         hash = hex::encode(Sha256::digest(api_key.as_bytes())),
     );
     let config = home.config(&fake.token_url(), "", &extra);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("http = \"\"", &format!("http = \"127.0.0.1:{port}\""));
-    let config = home.write("config.toml", &text);
+    let (config, port) = home.with_tcp(&config);
     let mut daemon = home.start(&config, &[("RUST_LOG", "trace")]).await;
 
     let mut used_refresh_tokens = Vec::new();

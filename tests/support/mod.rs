@@ -66,6 +66,15 @@ timeout = "2s"
         self.write("config.toml", &text)
     }
 
+    /// Turns loopback TCP on, on a free port, in a configuration written by `config`.
+    pub fn with_tcp(&self, config: &Path) -> (PathBuf, u16) {
+        let port = free_port();
+        let text = std::fs::read_to_string(config)
+            .unwrap()
+            .replace("http = \"\"", &format!("http = \"127.0.0.1:{port}\""));
+        (self.write("config-tcp.toml", &text), port)
+    }
+
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.path(name);
         std::fs::write(&path, text).unwrap();
@@ -146,6 +155,15 @@ timeout = "2s"
 fn next_log_number() -> u32 {
     static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A free loopback port: bound, then released for the daemon to take.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running daemon.

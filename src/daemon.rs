@@ -95,7 +95,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     if let Some(tcp) = tcp {
         tasks.spawn(listen::serve_tcp(tcp, router, cancel.clone()));
     }
-    let scheduler = Scheduler::start(broker.clone(), &settings.scheduler).await?;
+    let scheduler =
+        Scheduler::start(broker.clone(), &settings.scheduler, watchdog(&settings)).await?;
     broker.sweep(); // catch up at once rather than at the first tick
 
     notify(&[sd_notify::NotifyState::Ready]);
@@ -167,6 +168,24 @@ async fn seed_declared_accounts(
         }
     }
     Ok(())
+}
+
+/// What each scheduler tick does for systemd: a watchdog ping when the unit asks for them.
+/// The pings come from the tick itself, so a stalled scheduler gets the service restarted.
+fn watchdog(settings: &Settings) -> std::sync::Arc<dyn Fn() + Send + Sync> {
+    match sd_notify::watchdog_enabled() {
+        Some(limit) => {
+            if settings.scheduler.check_interval * 2 > limit {
+                tracing::warn!(
+                    check_interval = ?settings.scheduler.check_interval,
+                    watchdog = ?limit,
+                    "refresh.check_interval is more than half of WatchdogSec; systemd may restart a healthy daemon"
+                );
+            }
+            std::sync::Arc::new(|| notify(&[sd_notify::NotifyState::Watchdog]))
+        }
+        None => std::sync::Arc::new(|| {}),
+    }
 }
 
 /// Lets the daemon hold as many connections as the system allows (the soft limit is often

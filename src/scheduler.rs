@@ -61,16 +61,22 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts sweeping every `config.check_interval`.
+    /// Starts sweeping every `config.check_interval`; `on_tick` runs after each sweep (the
+    /// daemon pings the systemd watchdog there, so the pings stop if the ticks do).
     ///
     /// # Errors
     /// A bad interval, or the scheduler failed to start.
-    pub async fn start(broker: Broker, config: &Config) -> Result<Self, SchedulerError> {
+    pub async fn start(
+        broker: Broker,
+        config: &Config,
+        on_tick: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, SchedulerError> {
         let expression = cron_expression(config.check_interval)?;
         let running = Arc::new(AtomicBool::new(false));
         let job = Job::new_async(expression.as_str(), move |_id, _scheduler| {
             let broker = broker.clone();
             let running = running.clone();
+            let on_tick = on_tick.clone();
             Box::pin(async move {
                 // Runs are spawned and may overlap if one is slow; let only one sweep at a time.
                 if running.swap(true, Ordering::AcqRel) {
@@ -79,6 +85,7 @@ impl Scheduler {
                 }
                 let started = broker.sweep();
                 running.store(false, Ordering::Release);
+                on_tick();
                 tracing::trace!(refreshes = started.len(), "sweep");
             })
         })?;

@@ -1,0 +1,88 @@
+//! The daemon under systemd's notify protocol, with a fake `NOTIFY_SOCKET`: `READY=1` once it
+//! serves, `WATCHDOG=1` from every scheduler tick, `STOPPING=1` on SIGTERM.
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // bounding waits on another process takes real time
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use support::Home;
+use tokenbroker::testing::FakeProvider;
+
+fn next_message(socket: &UnixDatagram) -> (String, Instant) {
+    let mut buffer = [0u8; 4096];
+    let length = socket
+        .recv(&mut buffer)
+        .expect("a notification within the timeout");
+    (
+        String::from_utf8_lossy(&buffer[..length])
+            .trim_end()
+            .to_owned(),
+        Instant::now(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_watchdog_pings_from_the_tick_and_stopping() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let notify_path = home.path("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let config = home.config(&fake.token_url(), "check_interval = \"1s\"", "");
+    let notify_env = notify_path.display().to_string();
+    let mut daemon = home
+        .start(
+            &config,
+            &[
+                ("NOTIFY_SOCKET", &notify_env),
+                ("WATCHDOG_USEC", "10000000"),
+            ],
+        )
+        .await;
+
+    let (first, _) = next_message(&notify);
+    assert_eq!(
+        first, "READY=1",
+        "ready comes first, once the listeners are bound"
+    );
+    let mut pings = Vec::new();
+    while pings.len() < 3 {
+        let (message, at) = next_message(&notify);
+        assert_eq!(message, "WATCHDOG=1");
+        pings.push(at);
+    }
+    for pair in pings.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap > Duration::from_millis(500) && gap < Duration::from_millis(2500),
+            "one ping per 1 s tick, got {gap:?}"
+        );
+    }
+    assert!(daemon.terminate().success());
+    // Pings may still be queued; STOPPING=1 must follow them.
+    notify
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut after = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while let Ok(length) = notify.recv(&mut buffer) {
+        after.push(
+            String::from_utf8_lossy(&buffer[..length])
+                .trim_end()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        after
+            .iter()
+            .filter(|m| *m != "WATCHDOG=1")
+            .collect::<Vec<_>>(),
+        vec!["STOPPING=1"],
+        "{after:?}"
+    );
+}

@@ -220,10 +220,10 @@ impl Broker {
             }
         };
         let expires_at = flow.expires_at;
+        let flow_account = flow.account.clone();
         self.flows().by_ticket.insert(ticket.clone(), flow);
-        tracing::info!(
-            ticket_prefix = &ticket[..6],
-            ?mode,
+        // The ticket is a capability (it starts the flow): never logged, not even in part.
+        tracing::info!(account = %flow_account, ?mode,
             provider,
             "connect flow started"
         );

@@ -546,18 +546,13 @@ mod tests {
             0o700
         );
         let mut seen = 0;
-        let mut stack = vec![dir.clone()];
-        while let Some(path) = stack.pop() {
-            for entry in fs::read_dir(&path).unwrap() {
-                let entry = entry.unwrap();
-                let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
-                if entry.file_type().unwrap().is_dir() {
-                    assert_eq!(mode, 0o700, "{:?}", entry.path());
-                    stack.push(entry.path());
-                } else {
-                    assert_eq!(mode, 0o600, "{:?}", entry.path());
-                    seen += 1;
-                }
+        for path in walk(&dir) {
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            if path.is_dir() {
+                assert_eq!(mode, 0o700, "{path:?}");
+            } else {
+                assert_eq!(mode, 0o600, "{path:?}");
+                seen += 1;
             }
         }
         assert!(seen >= 2, "expected database files and a snapshot");
@@ -596,16 +591,11 @@ mod tests {
             store.put(&record("a", "rt-a")).unwrap();
         }
         // Overwrite every database file with garbage.
-        let mut stack = vec![tmp.path().join("db")];
-        while let Some(path) = stack.pop() {
-            for entry in fs::read_dir(&path).unwrap() {
-                let entry = entry.unwrap();
-                if entry.file_type().unwrap().is_dir() {
-                    stack.push(entry.path());
-                } else {
-                    fs::write(entry.path(), vec![0xA5; 4096]).unwrap();
-                }
-            }
+        for path in walk(&tmp.path().join("db"))
+            .into_iter()
+            .filter(|p| p.is_file())
+        {
+            fs::write(path, vec![0xA5; 4096]).unwrap();
         }
         match open(tmp.path()) {
             Err(StoreError::Open { recovery, .. }) => {
@@ -639,21 +629,29 @@ mod tests {
             .collect()
     }
 
-    fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut files = Vec::new();
+    /// Every file and directory below `dir`, sorted.
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
         let mut stack = vec![dir.to_owned()];
         while let Some(path) = stack.pop() {
             for entry in fs::read_dir(&path).unwrap() {
-                let entry = entry.unwrap();
-                if entry.file_type().unwrap().is_dir() {
-                    stack.push(entry.path());
-                } else {
-                    files.push((entry.path(), fs::read(entry.path()).unwrap()));
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path.clone());
                 }
+                found.push(path);
             }
         }
-        files.sort();
-        files
+        found.sort();
+        found
+    }
+
+    fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        walk(dir)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .map(|p| (p.clone(), fs::read(p).unwrap()))
+            .collect()
     }
 
     #[test]

@@ -216,3 +216,47 @@ fn completions_and_the_man_page_are_generated() {
     );
     assert!(man.contains("exec"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_flat_object_per_line() {
+    let home = Home::new();
+    let socket = home.socket().display().to_string();
+    let port = support::free_port().to_string();
+    let http = format!("127.0.0.1:{port}");
+    let args = [
+        "--log-format".as_ref(),
+        "json".as_ref(),
+        "serve".as_ref(),
+        "--dev".as_ref(),
+    ];
+    let mut daemon = home
+        .spawn(
+            &args,
+            &[
+                ("TOKENBROKER__SERVER__SOCKET", &socket),
+                ("TOKENBROKER__SERVER__HTTP", &http),
+            ],
+        )
+        .await;
+    assert_eq!(daemon.request("GET", "/v1/token/demo", None).await.0, 200);
+    assert!(daemon.terminate().success());
+    let logs = daemon.logs();
+    let events: Vec<Value> = logs
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ready = events
+        .iter()
+        .find(|e| e["message"] == "tokenbroker ready")
+        .expect("a ready event");
+    assert_eq!(ready["level"], "INFO");
+    assert_eq!(
+        ready["socket"],
+        socket.as_str(),
+        "fields are flattened to the top level"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["message"] == "token served" && e["account"] == "demo"));
+}

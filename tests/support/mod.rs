@@ -96,7 +96,7 @@ timeout = "2s"
             .await
     }
 
-    async fn spawn(&self, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Daemon {
+    pub async fn spawn(&self, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Daemon {
         let log = self.path(&format!("daemon-{}.log", next_log_number()));
         let mut command = Command::new(BINARY);
         command

@@ -91,7 +91,7 @@ impl From<BrokerError> for ApiError {
                 message,
                 retry_after: Some(retry_after),
             },
-            BrokerError::Store(_) => Self::Internal(message),
+            BrokerError::Store(_) | BrokerError::Internal(_) => Self::Internal(message),
             BrokerError::Revoke(_) => Self::Unavailable {
                 code: "revoke_failed",
                 message,

@@ -138,6 +138,9 @@ pub enum BrokerError {
     /// The store failed; nothing was acknowledged.
     #[error("store failure: {0}")]
     Store(String),
+    /// A broker task failed unexpectedly (a bug); nothing was acknowledged.
+    #[error("internal failure: {0}")]
+    Internal(String),
     /// Revocation at the provider failed or is impossible; the account was kept.
     #[error("revocation failed, so the account was kept: {0}")]
     Revoke(String),
@@ -165,8 +168,8 @@ type RandomSource = Arc<dyn Fn() -> f64 + Send + Sync>;
 struct Inner {
     store: Arc<dyn Store>,
     clock: SharedClock,
-    providers: RwLock<HashMap<String, Arc<Provider>>>,
-    policy: RwLock<RefreshPolicy>,
+    providers: HashMap<String, Arc<Provider>>,
+    policy: RefreshPolicy,
     accounts: RwLock<BTreeMap<AccountName, Arc<Slot>>>,
     permits: Semaphore,
     random: RandomSource,
@@ -203,16 +206,11 @@ struct SlotState {
     failures: u32,
     /// Attempts finished so far; a waiter that saw another number shares the latest outcome.
     attempts: u64,
-    last_outcome: Result<(), Failure>,
+    /// Whether the latest attempt succeeded; waiters that shared it take this outcome.
+    last_attempt_ok: bool,
     last_forced: Option<SystemTime>,
     /// The latest record could not be written; the next sweep tries again.
     unsaved: bool,
-}
-
-#[derive(Debug, Clone)]
-struct Failure {
-    kind: FailureKind,
-    message: String,
 }
 
 /// Why a refresh is wanted; decides whether backoff may be skipped.
@@ -261,13 +259,11 @@ impl Broker {
         let inner = Inner {
             store,
             clock,
-            providers: RwLock::new(
-                providers
-                    .into_iter()
-                    .map(|p| (p.name().to_owned(), p))
-                    .collect(),
-            ),
-            policy: RwLock::new(config.policy),
+            providers: providers
+                .into_iter()
+                .map(|p| (p.name().to_owned(), p))
+                .collect(),
+            policy: config.policy,
             accounts: RwLock::new(BTreeMap::new()),
             permits: Semaphore::new(config.max_concurrent.max(1)),
             random,
@@ -613,9 +609,10 @@ impl Broker {
     /// The key is not managed by tokenbroker, or the store failed.
     pub async fn rekey(&self) -> Result<usize, BrokerError> {
         let store = self.inner.store.clone();
-        detached(async move { tokio::task::spawn_blocking(move || store.rekey()).await })
-            .await?
-            .map_err(|_| BrokerError::Store("the rekey task failed".into()))?
+        // A blocking task runs to its end even if the caller goes away.
+        tokio::task::spawn_blocking(move || store.rekey())
+            .await
+            .map_err(|_| BrokerError::Internal("the rekey task failed".into()))?
             .map_err(|e| BrokerError::Store(e.to_string()))
     }
 
@@ -643,10 +640,11 @@ impl Broker {
         {
             let state = slot.state();
             if state.attempts != seen {
-                return state
-                    .last_outcome
-                    .clone()
-                    .map_err(|_| self.unavailable(&state));
+                return if state.last_attempt_ok {
+                    Ok(())
+                } else {
+                    Err(self.unavailable(&state))
+                };
             }
             if satisfied(self, &state) {
                 return Ok(());
@@ -656,10 +654,14 @@ impl Broker {
         let broker = self.clone();
         let detached_slot = slot.clone();
         let attempt = tokio::spawn(async move { broker.attempt(&detached_slot, guard).await });
-        let outcome = attempt
+        let succeeded = attempt
             .await
-            .map_err(|_| BrokerError::Store("refresh task failed".into()))?;
-        outcome.map_err(|_| self.unavailable(&slot.state()))
+            .map_err(|_| BrokerError::Internal("a refresh task failed".into()))?;
+        if succeeded {
+            Ok(())
+        } else {
+            Err(self.unavailable(&slot.state()))
+        }
     }
 
     /// Refuses a provider call that the account's state forbids.
@@ -677,7 +679,8 @@ impl Broker {
     }
 
     /// One call to the provider and its consequences. Holds the flight lock throughout.
-    async fn attempt(&self, slot: &Slot, _flight: OwnedMutexGuard<()>) -> Result<(), Failure> {
+    /// Returns whether it succeeded; why it failed is in the account's state.
+    async fn attempt(&self, slot: &Slot, _flight: OwnedMutexGuard<()>) -> bool {
         let (name, provider_name, refresh_token) = {
             let state = slot.state();
             (
@@ -700,22 +703,23 @@ impl Broker {
             Err(error) => Err(AttemptError::Unconfigured(error)),
         };
         let now = self.now();
-        let outcome = match answer {
-            Ok(response) => self.on_success(slot, response, now).await,
-            Err(error) => self.on_failure(slot, error, now).await,
+        let succeeded = match answer {
+            Ok(response) => {
+                self.on_success(slot, response, now).await;
+                true
+            }
+            Err(error) => {
+                self.on_failure(slot, error, now).await;
+                false
+            }
         };
         let mut state = slot.state();
         state.attempts += 1;
-        state.last_outcome = outcome.clone();
-        outcome
+        state.last_attempt_ok = succeeded;
+        succeeded
     }
 
-    async fn on_success(
-        &self,
-        slot: &Slot,
-        response: TokenResponse,
-        now: SystemTime,
-    ) -> Result<(), Failure> {
+    async fn on_success(&self, slot: &Slot, response: TokenResponse, now: SystemTime) {
         let rotated = response.refresh_token.is_some();
         let lifetime = response.lifetime;
         let record = with_response(slot.state().record.clone(), response, now);
@@ -734,7 +738,6 @@ impl Broker {
             Ok(()) => {
                 state.unsaved = false;
                 tracing::info!(account = %state.record.name, expires_in = lifetime.as_secs(), rotated, "refreshed");
-                Ok(())
             }
             Err(error) => {
                 // The provider may have rotated the grant already: keep the new one in memory,
@@ -743,21 +746,12 @@ impl Broker {
                 state.record.last_error =
                     Some(format!("refreshed, but the store write failed: {error}"));
                 tracing::error!(account = %state.record.name, error = %error, "refreshed, but the store write failed; retrying on the next tick");
-                Ok(())
             }
         }
     }
 
-    async fn on_failure(
-        &self,
-        slot: &Slot,
-        error: AttemptError,
-        now: SystemTime,
-    ) -> Result<(), Failure> {
-        let failure = Failure {
-            kind: error.kind(),
-            message: error.to_string(),
-        };
+    async fn on_failure(&self, slot: &Slot, error: AttemptError, now: SystemTime) {
+        let (kind, message) = (error.kind(), error.to_string());
         let record = {
             let mut state = slot.state();
             match &error {
@@ -769,20 +763,20 @@ impl Broker {
                     state.due_at = now + self.policy().backoff_max;
                 }
             }
-            state.record.last_error = Some(failure.message.clone());
-            if failure.kind == FailureKind::Reauth {
+            state.record.last_error = Some(message.clone());
+            if kind == FailureKind::Reauth {
                 state.record.needs_reauth = true;
             }
             let name = &state.record.name;
-            match failure.kind {
+            match kind {
                 FailureKind::Reauth => {
-                    tracing::error!(account = %name, error = %failure.message, "grant refused; the account must be connected again")
+                    tracing::error!(account = %name, error = %message, "grant refused; the account must be connected again")
                 }
                 FailureKind::Configuration => {
-                    tracing::error!(account = %name, error = %failure.message, "refresh refused: configuration error")
+                    tracing::error!(account = %name, error = %message, "refresh refused: configuration error")
                 }
                 FailureKind::Transient => {
-                    tracing::warn!(account = %name, error = %failure.message, failures = state.failures, "refresh failed; will retry")
+                    tracing::warn!(account = %name, error = %message, failures = state.failures, "refresh failed; will retry")
                 }
             }
             state.record.clone()
@@ -791,7 +785,6 @@ impl Broker {
         if let Err(store_error) = self.persist(record).await {
             tracing::warn!(error = %store_error, "could not record the failure in the store");
         }
-        Err(failure)
     }
 
     /// Schedules the retry after a provider failure.
@@ -892,7 +885,7 @@ impl Broker {
                 not_before: None,
                 failures: 0,
                 attempts: 0,
-                last_outcome: Ok(()),
+                last_attempt_ok: true,
                 last_forced: None,
                 unsaved: false,
             }),
@@ -920,14 +913,15 @@ impl Broker {
     }
 
     fn provider(&self, name: &str) -> Result<Arc<Provider>, BrokerError> {
-        read(&self.inner.providers)
+        self.inner
+            .providers
             .get(name)
             .cloned()
             .ok_or_else(|| BrokerError::UnknownProvider(name.to_owned()))
     }
 
-    fn policy(&self) -> RefreshPolicy {
-        read(&self.inner.policy).clone()
+    fn policy(&self) -> &RefreshPolicy {
+        &self.inner.policy
     }
 
     fn now(&self) -> SystemTime {

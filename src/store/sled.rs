@@ -85,8 +85,7 @@ impl SledStore {
             writer: Mutex::new(()),
         };
         store.check_schema(&db_path)?;
-        store.restore_snapshot_if_empty()?;
-        store.check_every_value_opens()?;
+        store.restore_snapshot_if_empty(snapshot)?;
         if store.next_key_file().exists() {
             // A rekey was interrupted: finish it before anything else is written.
             let _writer = store.lock();
@@ -94,16 +93,6 @@ impl SledStore {
         }
         restrict_files(&store.dir)?;
         Ok(store)
-    }
-
-    /// Refuses to start on a store whose values this key cannot open; reads only.
-    fn check_every_value_opens(&self) -> Result<(), StoreError> {
-        let keyring = self.keyring();
-        for entry in self.accounts.iter() {
-            let (key, value) = entry.map_err(|e| engine("read", e))?;
-            schema::decode(&key, &value, &keyring)?;
-        }
-        Ok(())
     }
 
     fn next_key_file(&self) -> PathBuf {
@@ -202,16 +191,13 @@ impl SledStore {
         }
     }
 
-    fn restore_snapshot_if_empty(&self) -> Result<(), StoreError> {
-        if !self.accounts.is_empty() {
-            return Ok(());
-        }
-        let Some(values) = read_snapshot(&self.dir.join(SNAPSHOT_FILE))? else {
+    /// Rebuilds an empty database from the snapshot, whose values `open` has already
+    /// checked against the key.
+    fn restore_snapshot_if_empty(&self, snapshot: Option<Entries>) -> Result<(), StoreError> {
+        let Some(values) = snapshot.filter(|_| self.accounts.is_empty()) else {
             return Ok(());
         };
-        let keyring = self.keyring();
         for (key, value) in &values {
-            schema::decode(key, value, &keyring)?; // refuse to restore what we could not read back
             self.accounts
                 .insert(key.as_slice(), value.as_slice())
                 .map_err(|e| engine("restore snapshot", e))?;

@@ -54,12 +54,7 @@ pub(super) async fn start_flow(
 ) -> Result<Json<ConnectBody>, ApiError> {
     let caller = admin(&app, &peer, &headers)?;
     let Json(request) = body?;
-    let account = request
-        .account
-        .parse()
-        .map_err(|e: crate::token::InvalidAccountName| {
-            ApiError::BadRequest("bad_name", e.to_string())
-        })?;
+    let account = request.account.parse()?;
     let mode = match request.mode.as_deref().unwrap_or("redirect") {
         "redirect" => ConnectMode::Redirect,
         "no_redirect" => ConnectMode::NoRedirect,
@@ -118,7 +113,7 @@ pub(super) async fn flow_status(
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ConnectStatusBody>, ApiError> {
     admin(&app, &peer, &headers)?;
-    let Query(query) = query.map_err(|e| ApiError::BadRequest("bad_query", e.body_text()))?;
+    let Query(query) = query?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(MAX_WAIT);
     let outcome = app
         .broker

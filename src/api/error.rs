@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::types::ErrorBody;
 use crate::broker::BrokerError;
+use crate::token::InvalidAccountName;
 
 /// A failed API request. Messages never carry upstream text verbatim or a secret.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,18 @@ impl From<JsonRejection> for ApiError {
         } else {
             Self::BadRequest("bad_body", rejection.body_text())
         }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest("bad_query", rejection.body_text())
+    }
+}
+
+impl From<InvalidAccountName> for ApiError {
+    fn from(error: InvalidAccountName) -> Self {
+        Self::BadRequest("bad_name", error.to_string())
     }
 }
 

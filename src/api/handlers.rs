@@ -36,7 +36,7 @@ pub(super) async fn get_token(
 ) -> Result<Response, ApiError> {
     let caller = identify(&app, &peer, &headers)?;
     let name = readable(&caller, &account)?;
-    let Query(query) = query.map_err(|e| ApiError::BadRequest("bad_query", e.body_text()))?;
+    let Query(query) = query?;
     let min_valid = query.min_valid.map(std::time::Duration::from_secs);
     let served = app
         .broker
@@ -105,11 +105,7 @@ pub(super) async fn import_account(
     body: Result<Json<ImportBody>, JsonRejection>,
 ) -> Result<Json<AccountBody>, ApiError> {
     let caller = admin(&app, &peer, &headers)?;
-    let name: AccountName = account
-        .parse()
-        .map_err(|e: crate::token::InvalidAccountName| {
-            ApiError::BadRequest("bad_name", e.to_string())
-        })?;
+    let name: AccountName = account.parse()?;
     let Json(body) = body?;
     let refresh_token = RefreshToken::new(body.refresh_token);
     let view = app
@@ -142,7 +138,7 @@ pub(super) async fn delete_account(
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let caller = admin(&app, &peer, &headers)?;
-    let Query(query) = query.map_err(|e| ApiError::BadRequest("bad_query", e.body_text()))?;
+    let Query(query) = query?;
     let name = account
         .parse()
         .map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))?;

@@ -171,8 +171,9 @@ pub struct ConnectRequest {
     pub mode: Option<String>,
 }
 
-/// The answer to `POST /v1/connect`: what the person must do next.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The answer to `POST /v1/connect`: what the person must do next. Its ticket and URLs
+/// are capabilities, left out of `Debug`.
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct ConnectBody {
     /// Follows the flow in `GET /v1/connect/{ticket}`.
     pub ticket: String,
@@ -193,6 +194,17 @@ pub struct ConnectBody {
     /// Device flow: the same with the code filled in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification_uri_complete: Option<String>,
+}
+
+impl fmt::Debug for ConnectBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectBody")
+            .field("ticket", &REDACTED)
+            .field("expires_at", &self.expires_at)
+            .field("user_code", &self.user_code)
+            .field("verification_uri", &self.verification_uri)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `GET /v1/connect/{ticket}`.

@@ -6,6 +6,7 @@
 //! names itself with `iss`, only if that matches), so several providers cannot be mixed up.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -13,7 +14,7 @@ use url::Url;
 
 use super::{AccountView, Broker, BrokerError};
 use crate::provider::{random_token, Pkce, Provider, ProviderError, TokenResponse};
-use crate::secret::{AuthorizationCode, PkceVerifier};
+use crate::secret::{AuthorizationCode, PkceVerifier, REDACTED};
 use crate::token::AccountName;
 
 /// How long a start ticket, its state and a device flow stay usable.
@@ -33,7 +34,7 @@ pub enum Mode {
 }
 
 /// What the admin must do next.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Next {
     /// Open this URL in a browser.
     Open(Url),
@@ -51,7 +52,7 @@ pub enum Next {
 }
 
 /// A started flow.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Started {
     /// Identifies the flow in later calls.
     pub ticket: String,
@@ -117,7 +118,7 @@ pub enum ConnectError {
 }
 
 /// The query of `GET /oauth/callback`.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Callback {
     /// `code`.
     pub code: Option<AuthorizationCode>,
@@ -132,7 +133,7 @@ pub struct Callback {
 }
 
 /// Pending flows, by ticket, and the state each browser flow is waiting for.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Flows {
     by_ticket: HashMap<String, Flow>,
     ticket_by_state: HashMap<String, String>,
@@ -149,6 +150,56 @@ struct Flow {
     pkce: Option<Pkce>,
     redirect_uri: Option<Url>,
     outcome: watch::Sender<Outcome>,
+}
+
+// Tickets and states are capabilities (a ticket starts a flow, a state completes one), and
+// the URLs below carry them: their Debug output leaves them out.
+
+impl fmt::Debug for Next {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Open(_) => f.write_str("Open([REDACTED])"),
+            Self::EnterCode(_) => f.write_str("EnterCode([REDACTED])"),
+            Self::Device {
+                user_code,
+                verification_uri,
+                ..
+            } => f
+                .debug_struct("Device")
+                .field("user_code", user_code)
+                .field("verification_uri", verification_uri)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl fmt::Debug for Started {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Started")
+            .field("ticket", &REDACTED)
+            .field("expires_at", &self.expires_at)
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Callback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Callback")
+            .field("code", &self.code)
+            .field("state", &self.state.as_ref().map(|_| REDACTED))
+            .field("error", &self.error)
+            .field("iss", &self.iss)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Flows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Flows")
+            .field("pending", &self.by_ticket.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broker {

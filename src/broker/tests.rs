@@ -682,3 +682,36 @@ async fn a_seeded_account_without_a_token_gets_one_valid_by_its_own_lifetime() {
     assert_eq!(served.expires_in, Duration::from_secs(59));
     assert_eq!(h.fake.token_calls(), 1);
 }
+
+#[tokio::test]
+async fn tickets_and_states_stay_out_of_debug_output() {
+    let h = harness().await;
+    let callback: url::Url = "http://127.0.0.1:8765/oauth/callback".parse().unwrap();
+    let start_base: url::Url = "http://127.0.0.1:8765/oauth/start/".parse().unwrap();
+    let started = h
+        .broker
+        .begin_connect(
+            name("web"),
+            "fake",
+            ConnectMode::Redirect,
+            &callback,
+            &start_base,
+        )
+        .await
+        .unwrap();
+    let shown = format!("{started:?} {:?}", h.broker.inner.flows.lock().unwrap());
+    assert!(!shown.contains(&started.ticket), "{shown}");
+    let answer = Callback {
+        state: Some("state-SECRET-value".into()),
+        code: Some(crate::secret::AuthorizationCode::new("code-SECRET")),
+        ..Callback::default()
+    };
+    let shown = format!("{answer:?}");
+    assert!(!shown.contains("SECRET"), "{shown}");
+    let body = crate::api::types::ConnectBody {
+        ticket: started.ticket.clone(),
+        start_url: Some(format!("{start_base}{}", started.ticket)),
+        ..Default::default()
+    };
+    assert!(!format!("{body:?}").contains(&started.ticket));
+}

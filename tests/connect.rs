@@ -7,7 +7,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::{Daemon, Home, BINARY};
@@ -406,14 +406,7 @@ async fn the_device_flow_polls_slows_down_and_connects() {
     assert_eq!(lines.next().unwrap().unwrap(), "WDJB-MJHT");
     fake.wait_for_calls(2, Duration::from_secs(10)).await; // slow_down, then pending
     fake.approve_device();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the device flow did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait_bounded(&mut child, Duration::from_secs(20));
     let result = lines.next().and_then(Result::ok).unwrap_or_default();
     if !result.starts_with("connected tv at fake") {
         let mut stderr = String::new();

@@ -162,8 +162,16 @@ async fn invalid_grant_stops_refreshing_and_shows_in_accounts() {
         (status, body["error"].as_str()),
         (503, Some("needs_reauth"))
     );
-    // Well past the old token's expiry and several ticks: still exactly two calls.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Checking that nothing happens needs a window of time. First await the condition that
+    // makes the window meaningful: the old token has expired, so any retry would be overdue.
+    eventually(
+        "the old token to expire",
+        Duration::from_secs(10),
+        || async { daemon.request("GET", "/v1/accounts/gone", None).await.1["expires_in"] == 0 },
+    )
+    .await;
+    // Then watch three 1 s ticks: still exactly the import and the refused refresh.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(fake.token_calls(), 2);
 }
 

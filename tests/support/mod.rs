@@ -139,14 +139,7 @@ timeout = "2s"
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            assert!(
-                started.elapsed() < START_LIMIT,
-                "expected tokenbroker to exit"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_bounded(&mut child, START_LIMIT);
         child.wait_with_output().unwrap()
     }
 }
@@ -293,7 +286,7 @@ impl Daemon {
             rustix::process::Signal::TERM,
         )
         .unwrap();
-        wait_bounded(&mut child)
+        wait_bounded(&mut child, Duration::from_secs(30))
     }
 
     /// SIGKILL: no chance to clean up.
@@ -313,15 +306,16 @@ impl Drop for Daemon {
     }
 }
 
-pub fn wait_bounded(child: &mut Child) -> ExitStatus {
+/// Waits for `child` to exit, failing the test if it takes longer than `limit`.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "process did not exit"
+            started.elapsed() < limit,
+            "process did not exit within {limit:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -201,3 +201,35 @@ async fn authorize_urls_carry_each_presets_offline_parameters_and_pkce() {
         }
     }
 }
+
+#[tokio::test]
+async fn device_flow_errors_are_classified_like_token_errors() {
+    let fake = FakeProvider::start().await;
+    let mut config = fake.provider_config("p");
+    // The fake's token endpoint takes scripted replies; use it as the device endpoint.
+    config.endpoints = EndpointSource::Fixed(Endpoints {
+        token: fake.token_url().parse().unwrap(),
+        authorize: None,
+        revoke: None,
+        device: Some(fake.token_url().parse().unwrap()),
+    });
+    let provider = Provider::new(config).unwrap();
+    fake.push([
+        Reply::Raw(503, b"<html>maintenance</html>".to_vec()),
+        Reply::oauth_error(400, "invalid_client", "unknown client"),
+        Reply::Json(200, serde_json::json!({"error": "access_denied"}), vec![]),
+    ]);
+    let outage = provider.start_device().await.unwrap_err();
+    assert!(
+        matches!(outage, ProviderError::Unavailable { status: 503, .. }),
+        "an outage, not a garbled answer: {outage}"
+    );
+    assert_eq!(
+        provider.start_device().await.unwrap_err().kind(),
+        FailureKind::Configuration
+    );
+    assert_eq!(
+        provider.start_device().await.unwrap_err().oauth_code(),
+        Some("access_denied")
+    );
+}

@@ -165,20 +165,18 @@ impl Provider {
             .map_err(|e| request_error("device", e))?;
         let status = answer.status().as_u16();
         let body = read_capped(answer, "device").await?;
-        let json: Value = serde_json::from_slice(&body)
-            .map_err(|_| malformed("the device answer is not JSON"))?;
-        if status != 200 || json.get("error").is_some() {
-            // Reuse the token-endpoint classification for the error body.
-            return Err(response::parse(
-                if status == 200 { 400 } else { status },
-                None,
-                &body,
-                self.config.default_lifetime,
-                &[],
-            )
-            .err()
-            .unwrap_or_else(|| malformed("unexpected device answer")));
-        }
+        // Anything but a 200 without an `error` goes through the token endpoint's classifier
+        // (status, Retry-After-free error codes, garbage), so a 503 page stays transient.
+        let usable = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .filter(|json| status == 200 && json.get("error").is_none());
+        let Some(json) = usable else {
+            return Err(
+                response::parse(status, None, &body, self.config.default_lifetime, &[])
+                    .err()
+                    .unwrap_or_else(|| malformed("the device answer is not a JSON object")),
+            );
+        };
         let text = |key: &str| json.get(key).and_then(Value::as_str).map(str::to_owned);
         let seconds = |key: &str| {
             json.get(key)

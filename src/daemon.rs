@@ -73,7 +73,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         clock,
         public_url: settings.api.public_url.clone(),
     };
-    let router = api::router(state);
+    let api = api::Service::new(state);
     raise_open_file_limit();
     let mut socket = SocketFile::bind(&settings.api.socket, settings.api.socket_group)?;
     let tcp = match settings.api.http {
@@ -89,11 +89,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let tasks = TaskTracker::new();
     tasks.spawn(listen::serve_unix(
         socket.take_listener(),
-        router.clone(),
+        api.clone(),
         cancel.clone(),
     ));
     if let Some(tcp) = tcp {
-        tasks.spawn(listen::serve_tcp(tcp, router, cancel.clone()));
+        tasks.spawn(listen::serve_tcp(tcp, api, cancel.clone()));
     }
     let scheduler =
         Scheduler::start(broker.clone(), &settings.scheduler, watchdog(&settings)).await?;

@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokenbroker::cli::{self, Cli, Command, LogFormat};
 use tokenbroker::config::{self, ConfigError, Env};
-use tokenbroker::{daemon, dev};
-use tracing_appender::non_blocking::WorkerGuard;
+use tokenbroker::{daemon, dev, log_writer};
 use tracing_subscriber::EnvFilter;
 
 /// `EX_CONFIG` from sysexits.h: systemd's `RestartPreventExitStatus=78` stops restart loops.
@@ -70,7 +69,12 @@ async fn shutdown_signal() {
 /// colours or timestamps of our own under journald, which adds its own. Lines are written by
 /// a dedicated thread in batches, so serving a token never waits on a log write; none are
 /// dropped (a full queue makes the logging call wait instead).
-fn init_logging(format: LogFormat, level: Option<&str>, is_daemon: bool, env: &Env) -> WorkerGuard {
+fn init_logging(
+    format: LogFormat,
+    level: Option<&str>,
+    is_daemon: bool,
+    env: &Env,
+) -> log_writer::Guard {
     let default_level = if is_daemon { "info" } else { "warn" };
     let directives = level
         .map(str::to_owned)
@@ -88,10 +92,7 @@ fn init_logging(format: LogFormat, level: Option<&str>, is_daemon: bool, env: &E
     );
     let under_journald = env.contains_key("JOURNAL_STREAM");
     let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("tokenbroker-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = log_writer::batched(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -49,27 +50,40 @@ pub struct Client {
 /// An identified caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The client's name (`admin` for admin uids).
-    pub name: String,
-    /// May use the admin routes.
-    pub admin: bool,
+    /// The configured client; `None` for an admin uid on the socket.
+    client: Option<Arc<Client>>,
     /// The peer's uid, on the socket.
     pub uid: Option<u32>,
     /// The peer's pid, on the socket.
     pub pid: Option<i32>,
-    everything: bool,
-    patterns: Vec<glob::Pattern>,
 }
 
 impl Caller {
+    /// The client's name, for logs (`admin` for admin uids).
+    pub fn name(&self) -> &str {
+        self.client.as_ref().map_or("admin", |client| &client.name)
+    }
+
+    /// Whether the caller may use the admin routes.
+    pub fn is_admin(&self) -> bool {
+        self.client.as_ref().is_none_or(|client| client.admin)
+    }
+
     /// Whether the caller may have this account's token and status.
     pub fn may_read(&self, account: &str) -> bool {
-        self.everything || self.patterns.iter().any(|p| p.matches(account))
+        self.client.as_ref().is_none_or(|client| {
+            client
+                .accounts
+                .iter()
+                .any(|p| p.as_str() == "*" || p.matches(account))
+        })
     }
 
     /// Whether the caller may have every account (and so may learn which do not exist).
     pub fn sees_all(&self) -> bool {
-        self.everything
+        self.client
+            .as_ref()
+            .is_none_or(|client| client.accounts.iter().any(|p| p.as_str() == "*"))
     }
 }
 
@@ -77,7 +91,7 @@ impl Caller {
 #[derive(Debug, Clone)]
 pub struct Access {
     admin_uids: HashSet<u32>,
-    clients: Vec<Client>,
+    clients: Vec<Arc<Client>>,
 }
 
 impl Access {
@@ -87,7 +101,7 @@ impl Access {
         admin_uids.extend([0, own_uid]);
         Self {
             admin_uids,
-            clients,
+            clients: clients.into_iter().map(Arc::new).collect(),
         }
     }
 
@@ -120,12 +134,9 @@ impl Access {
             Peer::Unix { uid, gid, pid } => {
                 if self.admin_uids.contains(uid) {
                     return Ok(Caller {
-                        name: "admin".into(),
-                        admin: true,
+                        client: None,
                         uid: Some(*uid),
                         pid: *pid,
-                        everything: true,
-                        patterns: vec![],
                     });
                 }
                 self.clients
@@ -141,14 +152,11 @@ impl Access {
     }
 }
 
-fn caller(client: &Client, uid: Option<u32>, pid: Option<i32>) -> Caller {
+fn caller(client: &Arc<Client>, uid: Option<u32>, pid: Option<i32>) -> Caller {
     Caller {
-        name: client.name.clone(),
-        admin: client.admin,
+        client: Some(Arc::clone(client)),
         uid,
         pid,
-        everything: client.accounts.iter().any(|p| p.as_str() == "*"),
-        patterns: client.accounts.clone(),
     }
 }
 
@@ -204,15 +212,15 @@ pub(super) mod tests {
     fn admins_are_root_self_and_configured_uids() {
         for uid in [0, 999, 500] {
             let caller = access().identify(&unix(uid), None).unwrap();
-            assert!(caller.admin && caller.sees_all(), "{uid}");
+            assert!(caller.is_admin() && caller.sees_all(), "{uid}");
         }
     }
 
     #[test]
     fn socket_clients_are_matched_by_uid_and_scoped_by_glob() {
         let caller = access().identify(&unix(1001), None).unwrap();
-        assert_eq!(caller.name, "backup");
-        assert!(!caller.admin);
+        assert_eq!(caller.name(), "backup");
+        assert!(!caller.is_admin());
         assert!(caller.may_read("dropbox-main") && !caller.may_read("corp") && !caller.sees_all());
         assert!(matches!(
             access().identify(&unix(1002), None),
@@ -231,7 +239,7 @@ pub(super) mod tests {
             Err(ApiError::Unauthorized)
         ));
         let caller = access().identify(&TCP, Some(&ApiKey::new("k1"))).unwrap();
-        assert_eq!(caller.name, "sidecar");
+        assert_eq!(caller.name(), "sidecar");
         assert!(caller.may_read("corp") && !caller.may_read("dropbox-main"));
     }
 }

@@ -5,6 +5,7 @@
 
 use axum::extract::{Request, State};
 use axum::http::header::{HOST, ORIGIN};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use url::Url;
@@ -17,28 +18,39 @@ pub(super) async fn refuse_web_pages(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.headers().contains_key(ORIGIN) {
-        return ApiError::Forbidden(
-            "requests from web pages (with an Origin header) are refused".into(),
-        )
-        .into_response();
+    let peer = request.extensions().get::<Peer>();
+    match check(request.headers(), peer, &app.public_url) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
     }
-    let is_tcp = matches!(request.extensions().get::<Peer>(), Some(Peer::Tcp(_)));
-    if is_tcp {
-        let host = request.headers().get(HOST).and_then(|v| v.to_str().ok());
-        if !host_allowed(host, &app.public_url) {
+}
+
+/// Whether a request with these headers, from this peer, may use the API: no `Origin`, and on
+/// TCP a `Host` that names us.
+pub(super) fn check(
+    headers: &HeaderMap,
+    peer: Option<&Peer>,
+    public_url: &Url,
+) -> Result<(), ApiError> {
+    if headers.contains_key(ORIGIN) {
+        return Err(ApiError::Forbidden(
+            "requests from web pages (with an Origin header) are refused".into(),
+        ));
+    }
+    if matches!(peer, Some(Peer::Tcp(_))) {
+        let host = headers.get(HOST).and_then(|v| v.to_str().ok());
+        if !host_allowed(host, public_url) {
             let shown = host
                 .unwrap_or("(none)")
                 .chars()
                 .take(100)
                 .collect::<String>();
-            return ApiError::Forbidden(format!(
+            return Err(ApiError::Forbidden(format!(
                 "Host {shown:?} is neither a loopback name nor the public_url host"
-            ))
-            .into_response();
+            )));
         }
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// Whether a `Host` header names us: a loopback name or address, or `public_url`'s host.

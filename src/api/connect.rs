@@ -78,7 +78,7 @@ pub(super) async fn start_flow(
         .await
         .map_err(connect_error)?;
     tracing::info!(
-        client = caller.name,
+        client = caller.name(),
         uid = caller.uid,
         account = request.account,
         provider = request.provider,

@@ -112,7 +112,7 @@ pub(super) async fn import_account(
         .broker
         .import(name.clone(), &body.provider, refresh_token)
         .await?;
-    tracing::info!(client = caller.name, uid = caller.uid, pid = caller.pid, account = %name, provider = body.provider, "grant imported");
+    tracing::info!(client = caller.name(), uid = caller.uid, pid = caller.pid, account = %name, provider = body.provider, "grant imported");
     Ok(Json(AccountBody::new(&view, app.clock.now())))
 }
 
@@ -143,7 +143,7 @@ pub(super) async fn delete_account(
         .parse()
         .map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))?;
     app.broker.remove(&name, query.revoke).await?;
-    tracing::info!(client = caller.name, uid = caller.uid, account = %name, revoked = query.revoke, "account removed by admin");
+    tracing::info!(client = caller.name(), uid = caller.uid, account = %name, revoked = query.revoke, "account removed by admin");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -155,7 +155,7 @@ pub(super) async fn rekey(
     let caller = admin(&app, &peer, &headers)?;
     let count = app.broker.rekey().await?;
     tracing::info!(
-        client = caller.name,
+        client = caller.name(),
         uid = caller.uid,
         accounts = count,
         "store re-sealed by admin"
@@ -240,10 +240,10 @@ pub(super) fn identify(
 
 pub(super) fn admin(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let caller = identify(app, peer, headers)?;
-    if !caller.admin {
+    if !caller.is_admin() {
         return Err(ApiError::Forbidden(format!(
             "client {} is not an admin",
-            caller.name
+            caller.name()
         )));
     }
     Ok(caller)
@@ -251,11 +251,11 @@ pub(super) fn admin(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<
 
 /// The account's name, if the caller may have it. Names that cannot exist are answered like
 /// names that do not, so neither tells a restricted caller anything.
-fn readable(caller: &Caller, account: &str) -> Result<AccountName, ApiError> {
+pub(super) fn readable(caller: &Caller, account: &str) -> Result<AccountName, ApiError> {
     let forbidden = || {
         ApiError::Forbidden(format!(
             "client {} may not have account {account:?}",
-            caller.name
+            caller.name()
         ))
     };
     if !caller.may_read(account) {
@@ -275,20 +275,20 @@ fn hide_unknown(caller: &Caller, error: BrokerError) -> ApiError {
     match error {
         BrokerError::UnknownAccount(name) if !caller.sees_all() => ApiError::Forbidden(format!(
             "client {} may not have account {:?}",
-            caller.name,
+            caller.name(),
             name.as_str()
         )),
         other => other.into(),
     }
 }
 
-fn token_response(
+pub(super) fn token_response(
     caller: &Caller,
     name: &AccountName,
     served: &ServedToken,
     headers: &HeaderMap,
 ) -> Response {
-    tracing::info!(client = caller.name, uid = caller.uid, pid = caller.pid, account = %name, expires_in = served.expires_in.as_secs(), "token served");
+    tracing::info!(client = caller.name(), uid = caller.uid, pid = caller.pid, account = %name, expires_in = served.expires_in.as_secs(), "token served");
     let wants_text = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

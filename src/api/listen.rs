@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,9 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
-use super::Peer;
+use super::{Peer, Service};
 
 /// A request's headers must arrive within this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,8 +29,8 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on a Unix socket until `cancel` fires.
-pub async fn serve_unix(listener: UnixListener, router: Router, cancel: CancellationToken) {
-    serve(router, cancel, || async {
+pub async fn serve_unix(listener: UnixListener, api: Service, cancel: CancellationToken) {
+    serve(api, cancel, || async {
         let (stream, _) = listener.accept().await?;
         let peer = match stream.peer_cred() {
             Ok(cred) => Peer::Unix {
@@ -51,8 +49,8 @@ pub async fn serve_unix(listener: UnixListener, router: Router, cancel: Cancella
 }
 
 /// Serves `router` on a TCP listener until `cancel` fires.
-pub async fn serve_tcp(listener: TcpListener, router: Router, cancel: CancellationToken) {
-    serve(router, cancel, || async {
+pub async fn serve_tcp(listener: TcpListener, api: Service, cancel: CancellationToken) {
+    serve(api, cancel, || async {
         let (stream, addr) = listener.accept().await?;
         // Small responses: do not wait to coalesce them.
         let _ = stream.set_nodelay(true);
@@ -61,7 +59,7 @@ pub async fn serve_tcp(listener: TcpListener, router: Router, cancel: Cancellati
     .await;
 }
 
-async fn serve<S, F, Fut>(router: Router, cancel: CancellationToken, mut accept: F)
+async fn serve<S, F, Fut>(api: Service, cancel: CancellationToken, mut accept: F)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut() -> Fut,
@@ -95,10 +93,10 @@ where
                 continue;
             }
         };
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(peer);
-            router.clone().oneshot(request)
+        let api = api.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let api = api.clone();
+            async move { Ok::<_, std::convert::Infallible>(api.call(request, peer).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);

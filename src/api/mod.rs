@@ -7,6 +7,7 @@ mod access;
 mod browser;
 mod connect;
 mod error;
+mod fast;
 mod handlers;
 pub mod listen;
 mod pages;
@@ -18,9 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use tower::ServiceExt;
 use tower_http::timeout::TimeoutLayer;
 use url::Url;
 
@@ -79,7 +83,49 @@ pub struct AppState {
     pub public_url: Url,
 }
 
-/// The API's routes.
+/// The API as the listeners serve it: token requests that can be answered from memory take
+/// the fast path, everything else goes through the router.
+#[derive(Debug, Clone)]
+pub struct Service {
+    inner: Arc<ServiceInner>,
+}
+
+#[derive(Debug)]
+struct ServiceInner {
+    state: AppState,
+    router: Router,
+}
+
+impl Service {
+    /// The service over `state`.
+    pub fn new(state: AppState) -> Self {
+        let inner = ServiceInner {
+            router: router(state.clone()),
+            state,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Answers one request from `peer`.
+    pub async fn call<B>(&self, mut request: Request<B>, peer: Peer) -> Response
+    where
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        if let Some(response) = fast::token(&self.inner.state, &peer, &request) {
+            return response;
+        }
+        request.extensions_mut().insert(peer);
+        match self.inner.router.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(infallible) => match infallible {},
+        }
+    }
+}
+
+/// The API's routes. The router reads the caller's [`Peer`] from the request's extensions.
 pub fn router(state: AppState) -> Router {
     // The API proper: never for web pages (DNS rebinding, a page on the same machine).
     let api = Router::new()

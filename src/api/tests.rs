@@ -39,10 +39,25 @@ const TCP: Peer = Peer::Tcp(std::net::SocketAddr::new(
     5000,
 ));
 
+/// The API as the listeners serve it (`service`), with the router and state behind it.
 struct Api {
     fake: FakeProvider,
+    service: Service,
     router: Router,
+    state: AppState,
     _dir: tempfile::TempDir,
+}
+
+impl Api {
+    fn new(fake: FakeProvider, state: AppState, dir: tempfile::TempDir) -> Self {
+        Self {
+            fake,
+            service: Service::new(state.clone()),
+            router: router(state.clone()),
+            state,
+            _dir: dir,
+        }
+    }
 }
 
 async fn api() -> Api {
@@ -73,18 +88,14 @@ async fn api() -> Api {
         check_interval: Duration::from_secs(30),
         started_at: clock.now(),
     });
-    let router = router(AppState {
+    let state = AppState {
         broker,
         access,
         readiness,
         clock,
         public_url: "http://127.0.0.1:8765".parse().unwrap(),
-    });
-    Api {
-        fake,
-        router,
-        _dir: dir,
-    }
+    };
+    Api::new(fake, state, dir)
 }
 
 impl Api {
@@ -107,9 +118,8 @@ impl Api {
             }
             None => Body::empty(),
         };
-        let mut request = request.body(body).unwrap();
-        request.extensions_mut().insert(peer);
-        let response = self.router.clone().oneshot(request).await.unwrap();
+        let request = request.body(body).unwrap();
+        let response = self.service.call(request, peer).await;
         let (parts, body) = response.into_parts();
         (
             parts.status,
@@ -462,11 +472,7 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
         clock: Arc::new(clock.clone()),
         public_url: "http://127.0.0.1:8765".parse().unwrap(),
     };
-    let api = Api {
-        fake,
-        router: router(state),
-        _dir: dir,
-    };
+    let api = Api::new(fake, state, dir);
     broker.sweep();
     assert_eq!(
         api.json(TCP, "GET", "/readyz", None, None).await.0,
@@ -570,18 +576,14 @@ fn arbitrary_requests_never_panic_or_fail_inside() {
         .run(&strategy, |(method, prefix, rest, body, as_admin)| {
             let uri = format!("{prefix}{rest}");
             prop_assume!(uri.parse::<axum::http::Uri>().is_ok());
-            let mut request = Request::builder()
+            let request = Request::builder()
                 .method(method)
                 .uri(&uri)
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from(body))
                 .unwrap();
-            request
-                .extensions_mut()
-                .insert(if as_admin { ADMIN } else { TCP });
-            let response = runtime
-                .block_on(api.router.clone().oneshot(request))
-                .unwrap();
+            let peer = if as_admin { ADMIN } else { TCP };
+            let response = runtime.block_on(api.service.call(request, peer));
             let status = response.status();
             let is_html = response
                 .headers()
@@ -603,4 +605,98 @@ fn arbitrary_requests_never_panic_or_fail_inside() {
             Ok(())
         })
         .unwrap();
+}
+
+/// The fast path answers exactly the token requests the router would answer with a token from
+/// memory, with the same response; everything else it leaves to the router.
+#[tokio::test]
+async fn the_fast_path_answers_like_the_router_or_not_at_all() {
+    let api = api().await;
+    api.import("corp").await;
+    api.import("dropbox-main").await;
+    let sidecar = ("authorization", "Bearer sidecar-key");
+    let local = ("host", "127.0.0.1:8765");
+    let served_fast = [
+        (ADMIN, "/v1/token/corp", vec![]),
+        (ADMIN, "/v1/token/corp", vec![("accept", "text/plain")]),
+        (ADMIN, "/v1/token/corp?min_valid=60", vec![]),
+        (BACKUP_UID, "/v1/token/dropbox-main", vec![]),
+        (TCP, "/v1/token/corp", vec![sidecar, local]),
+    ];
+    let left_to_the_router = [
+        (TCP, "/v1/token/corp", vec![local]),
+        (
+            TCP,
+            "/v1/token/corp",
+            vec![("authorization", "Bearer wrong"), local],
+        ),
+        (
+            TCP,
+            "/v1/token/corp",
+            vec![sidecar, ("host", "evil.example")],
+        ),
+        (ADMIN, "/v1/token/corp", vec![("origin", "null")]),
+        (BACKUP_UID, "/v1/token/corp", vec![]),
+        (STRANGER, "/v1/token/corp", vec![]),
+        (ADMIN, "/v1/token/nope", vec![]),
+        (ADMIN, "/v1/token/..%2Fetc", vec![]),
+        (ADMIN, "/v1/token/corp/", vec![]),
+        (ADMIN, "/v1/token/corp?min_valid=", vec![]),
+        (ADMIN, "/v1/token/corp?min_valid=-1", vec![]),
+        (ADMIN, "/v1/token/corp?min_valid=+60", vec![]),
+        (ADMIN, "/v1/token/corp?min_valid=60&x=1", vec![]),
+        (ADMIN, "/v1/token/corp?min_valid=99999999", vec![]),
+        (ADMIN, "/v1/token/corp?other=1", vec![]),
+        (ADMIN, "/v1/accounts/corp", vec![]),
+    ];
+    let cases = served_fast
+        .iter()
+        .map(|case| (case, true))
+        .chain(left_to_the_router.iter().map(|case| (case, false)));
+    for ((peer, uri, headers), fast) in cases {
+        let request = || {
+            let mut request = Request::builder().uri(*uri);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.body(Body::empty()).unwrap()
+        };
+        assert_eq!(
+            super::fast::token(&api.state, peer, &request()).is_some(),
+            fast,
+            "{peer:?} {uri} {headers:?}"
+        );
+        let mut routed = request();
+        routed.extensions_mut().insert(*peer);
+        let routed = api.router.clone().oneshot(routed).await.unwrap();
+        let served = api.service.call(request(), *peer).await;
+        assert_eq!(
+            served.status(),
+            routed.status(),
+            "{peer:?} {uri} {headers:?}"
+        );
+        // axum's router adds `content-length`; hyper writes the same from the body's size.
+        let [mut served_headers, mut routed_headers] =
+            [served.headers().clone(), routed.headers().clone()];
+        served_headers.remove(header::CONTENT_LENGTH);
+        routed_headers.remove(header::CONTENT_LENGTH);
+        assert_eq!(served_headers, routed_headers, "{peer:?} {uri} {headers:?}");
+        let served = served.into_body().collect().await.unwrap().to_bytes();
+        let routed = routed.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            without_expires_in(&served),
+            without_expires_in(&routed),
+            "{peer:?} {uri} {headers:?}"
+        );
+    }
+}
+
+/// A body with its `expires_in` (which may tick between two calls) taken out.
+fn without_expires_in(bytes: &[u8]) -> Value {
+    let mut value: Value = serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()));
+    if let Some(map) = value.as_object_mut() {
+        map.remove("expires_in");
+    }
+    value
 }

@@ -281,6 +281,19 @@ impl Broker {
         Ok(broker)
     }
 
+    /// The current token if it can be served from memory right now, as `token` would serve it;
+    /// `None` when `token` would have to refresh or fail. Never waits.
+    pub fn cached_token(
+        &self,
+        name: &AccountName,
+        min_valid: Option<Duration>,
+    ) -> Option<ServedToken> {
+        let slot = self.slot(name).ok()?;
+        let state = slot.state();
+        let wanted = self.wanted_validity(&state, min_valid).ok()?;
+        self.serve_if_valid(&state, wanted).ok().flatten()
+    }
+
     /// The current token if it has at least `min_valid` left (the policy's default when
     /// `None`); otherwise refreshes first, one upstream call however many callers wait.
     ///

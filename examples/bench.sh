@@ -27,44 +27,54 @@ bare_port=$(free_port)
 # (every token served is logged, as in production), written to a file.
 TOKENBROKER__SERVER__SOCKET="$work/tb.sock" TOKENBROKER__SERVER__HTTP="127.0.0.1:$broker_port" \
   target/release/tokenbroker serve --dev 2>"$work/broker.log" &
-pids+=($!)
+broker_pid=$!
+pids+=($broker_pid)
 for _ in $(seq 100); do [ -S "$work/tb.sock" ] && curl -sf --unix-socket "$work/tb.sock" http://localhost/healthz >/dev/null && break; sleep 0.1; done
 size=$(curl -sf --unix-socket "$work/tb.sock" http://localhost/v1/token/demo | wc -c)
 
 target/release/examples/bare_hyper "$work/bare.sock" "127.0.0.1:$bare_port" "$size" 2>/dev/null &
-pids+=($!)
+bare_pid=$!
+pids+=($bare_pid)
 for _ in $(seq 100); do [ -S "$work/bare.sock" ] && break; sleep 0.1; done
 
-measure() { # name, then oha arguments; prints "rps p99_ms"
-  local name=$1; shift
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, in clock ticks
+
+measure() { # name, server pid, then oha arguments; prints "rps p99_ms cpu_us_per_request"
+  local name=$1 pid=$2; shift 2
+  local before after
+  before=$(cpu_ticks "$pid")
   oha --no-tui --output-format json -z "$DURATION" -c "$CONNECTIONS" "$@" > "$work/$name.json"
-  python3 - "$work/$name.json" <<'PY'
+  after=$(cpu_ticks "$pid")
+  python3 - "$work/$name.json" "$((after - before))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 codes = r.get("statusCodeDistribution", {})
 assert set(codes) == {"200"}, f"non-200 answers: {codes}"
-print(f'{r["summary"]["requestsPerSec"]:.0f} {r["latencyPercentiles"]["p99"] * 1000:.3f}')
+requests = sum(codes.values())
+cpu_us = int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / requests
+print(f'{r["summary"]["requestsPerSec"]:.0f} {r["latencyPercentiles"]["p99"] * 1000:.3f} {cpu_us:.2f}')
 PY
 }
 
 echo "body ${size} bytes, ${CONNECTIONS} connections, ${DURATION} per run, ${ROUNDS} rounds"
-printf '%-6s %-5s %12s %12s %10s %10s %8s %8s %12s\n' round via bare_rps broker_rps bare_p99 broker_p99 rps_x p99_x healthz_rps
+printf '%-6s %-5s %10s %10s %9s %9s %9s %9s %7s %7s %7s %11s\n' round via bare_rps broker_rps bare_p99 brok_p99 bare_cpu brok_cpu rps_x p99_x cpu_x healthz_rps
 for round in $(seq "$ROUNDS"); do
   for via in unix tcp; do
     if [ "$via" = unix ]; then
-      bare=$(measure "bare-$via-$round" --unix-socket "$work/bare.sock" http://localhost/v1/token/demo)
-      broker=$(measure "broker-$via-$round" --unix-socket "$work/tb.sock" http://localhost/v1/token/demo)
-      healthz=$(measure "healthz-$via-$round" --unix-socket "$work/tb.sock" http://localhost/healthz)
+      bare=$(measure "bare-$via-$round" "$bare_pid" --unix-socket "$work/bare.sock" http://localhost/v1/token/demo)
+      broker=$(measure "broker-$via-$round" "$broker_pid" --unix-socket "$work/tb.sock" http://localhost/v1/token/demo)
+      healthz=$(measure "healthz-$via-$round" "$broker_pid" --unix-socket "$work/tb.sock" http://localhost/healthz)
     else
-      bare=$(measure "bare-$via-$round" "http://127.0.0.1:$bare_port/v1/token/demo")
-      broker=$(measure "broker-$via-$round" -H 'Authorization: Bearer dev' "http://127.0.0.1:$broker_port/v1/token/demo")
-      healthz=$(measure "healthz-$via-$round" "http://127.0.0.1:$broker_port/healthz")
+      bare=$(measure "bare-$via-$round" "$bare_pid" "http://127.0.0.1:$bare_port/v1/token/demo")
+      broker=$(measure "broker-$via-$round" "$broker_pid" -H 'Authorization: Bearer dev' "http://127.0.0.1:$broker_port/v1/token/demo")
+      healthz=$(measure "healthz-$via-$round" "$broker_pid" "http://127.0.0.1:$broker_port/healthz")
     fi
-    read -r bare_rps bare_p99 <<<"$bare"
-    read -r broker_rps broker_p99 <<<"$broker"
-    read -r healthz_rps _ <<<"$healthz"
-    python3 -c "print('%-6s %-5s %12s %12s %10s %10s %8.2f %8.2f %12s' % ('$round', '$via', $bare_rps, $broker_rps, $bare_p99, $broker_p99, $broker_rps / $bare_rps, $broker_p99 / $bare_p99, $healthz_rps))"
+    read -r bare_rps bare_p99 bare_cpu <<<"$bare"
+    read -r broker_rps broker_p99 broker_cpu <<<"$broker"
+    read -r healthz_rps _ _ <<<"$healthz"
+    python3 -c "print('%-6s %-5s %10s %10s %9s %9s %9s %9s %7.2f %7.2f %7.2f %11s' % ('$round', '$via', $bare_rps, $broker_rps, $bare_p99, $broker_p99, $bare_cpu, $broker_cpu, $broker_rps / $bare_rps, $broker_p99 / $bare_p99, $bare_cpu / $broker_cpu, $healthz_rps))"
   done
 done
 echo "rps_x = broker throughput / bare throughput (higher is better, goal >= 0.9); p99_x = broker p99 / bare p99"
+echo "bare_cpu, brok_cpu = server CPU time (user + system) per request in microseconds; cpu_x = bare_cpu / brok_cpu"
 echo "healthz_rps = the broker's /healthz (routing and listener, no token work, no log line) for comparison"

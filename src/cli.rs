@@ -18,6 +18,7 @@ use crate::api::types::{
 };
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Env, DEFAULT_PATH};
+use crate::token::AccountName;
 
 /// How long a client command waits for the daemon (a token may need a refresh first).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -184,21 +185,6 @@ pub struct Daemon {
     config: PathBuf,
 }
 
-/// The environment variable `exec` uses by default: `dropbox-main` → `DROPBOX_MAIN_TOKEN`.
-pub fn default_token_variable(account: &str) -> String {
-    let stem: String = account
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{stem}_TOKEN")
-}
-
 /// `tokenbroker exec`: fetches a token, runs the command with it, and returns the command's
 /// exit status (128 + the signal's number if a signal ended it).
 ///
@@ -222,7 +208,13 @@ pub async fn exec(command: Command, env: &Env) -> anyhow::Result<u8> {
         min_valid.as_secs()
     );
     let token: TokenBody = client.call(reqwest::Method::GET, &path, None).await?;
-    let variable = variable.unwrap_or_else(|| default_token_variable(&account));
+    let variable = match variable {
+        Some(variable) => variable,
+        None => account
+            .parse::<AccountName>()
+            .map_err(|error| anyhow::anyhow!("{error}"))?
+            .token_variable(),
+    };
     let (program, arguments) = command.split_first().expect("clap requires a command");
     let status = tokio::process::Command::new(program)
         .args(arguments)

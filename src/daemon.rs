@@ -21,6 +21,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::{DeclaredAccount, Settings};
 use crate::provider::Provider;
 use crate::scheduler::Scheduler;
+use crate::sink::{self, Sinks};
 use crate::store::{SledStore, Store};
 
 /// Extra time, beyond the connection drain, that tasks get to finish at shutdown.
@@ -95,6 +96,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     if let Some(tcp) = tcp {
         tasks.spawn(listen::serve_tcp(tcp, api, cancel.clone()));
     }
+    let (sinks, sink_changes) = Sinks::new(
+        settings
+            .accounts
+            .iter()
+            .flat_map(|account| account.sinks.iter().cloned())
+            .collect(),
+    );
+    broker.add_observer(sinks.clone());
+    tasks.spawn(sink::run(
+        sinks.clone(),
+        broker.clone(),
+        sink_changes,
+        cancel.clone(),
+    ));
+    sinks.write_all();
     let scheduler =
         Scheduler::start(broker.clone(), &settings.scheduler, watchdog(&settings)).await?;
     broker.sweep(); // catch up at once rather than at the first tick

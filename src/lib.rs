@@ -18,6 +18,7 @@ pub mod log_writer;
 pub mod provider;
 pub mod scheduler;
 pub mod secret;
+pub mod sink;
 pub mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

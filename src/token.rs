@@ -45,6 +45,23 @@ impl AccountName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The environment variable that carries this account's token (`exec`, `env` sinks):
+    /// `dropbox-main` → `DROPBOX_MAIN_TOKEN`.
+    pub fn token_variable(&self) -> String {
+        let stem: String = self
+            .0
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{stem}_TOKEN")
+    }
 }
 
 impl fmt::Display for AccountName {

@@ -39,6 +39,45 @@ pub struct Config {
     pub max_concurrent: usize,
 }
 
+/// How a refresh attempt ended, for observers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A new token.
+    Refreshed,
+    /// A transient failure (network, timeout, 5xx, 429): retried with backoff.
+    Transient,
+    /// The grant was refused: the account needs re-auth.
+    Reauth,
+    /// The client was refused, or the provider is not configured.
+    Configuration,
+}
+
+impl Outcome {
+    /// The label used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refreshed => "refreshed",
+            Self::Transient => "transient_failure",
+            Self::Reauth => "needs_reauth",
+            Self::Configuration => "configuration_error",
+        }
+    }
+}
+
+/// Told what happens to accounts: metrics and token sinks listen. Calls are made from the
+/// broker's tasks and must return at once (count, or hand the work to a task of your own).
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// A refresh attempt of `account` ended after `took`.
+    fn refresh_finished(&self, account: &AccountName, outcome: Outcome, took: Duration) {
+        let _ = (account, outcome, took);
+    }
+
+    /// `account` holds a new access token (refreshed, imported or connected).
+    fn token_changed(&self, account: &AccountName) {
+        let _ = account;
+    }
+}
+
 /// An account's state as clients see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
@@ -168,8 +207,9 @@ type RandomSource = Arc<dyn Fn() -> f64 + Send + Sync>;
 struct Inner {
     store: Arc<dyn Store>,
     clock: SharedClock,
-    providers: HashMap<String, Arc<Provider>>,
-    policy: RefreshPolicy,
+    providers: RwLock<HashMap<String, Arc<Provider>>>,
+    policy: RwLock<RefreshPolicy>,
+    observers: RwLock<Vec<Arc<dyn Observer>>>,
     accounts: RwLock<BTreeMap<AccountName, Arc<Slot>>>,
     permits: Semaphore,
     random: RandomSource,
@@ -259,11 +299,9 @@ impl Broker {
         let inner = Inner {
             store,
             clock,
-            providers: providers
-                .into_iter()
-                .map(|p| (p.name().to_owned(), p))
-                .collect(),
-            policy: config.policy,
+            providers: RwLock::new(by_name(providers)),
+            policy: RwLock::new(config.policy),
+            observers: RwLock::new(Vec::new()),
             accounts: RwLock::new(BTreeMap::new()),
             permits: Semaphore::new(config.max_concurrent.max(1)),
             random,
@@ -279,6 +317,30 @@ impl Broker {
             write(&broker.inner.accounts).insert(name, slot);
         }
         Ok(broker)
+    }
+
+    /// Adds an observer, told of every refresh and new token from now on.
+    pub fn add_observer(&self, observer: Arc<dyn Observer>) {
+        write(&self.inner.observers).push(observer);
+    }
+
+    /// Takes a reloaded configuration: providers and the refresh policy apply from the next
+    /// refresh on. Tokens and refreshes in flight are kept; an account whose provider is gone
+    /// keeps serving its token and fails its next refresh as unconfigured. `max_concurrent`
+    /// is fixed for the broker's life.
+    pub fn reconfigure(&self, providers: Vec<Arc<Provider>>, policy: RefreshPolicy) {
+        *write(&self.inner.providers) = by_name(providers);
+        *write(&self.inner.policy) = policy.clone();
+        // Accounts on their regular schedule move to the new margin; those backing off keep
+        // their retry time.
+        for slot in read(&self.inner.accounts).values() {
+            let mut state = slot.state();
+            if state.failures == 0 {
+                if let Some(token) = &state.record.token {
+                    state.due_at = policy.due_at(token, (self.inner.random)());
+                }
+            }
+        }
     }
 
     /// The current token if it can be served from memory right now, as `token` would serve it;
@@ -441,7 +503,11 @@ impl Broker {
             let mut state = slot.state();
             self.note_failure(&mut state, &error, now);
         }
+        let has_token = slot.state().record.token.is_some();
         write(&self.inner.accounts).insert(name.clone(), slot);
+        if has_token {
+            self.notify(|observer| observer.token_changed(&name));
+        }
         self.account(&name)
     }
 
@@ -702,6 +768,7 @@ impl Broker {
                 state.record.refresh_token.clone(),
             )
         };
+        let started = tokio::time::Instant::now();
         let answer = match self.provider(&provider_name) {
             Ok(provider) => {
                 let _permit = self
@@ -715,20 +782,33 @@ impl Broker {
             }
             Err(error) => Err(AttemptError::Unconfigured(error)),
         };
+        let took = started.elapsed();
         let now = self.now();
-        let succeeded = match answer {
+        let outcome = match answer {
             Ok(response) => {
                 self.on_success(slot, response, now).await;
-                true
+                Outcome::Refreshed
             }
             Err(error) => {
+                let outcome = match error.kind() {
+                    FailureKind::Transient => Outcome::Transient,
+                    FailureKind::Reauth => Outcome::Reauth,
+                    FailureKind::Configuration => Outcome::Configuration,
+                };
                 self.on_failure(slot, error, now).await;
-                false
+                outcome
             }
         };
-        let mut state = slot.state();
-        state.attempts += 1;
-        state.last_attempt_ok = succeeded;
+        let succeeded = outcome == Outcome::Refreshed;
+        {
+            let mut state = slot.state();
+            state.attempts += 1;
+            state.last_attempt_ok = succeeded;
+        }
+        self.notify(|observer| observer.refresh_finished(&name, outcome, took));
+        if succeeded {
+            self.notify(|observer| observer.token_changed(&name));
+        }
         succeeded
     }
 
@@ -926,15 +1006,20 @@ impl Broker {
     }
 
     fn provider(&self, name: &str) -> Result<Arc<Provider>, BrokerError> {
-        self.inner
-            .providers
+        read(&self.inner.providers)
             .get(name)
             .cloned()
             .ok_or_else(|| BrokerError::UnknownProvider(name.to_owned()))
     }
 
-    fn policy(&self) -> &RefreshPolicy {
-        &self.inner.policy
+    fn policy(&self) -> RefreshPolicy {
+        read(&self.inner.policy).clone()
+    }
+
+    fn notify(&self, tell: impl Fn(&dyn Observer)) {
+        for observer in read(&self.inner.observers).iter() {
+            tell(observer.as_ref());
+        }
     }
 
     fn now(&self) -> SystemTime {
@@ -1031,11 +1116,18 @@ async fn detached<T: Send + 'static>(
         .map_err(|_| BrokerError::Store("a broker task failed".into()))
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+fn by_name(providers: Vec<Arc<Provider>>) -> HashMap<String, Arc<Provider>> {
+    providers
+        .into_iter()
+        .map(|p| (p.name().to_owned(), p))
+        .collect()
+}
+
+fn read<T: ?Sized>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+fn write<T: ?Sized>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::secret::RefreshToken;
 use crate::token::AccountName;
-use crate::{api, broker, provider, scheduler, store};
+use crate::{api, broker, provider, scheduler, sink, store};
 
 /// Where the daemon looks for its configuration by default.
 pub const DEFAULT_PATH: &str = "/etc/tokenbroker/config.toml";
@@ -53,6 +53,8 @@ pub struct DeclaredAccount {
     pub refresh_token: Option<RefreshToken>,
     /// `/readyz` fails while it has no valid token.
     pub required: bool,
+    /// Files rewritten with each new token.
+    pub sinks: Vec<sink::Config>,
 }
 
 /// An unusable configuration; the daemon exits with `EX_CONFIG` (78).

@@ -117,6 +117,18 @@ pub(super) struct Account {
     pub(super) refresh_token_file: Option<String>,
     #[serde(default)]
     pub(super) required: bool,
+    #[serde(default)]
+    pub(super) sinks: Vec<Sink>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Sink {
+    pub(super) path: PathBuf,
+    pub(super) format: Option<String>,
+    pub(super) mode: Option<String>,
+    pub(super) owner: Option<String>,
+    pub(super) group: Option<String>,
 }
 
 /// `server.socket` from a file, read leniently (unknown keys ignored, errors swallowed).

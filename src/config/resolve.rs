@@ -17,7 +17,7 @@ use crate::api::{self, Client};
 use crate::provider::{self, AuthMethod, EndpointSource, Endpoints, Preset};
 use crate::secret::{ClientSecret, RefreshToken};
 use crate::token::{AccountName, RefreshPolicy};
-use crate::{broker, scheduler, store};
+use crate::{broker, scheduler, sink, store};
 
 const DEFAULT_HTTP: &str = "127.0.0.1:8765";
 const DEFAULT_STORE_DIR: &str = "/var/lib/tokenbroker";
@@ -45,7 +45,7 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
         .server
         .socket_group
         .as_deref()
-        .and_then(|group| resolve_group(group, &mut problems));
+        .and_then(|group| resolve_group(group, "server.socket_group", &mut problems));
     let policy = refresh_policy(&raw.refresh, &mut problems);
     let check_interval = raw.refresh.check_interval.unwrap_or(DEFAULT_CHECK_INTERVAL);
     if let Err(error) = scheduler::cron_expression(check_interval) {
@@ -437,29 +437,102 @@ fn declared_account(
         .as_ref()
         .and_then(|file| read_secret(file, &key("refresh_token_file"), context, problems))
         .map(RefreshToken::new);
+    let name = parsed?;
+    let sinks = raw
+        .sinks
+        .iter()
+        .enumerate()
+        .filter_map(|(index, sink)| {
+            resolve_sink(&name, sink, &key(&format!("sinks[{index}]")), problems)
+        })
+        .collect();
     Some(DeclaredAccount {
-        name: parsed?,
+        name,
         provider: raw.provider.clone(),
         refresh_token,
         required: raw.required,
+        sinks,
     })
 }
 
+fn resolve_sink(
+    account: &AccountName,
+    raw: &raw::Sink,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Option<sink::Config> {
+    let before = problems.len();
+    if !raw.path.is_absolute() || raw.path.file_name().is_none() {
+        problems.push(format!(
+            "{key}.path: {:?} must be an absolute file path",
+            raw.path
+        ));
+    }
+    let format = raw
+        .format
+        .as_deref()
+        .unwrap_or("raw")
+        .parse()
+        .map_err(|error| problems.push(format!("{key}.format: {error}")))
+        .ok();
+    let mode_text = raw.mode.as_deref().unwrap_or("0600");
+    let mode = u32::from_str_radix(mode_text, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777);
+    if mode.is_none() {
+        problems.push(format!(
+            "{key}.mode: {mode_text:?} is not an octal file mode like \"0640\""
+        ));
+    }
+    let owner = raw
+        .owner
+        .as_deref()
+        .and_then(|owner| resolve_user(owner, &format!("{key}.owner"), problems));
+    let group = raw
+        .group
+        .as_deref()
+        .and_then(|group| resolve_group(group, &format!("{key}.group"), problems));
+    (problems.len() == before).then(|| sink::Config {
+        account: account.clone(),
+        path: raw.path.clone(),
+        format: format.expect("checked above"),
+        mode: mode.expect("checked above"),
+        owner,
+        group,
+    })
+}
+
+/// A user name or number, as a uid.
+fn resolve_user(user: &str, key: &str, problems: &mut Vec<String>) -> Option<u32> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Some(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(found)) => Some(found.uid.as_raw()),
+        Ok(None) => {
+            problems.push(format!("{key}: no user named {user:?}"));
+            None
+        }
+        Err(error) => {
+            problems.push(format!("{key}: cannot look up {user:?}: {error}"));
+            None
+        }
+    }
+}
+
 /// A group name or number, as a gid.
-fn resolve_group(group: &str, problems: &mut Vec<String>) -> Option<u32> {
+fn resolve_group(group: &str, key: &str, problems: &mut Vec<String>) -> Option<u32> {
     if let Ok(gid) = group.parse::<u32>() {
         return Some(gid);
     }
     match nix::unistd::Group::from_name(group) {
         Ok(Some(found)) => Some(found.gid.as_raw()),
         Ok(None) => {
-            problems.push(format!("server.socket_group: no group named {group:?}"));
+            problems.push(format!("{key}: no group named {group:?}"));
             None
         }
         Err(error) => {
-            problems.push(format!(
-                "server.socket_group: cannot look up {group:?}: {error}"
-            ));
+            problems.push(format!("{key}: cannot look up {group:?}: {error}"));
             None
         }
     }

@@ -78,6 +78,7 @@ accounts = ["corp-reports"]
 provider = "dropbox"
 refresh_token_file = "dropbox-main-refresh"
 required = true
+sinks = [{ path = "/run/tokenbroker/dropbox-main.token", format = "raw", mode = "0640" }]
 "#;
 
 fn example_files() -> Files {
@@ -131,6 +132,12 @@ fn the_documented_example_loads() {
         "refresh-SECRET-value"
     );
     assert!(settings.accounts[0].required);
+    let sink = &settings.accounts[0].sinks[0];
+    assert_eq!(
+        sink.path.to_str(),
+        Some("/run/tokenbroker/dropbox-main.token")
+    );
+    assert_eq!((sink.format, sink.mode), (crate::sink::Format::Raw, 0o640));
     assert_eq!(settings.api.clients.len(), 2);
     // Neither the summary nor Debug shows a secret.
     for text in [settings.summary(), format!("{settings:?}")] {
@@ -247,6 +254,11 @@ fn every_error_names_its_key() {
         ("[[clients]]\nname = \"c\"\napi_key_sha256 = \"abc\"", &[], "clients[0].api_key_sha256"),
         ("[[clients]]\nname = \"c\"\nuids = [1]\naccounts = [\"[\"]", &[], "clients[0].accounts"),
         ("[providers.g]\npreset = \"google\"\nclient_id = \"x\"\ntenant = \"t\"", &[], "providers.g.tenant"),
+        ("[accounts.a]\nprovider = \"dropbox\"\nsinks = [{ path = \"rel/t\" }]", &[], "accounts.a.sinks[0].path"),
+        ("[accounts.a]\nprovider = \"dropbox\"\nsinks = [{ path = \"/t\", format = \"yaml\" }]", &[], "accounts.a.sinks[0].format"),
+        ("[accounts.a]\nprovider = \"dropbox\"\nsinks = [{ path = \"/t\", mode = \"0999\" }]", &[], "accounts.a.sinks[0].mode"),
+        ("[accounts.a]\nprovider = \"dropbox\"\nsinks = [{ path = \"/t\", owner = \"no-such-user-x\" }]", &[], "accounts.a.sinks[0].owner"),
+        ("[accounts.a]\nprovider = \"dropbox\"\nsinks = [{ path = \"/t\", colour = \"red\" }]", &[], "colour"),
     ];
     for (toml, env, key) in cases {
         let text = error(toml, env);

@@ -19,6 +19,7 @@ use crate::api::{self, listen, Access, AppState, Readiness};
 use crate::broker::Broker;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{DeclaredAccount, Settings};
+use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::scheduler::Scheduler;
 use crate::sink::{self, Sinks};
@@ -53,6 +54,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .context("while loading accounts")?;
     seed_declared_accounts(&broker, &settings.accounts).await?;
 
+    let metrics = Arc::new(Metrics::new());
+    broker.add_observer(metrics.clone());
+
     let own_uid = rustix::process::getuid().as_raw();
     let state = AppState {
         broker: broker.clone(),
@@ -73,6 +77,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         }),
         clock,
         public_url: settings.api.public_url.clone(),
+        metrics: metrics.clone(),
     };
     let api = api::Service::new(state);
     raise_open_file_limit();

@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod dev;
 pub mod log_writer;
+pub mod metrics;
 pub mod provider;
 pub mod scheduler;
 pub mod secret;

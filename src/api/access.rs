@@ -33,8 +33,8 @@ pub enum Peer {
 /// A configured client.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// Its name, for logs.
-    pub name: String,
+    /// Its name, for logs and metrics.
+    pub name: Arc<str>,
     /// Socket peers with one of these uids are this client.
     pub uids: Vec<u32>,
     /// Socket peers with one of these primary gids are this client.
@@ -46,6 +46,9 @@ pub struct Client {
     /// May use the admin routes.
     pub admin: bool,
 }
+
+/// The name of callers known by an admin uid.
+static ADMIN: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("admin"));
 
 /// An identified caller.
 #[derive(Debug, Clone)]
@@ -62,6 +65,13 @@ impl Caller {
     /// The client's name, for logs (`admin` for admin uids).
     pub fn name(&self) -> &str {
         self.client.as_ref().map_or("admin", |client| &client.name)
+    }
+
+    /// The client's name, shared rather than copied (for labelling responses).
+    pub fn shared_name(&self) -> Arc<str> {
+        self.client
+            .as_ref()
+            .map_or_else(|| Arc::clone(&ADMIN), |client| Arc::clone(&client.name))
     }
 
     /// Whether the caller may use the admin routes.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::error::Segment;
 use super::types::{AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody, TokenBody};
-use super::{ApiError, AppState, Caller, Peer};
+use super::{ApiError, AppState, Caller, Peer, TokenClient};
 use crate::broker::{BrokerError, ServedToken};
 use crate::secret::{AccessToken, ApiKey, RefreshToken};
 use crate::token::AccountName;
@@ -33,17 +33,23 @@ pub(super) async fn get_token(
     headers: HeaderMap,
     Segment(account): Segment,
     query: Result<Query<TokenQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let caller = identify(&app, &peer, &headers)?;
-    let name = readable(&caller, &account)?;
-    let Query(query) = query?;
-    let min_valid = query.min_valid.map(std::time::Duration::from_secs);
-    let served = app
-        .broker
-        .token(&name, min_valid)
-        .await
-        .map_err(|e| hide_unknown(&caller, e))?;
-    Ok(token_response(&caller, &name, &served, &headers))
+) -> Response {
+    let caller = match identify(&app, &peer, &headers) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let served = async {
+        let name = readable(&caller, &account)?;
+        let Query(query) = query?;
+        let min_valid = query.min_valid.map(std::time::Duration::from_secs);
+        let served = app
+            .broker
+            .token(&name, min_valid)
+            .await
+            .map_err(|e| hide_unknown(&caller, e))?;
+        Ok::<_, ApiError>(token_response(&caller, &name, &served, &headers))
+    };
+    for_client(&caller, served.await)
 }
 
 pub(super) async fn post_token(
@@ -52,17 +58,32 @@ pub(super) async fn post_token(
     headers: HeaderMap,
     Segment(account): Segment,
     body: Result<Json<RejectedBody>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let caller = identify(&app, &peer, &headers)?;
-    let name = readable(&caller, &account)?;
-    let Json(body) = body?;
-    let rejected = AccessToken::new(body.rejected);
-    let served = app
-        .broker
-        .reject(&name, &rejected)
-        .await
-        .map_err(|e| hide_unknown(&caller, e))?;
-    Ok(token_response(&caller, &name, &served, &headers))
+) -> Response {
+    let caller = match identify(&app, &peer, &headers) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let served = async {
+        let name = readable(&caller, &account)?;
+        let Json(body) = body?;
+        let rejected = AccessToken::new(body.rejected);
+        let served = app
+            .broker
+            .reject(&name, &rejected)
+            .await
+            .map_err(|e| hide_unknown(&caller, e))?;
+        Ok::<_, ApiError>(token_response(&caller, &name, &served, &headers))
+    };
+    for_client(&caller, served.await)
+}
+
+/// The answer to a token request, labelled with the client that made it (for metrics).
+fn for_client(caller: &Caller, answer: Result<Response, ApiError>) -> Response {
+    let mut response = answer.unwrap_or_else(IntoResponse::into_response);
+    response
+        .extensions_mut()
+        .insert(TokenClient(caller.shared_name()));
+    response
 }
 
 pub(super) async fn list_accounts(
@@ -161,6 +182,11 @@ pub(super) async fn rekey(
         "store re-sealed by admin"
     );
     Ok(Json(serde_json::json!({ "resealed": count })))
+}
+
+pub(super) async fn metrics(State(app): State<AppState>) -> Response {
+    let text = app.metrics.render(&app.broker, app.clock.now());
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 pub(super) async fn healthz() -> Json<HealthBody> {
@@ -309,5 +335,8 @@ pub(super) fn token_response(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .extensions_mut()
+        .insert(TokenClient(caller.shared_name()));
     response
 }

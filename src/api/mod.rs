@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::Request;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -33,6 +33,7 @@ pub use self::connect::callback_url;
 pub use self::error::ApiError;
 use crate::broker::Broker;
 use crate::clock::SharedClock;
+use crate::metrics::Metrics;
 use crate::token::AccountName;
 
 /// The largest request body accepted (an import is a few hundred bytes).
@@ -81,7 +82,37 @@ pub struct AppState {
     pub clock: SharedClock,
     /// Base of the OAuth redirect URI and of connect links.
     pub public_url: Url,
+    /// The counters behind `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
+
+/// Which client a token response went to, for the metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenClient(pub(crate) Arc<str>);
+
+/// The route a response came from, as a metrics label.
+#[derive(Debug, Clone, Copy)]
+struct RouteLabel(&'static str);
+
+/// Every route, as written in the router; the labels requests are counted under.
+const ROUTES: &[&str] = &[
+    TOKEN_ROUTE,
+    "/v1/accounts",
+    "/v1/accounts/{name}",
+    "/v1/accounts/{name}/refresh",
+    "/v1/admin/rekey",
+    "/v1/connect",
+    "/v1/connect/{ticket}",
+    "/v1/connect/{ticket}/code",
+    "/oauth/start/{ticket}",
+    "/oauth/callback",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+const TOKEN_ROUTE: &str = "/v1/token/{account}";
+/// The label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
 
 /// The API as the listeners serve it: token requests that can be answered from memory take
 /// the fast path, everything else goes through the router.
@@ -114,13 +145,37 @@ impl Service {
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        if let Some(response) = fast::token(&self.inner.state, &peer, &request) {
-            return response;
-        }
-        request.extensions_mut().insert(peer);
-        match self.inner.router.clone().oneshot(request).await {
-            Ok(response) => response,
-            Err(infallible) => match infallible {},
+        let response = match fast::token(&self.inner.state, &peer, &request) {
+            Some(mut response) => {
+                response.extensions_mut().insert(RouteLabel(TOKEN_ROUTE));
+                response
+            }
+            None => {
+                request.extensions_mut().insert(peer);
+                match self.inner.router.clone().oneshot(request).await {
+                    Ok(response) => response,
+                    Err(infallible) => match infallible {},
+                }
+            }
+        };
+        self.count(&response);
+        response
+    }
+
+    fn count(&self, response: &Response) {
+        let metrics = &self.inner.state.metrics;
+        let route = response
+            .extensions()
+            .get::<RouteLabel>()
+            .map_or(UNMATCHED, |label| label.0);
+        let status = response.status().as_u16();
+        metrics.request(route, status);
+        if route == TOKEN_ROUTE {
+            let client = response
+                .extensions()
+                .get::<TokenClient>()
+                .map_or("unidentified", |client| &client.0);
+            metrics.token_request(client, route, status);
         }
     }
 }
@@ -130,7 +185,7 @@ pub fn router(state: AppState) -> Router {
     // The API proper: never for web pages (DNS rebinding, a page on the same machine).
     let api = Router::new()
         .route(
-            "/v1/token/{account}",
+            TOKEN_ROUTE,
             get(handlers::get_token).post(handlers::post_token),
         )
         .route("/v1/accounts", get(handlers::list_accounts))
@@ -162,6 +217,8 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/callback", get(connect::oauth_callback))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .route_layer(axum::middleware::map_response(label_route))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -170,6 +227,16 @@ pub fn router(state: AppState) -> Router {
             REQUEST_TIMEOUT,
         ))
         .with_state(state)
+}
+
+/// Labels a response with the route that answered it, for the metrics. A `route_layer`: it
+/// runs only for requests that matched a route.
+async fn label_route(matched: Option<MatchedPath>, mut response: Response) -> Response {
+    let label = matched
+        .and_then(|matched| ROUTES.iter().find(|route| **route == matched.as_str()))
+        .map_or(UNMATCHED, |route| *route);
+    response.extensions_mut().insert(RouteLabel(label));
+    response
 }
 
 #[cfg(test)]

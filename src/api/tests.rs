@@ -94,6 +94,7 @@ async fn api() -> Api {
         readiness,
         clock,
         public_url: "http://127.0.0.1:8765".parse().unwrap(),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     };
     Api::new(fake, state, dir)
 }
@@ -471,6 +472,7 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
         readiness,
         clock: Arc::new(clock.clone()),
         public_url: "http://127.0.0.1:8765".parse().unwrap(),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     };
     let api = Api::new(fake, state, dir);
     broker.sweep();

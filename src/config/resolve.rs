@@ -401,7 +401,7 @@ fn client(
         })
         .collect();
     (problems.len() == before).then(|| Client {
-        name: raw.name.clone(),
+        name: raw.name.as_str().into(),
         uids: raw.uids.clone(),
         gids: raw.gids.clone(),
         api_key_sha256,

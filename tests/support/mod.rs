@@ -221,6 +221,23 @@ impl Daemon {
         ))
     }
 
+    /// A GET over the socket, answered as text (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> (u16, String, String) {
+        let response = self
+            .http
+            .get(format!("http://localhost{path}"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, content_type, response.text().await.unwrap())
+    }
+
     /// A request over the socket (as this test's uid, which is the daemon's: an admin).
     pub async fn request(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         match self.try_request(method, path, body).await {

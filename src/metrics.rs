@@ -1,0 +1,216 @@
+//! The Prometheus metrics: what `/metrics` shows, and the counters behind it.
+//!
+//! Counters and the refresh-latency histogram are updated as things happen (the broker
+//! tells [`Metrics`] of refreshes as an [`Observer`]; the API counts requests). Gauges that
+//! describe the present (seconds until each token expires, accounts by status, the last
+//! scheduler tick) are read from the broker when scraped. No label carries a secret: labels
+//! are account names, client names, routes, outcomes and status codes.
+
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::broker::{Broker, Observer, Outcome, Status};
+use crate::token::AccountName;
+
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefreshLabels {
+    account: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AccountLabel {
+    account: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TokenRequestLabels {
+    client: String,
+    route: &'static str,
+    status: u16,
+}
+
+type Seconds = Gauge<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    // 10 ms to about 82 s.
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+/// Every metric tokenbroker exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    refreshes: Family<RefreshLabels, Counter>,
+    refresh_seconds: Family<AccountLabel, Histogram, fn() -> Histogram>,
+    expires_in: Family<AccountLabel, Seconds>,
+    accounts: Family<StatusLabel, Gauge>,
+    last_tick: Seconds,
+    requests: Family<RequestLabels, Counter>,
+    token_requests: Family<TokenRequestLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric, registered and at zero.
+    pub fn new() -> Self {
+        let metrics = Self {
+            registry: Mutex::new(Registry::with_prefix("tokenbroker")),
+            refreshes: Family::default(),
+            refresh_seconds: Family::new_with_constructor(latency_histogram),
+            expires_in: Family::default(),
+            accounts: Family::default(),
+            last_tick: Seconds::default(),
+            requests: Family::default(),
+            token_requests: Family::default(),
+        };
+        {
+            let mut registry = metrics.lock();
+            registry.register(
+                "refreshes",
+                "Refresh attempts by account and outcome",
+                metrics.refreshes.clone(),
+            );
+            registry.register(
+                "refresh_duration_seconds",
+                "Time a refresh took, provider call and store write included",
+                metrics.refresh_seconds.clone(),
+            );
+            registry.register(
+                "token_expiry_seconds",
+                "Seconds until the account's current access token expires (negative: expired)",
+                metrics.expires_in.clone(),
+            );
+            registry.register("accounts", "Accounts by status", metrics.accounts.clone());
+            registry.register(
+                "scheduler_last_tick_timestamp_seconds",
+                "Unix time of the last refresh scheduler tick",
+                metrics.last_tick.clone(),
+            );
+            registry.register(
+                "http_requests",
+                "API requests by route and status",
+                metrics.requests.clone(),
+            );
+            registry.register(
+                "token_requests",
+                "Token requests by client, route and status",
+                metrics.token_requests.clone(),
+            );
+        }
+        metrics
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts one API request.
+    pub fn request(&self, route: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+    }
+
+    /// Counts one token request from `client` (`unidentified` when it could not be told).
+    pub fn token_request(&self, client: &str, route: &'static str, status: u16) {
+        self.token_requests
+            .get_or_create(&TokenRequestLabels {
+                client: client.to_owned(),
+                route,
+                status,
+            })
+            .inc();
+    }
+
+    /// The metrics in Prometheus (OpenMetrics) text format, the present read from `broker`.
+    pub fn render(&self, broker: &Broker, now: SystemTime) -> String {
+        let registry = self.lock();
+        let views = broker.accounts();
+        self.expires_in.clear();
+        for view in &views {
+            if let Some(expires_at) = view.expires_at {
+                let left = match expires_at.duration_since(now) {
+                    Ok(left) => left.as_secs_f64(),
+                    Err(past) => -past.duration().as_secs_f64(),
+                };
+                self.expires_in
+                    .get_or_create(&AccountLabel {
+                        account: view.name.as_str().to_owned(),
+                    })
+                    .set(left);
+            }
+        }
+        for status in [
+            Status::Active,
+            Status::Refreshing,
+            Status::Degraded,
+            Status::NeedsReauth,
+        ] {
+            let count = views.iter().filter(|v| v.status == status).count();
+            self.accounts
+                .get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        if let Some(tick) = broker.last_tick() {
+            let since_epoch = tick
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO);
+            self.last_tick.set(since_epoch.as_secs_f64());
+        }
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            // Writing to a String cannot fail; say so rather than serve half a page.
+            text.clear();
+            let _ = writeln!(text, "# metrics could not be encoded\n# EOF");
+        }
+        text
+    }
+}
+
+impl Observer for Metrics {
+    fn refresh_finished(&self, account: &AccountName, outcome: Outcome, took: Duration) {
+        let account = account.as_str().to_owned();
+        self.refreshes
+            .get_or_create(&RefreshLabels {
+                account: account.clone(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.refresh_seconds
+            .get_or_create(&AccountLabel { account })
+            .observe(took.as_secs_f64());
+    }
+}

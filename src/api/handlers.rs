@@ -34,22 +34,18 @@ pub(super) async fn get_token(
     Segment(account): Segment,
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Response {
-    let caller = match identify(&app, &peer, &headers) {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
-    };
-    let served = async {
-        let name = readable(&caller, &account)?;
+    for_caller(&app, &peer, &headers, async |caller| {
+        let name = readable(caller, &account)?;
         let Query(query) = query?;
         let min_valid = query.min_valid.map(std::time::Duration::from_secs);
         let served = app
             .broker
             .token(&name, min_valid)
             .await
-            .map_err(|e| hide_unknown(&caller, e))?;
-        Ok::<_, ApiError>(token_response(&caller, &name, &served, &headers))
-    };
-    for_client(&caller, served.await)
+            .map_err(|e| hide_unknown(caller, e))?;
+        Ok(token_response(caller, &name, &served, &headers))
+    })
+    .await
 }
 
 pub(super) async fn post_token(
@@ -59,27 +55,35 @@ pub(super) async fn post_token(
     Segment(account): Segment,
     body: Result<Json<RejectedBody>, JsonRejection>,
 ) -> Response {
-    let caller = match identify(&app, &peer, &headers) {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
-    };
-    let served = async {
-        let name = readable(&caller, &account)?;
+    for_caller(&app, &peer, &headers, async |caller| {
+        let name = readable(caller, &account)?;
         let Json(body) = body?;
         let rejected = AccessToken::new(body.rejected);
         let served = app
             .broker
             .reject(&name, &rejected)
             .await
-            .map_err(|e| hide_unknown(&caller, e))?;
-        Ok::<_, ApiError>(token_response(&caller, &name, &served, &headers))
-    };
-    for_client(&caller, served.await)
+            .map_err(|e| hide_unknown(caller, e))?;
+        Ok(token_response(caller, &name, &served, &headers))
+    })
+    .await
 }
 
-/// The answer to a token request, labelled with the client that made it (for metrics).
-fn for_client(caller: &Caller, answer: Result<Response, ApiError>) -> Response {
-    let mut response = answer.unwrap_or_else(IntoResponse::into_response);
+/// Identifies the caller of a token route and answers with `serve`; the response is
+/// labelled with the client (for metrics) whatever the outcome.
+async fn for_caller(
+    app: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    serve: impl AsyncFnOnce(&Caller) -> Result<Response, ApiError>,
+) -> Response {
+    let caller = match identify(app, peer, headers) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let mut response = serve(&caller)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     response
         .extensions_mut()
         .insert(TokenClient(caller.shared_name()));

@@ -44,11 +44,13 @@ async fn run(command: Command, env: &Env) -> anyhow::Result<()> {
             let environment = dev::prepare(env).await?;
             eprintln!("{}", dev::banner(&environment.settings));
             tracing::warn!("running in dev mode: nothing is secured");
-            daemon::run(environment.settings.clone(), shutdown_signal()).await
+            daemon::run(environment.settings.clone(), shutdown_signal(), None).await
         }
         Command::Serve { config, .. } => {
             let settings = config::load(&config, env)?;
-            daemon::run(settings, shutdown_signal()).await
+            let env = env.clone();
+            let reload: daemon::Loader = Box::new(move || config::load(&config, &env));
+            daemon::run(settings, shutdown_signal(), Some(reload)).await
         }
         Command::CheckConfig { config } => {
             let settings = config::load(&config, env)?;

@@ -202,20 +202,21 @@ pub(super) async fn healthz() -> Json<HealthBody> {
 
 pub(super) async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<HealthBody>) {
     let now = app.clock.now();
+    let readiness = app.readiness.load();
     let mut problems = Vec::new();
-    let stall_limit = app.readiness.check_interval * 3 + std::time::Duration::from_secs(5);
+    let stall_limit = readiness.check_interval * 3 + std::time::Duration::from_secs(5);
     let since = |t: std::time::SystemTime| now.duration_since(t).unwrap_or_default();
     match app.broker.last_tick() {
         Some(tick) if since(tick) > stall_limit => problems.push(format!(
             "the scheduler has not ticked for {}s",
             since(tick).as_secs()
         )),
-        None if since(app.readiness.started_at) > stall_limit => {
+        None if since(readiness.started_at) > stall_limit => {
             problems.push("the scheduler has never ticked".into())
         }
         _ => {}
     }
-    for name in &app.readiness.required {
+    for name in &readiness.required {
         if !app.broker.has_valid_token(name) {
             problems.push(format!("required account {name} has no valid token"));
         }
@@ -265,7 +266,7 @@ pub(super) fn identify(
             Some(ApiKey::new(key.trim()))
         }
     };
-    app.access.identify(peer, bearer.as_ref())
+    app.access.load().identify(peer, bearer.as_ref())
 }
 
 pub(super) fn admin(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {

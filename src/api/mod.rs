@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::Request;
 use axum::http::StatusCode;
@@ -75,9 +76,9 @@ pub struct AppState {
     /// The core.
     pub broker: Broker,
     /// Caller identification.
-    pub access: Arc<Access>,
+    pub access: Arc<ArcSwap<Access>>,
     /// Readiness rules.
-    pub readiness: Arc<Readiness>,
+    pub readiness: Arc<ArcSwap<Readiness>>,
     /// The clock.
     pub clock: SharedClock,
     /// Base of the OAuth redirect URI and of connect links.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
@@ -82,12 +83,12 @@ async fn api() -> Api {
         client("sidecar", Some("sidecar-key"), &[], &["corp"]),
         client("ops", Some("ops-key"), &[], &["*"]),
     ];
-    let access = Arc::new(Access::new(&[], 999_999, clients));
-    let readiness = Arc::new(Readiness {
+    let access = Arc::new(ArcSwap::from_pointee(Access::new(&[], 999_999, clients)));
+    let readiness = Arc::new(ArcSwap::from_pointee(Readiness {
         required: vec!["corp".parse().unwrap()],
         check_interval: Duration::from_secs(30),
         started_at: clock.now(),
-    });
+    }));
     let state = AppState {
         broker,
         access,
@@ -461,14 +462,14 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
         Provider::new(fake.provider_config("fake")).unwrap(),
     )];
     let broker = Broker::open(store, providers, Arc::new(clock.clone()), config).unwrap();
-    let readiness = Arc::new(Readiness {
+    let readiness = Arc::new(ArcSwap::from_pointee(Readiness {
         required: vec![],
         check_interval: Duration::from_secs(30),
         started_at: clock.now(),
-    });
+    }));
     let state = AppState {
         broker: broker.clone(),
-        access: Arc::new(Access::new(&[], 0, vec![])),
+        access: Arc::new(ArcSwap::from_pointee(Access::new(&[], 0, vec![]))),
         readiness,
         clock: Arc::new(clock.clone()),
         public_url: "http://127.0.0.1:8765".parse().unwrap(),

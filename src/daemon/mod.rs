@@ -1,4 +1,5 @@
-//! Wiring and lifecycle: open the store, bind, spawn, notify systemd, wait, drain.
+//! Wiring and lifecycle: open the store, bind, spawn, notify systemd, wait (reloading on
+//! `SIGHUP`), drain.
 //!
 //! The only module that spawns long-lived tasks and handles signals. `run` takes the
 //! shutdown future as an argument, so tests (and the dev mode) can stop it any way they like.
@@ -16,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, listen, Access, AppState, Readiness};
+use arc_swap::ArcSwap;
+
+use self::reload::Live;
+pub use self::reload::Loader;
 use crate::broker::Broker;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{DeclaredAccount, Settings};
@@ -25,14 +30,22 @@ use crate::scheduler::Scheduler;
 use crate::sink::{self, Sinks};
 use crate::store::{SledStore, Store};
 
+mod reload;
+
 /// Extra time, beyond the connection drain, that tasks get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the daemon until `shutdown` completes, then stops cleanly.
+/// Runs the daemon until `shutdown` completes, then stops cleanly. On `SIGHUP` the
+/// configuration is loaded again with `reload` (`None`: nothing to reload, as in dev mode).
 ///
 /// # Errors
-/// The store cannot be opened, a listener cannot be bound, or the scheduler cannot start.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// The store cannot be opened, a listener cannot be bound, the scheduler cannot start, or
+/// the `SIGHUP` handler cannot be installed.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    reload: Option<Loader>,
+) -> anyhow::Result<()> {
     // Everything we create (store files, temporary files) is private unless made otherwise.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 
@@ -58,23 +71,25 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     broker.add_observer(metrics.clone());
 
     let own_uid = rustix::process::getuid().as_raw();
+    let access = Arc::new(ArcSwap::from_pointee(Access::new(
+        &settings.api.admin_uids,
+        own_uid,
+        settings.api.clients.clone(),
+    )));
+    let readiness = Arc::new(ArcSwap::from_pointee(Readiness {
+        required: settings
+            .accounts
+            .iter()
+            .filter(|a| a.required)
+            .map(|a| a.name.clone())
+            .collect(),
+        check_interval: settings.scheduler.check_interval,
+        started_at: clock.now(),
+    }));
     let state = AppState {
         broker: broker.clone(),
-        access: Arc::new(Access::new(
-            &settings.api.admin_uids,
-            own_uid,
-            settings.api.clients.clone(),
-        )),
-        readiness: Arc::new(Readiness {
-            required: settings
-                .accounts
-                .iter()
-                .filter(|a| a.required)
-                .map(|a| a.name.clone())
-                .collect(),
-            check_interval: settings.scheduler.check_interval,
-            started_at: clock.now(),
-        }),
+        access: access.clone(),
+        readiness: readiness.clone(),
         clock,
         public_url: settings.api.public_url.clone(),
         metrics: metrics.clone(),
@@ -128,7 +143,23 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         "tokenbroker ready"
     );
 
-    shutdown.await;
+    let mut live = Live {
+        broker: broker.clone(),
+        access,
+        readiness,
+        sinks,
+        own_uid,
+        settings,
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("while installing the SIGHUP handler")?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => live.reload(reload.as_ref()).await,
+        }
+    }
 
     tracing::info!("shutting down");
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -151,8 +182,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT. SIGHUP is logged and ignored, so that a reload request
-/// does not kill the daemon.
+/// Completes on SIGTERM or SIGINT. (`run` handles SIGHUP itself: a reload.)
 ///
 /// # Errors
 /// The signal handlers cannot be installed.
@@ -160,13 +190,9 @@ pub async fn wait_for_shutdown_signal() -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
-            _ = hangup.recv() => tracing::warn!("SIGHUP received: configuration reload is not available in this version; restart to apply changes"),
-        }
+    tokio::select! {
+        _ = terminate.recv() => Ok(()),
+        _ = interrupt.recv() => Ok(()),
     }
 }
 

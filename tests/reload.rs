@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::{eventually, Daemon, Home};
@@ -44,14 +44,21 @@ fn rewrite(home: &Home, fake: &FakeProvider, path: &Path, port: u16, clients: &s
     std::fs::write(path, text).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sighup_changes_who_gets_a_token_without_a_restart() {
-    let fake = FakeProvider::start().await;
-    let home = Home::new();
+/// A daemon on TCP whose one client, `job`, has `key-one` and account `main`, which holds a
+/// token; its configuration file and port.
+async fn start_with_one_client(fake: &FakeProvider, home: &Home) -> (Daemon, PathBuf, u16) {
     let config = home.config(&fake.token_url(), "", &client("job", "key-one", "main"));
     let (config, port) = home.with_tcp(&config);
     let daemon = home.start(&config, &[]).await;
     daemon.import("main", &fake.grant("main"));
+    (daemon, config, port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_changes_who_gets_a_token_without_a_restart() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let (daemon, config, port) = start_with_one_client(&fake, &home).await;
     let http = reqwest::Client::new();
     assert_eq!(status_with(&http, port, "key-one").await, 200);
     assert_eq!(status_with(&http, port, "key-two").await, 401);
@@ -89,10 +96,7 @@ async fn sighup_changes_who_gets_a_token_without_a_restart() {
 async fn a_broken_configuration_on_sighup_keeps_the_old_one_and_says_why() {
     let fake = FakeProvider::start().await;
     let home = Home::new();
-    let config = home.config(&fake.token_url(), "", &client("job", "key-one", "main"));
-    let (config, port) = home.with_tcp(&config);
-    let daemon = home.start(&config, &[]).await;
-    daemon.import("main", &fake.grant("main"));
+    let (daemon, config, port) = start_with_one_client(&fake, &home).await;
     let http = reqwest::Client::new();
 
     for broken in [

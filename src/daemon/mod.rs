@@ -71,21 +71,11 @@ pub async fn run(
     broker.add_observer(metrics.clone());
 
     let own_uid = rustix::process::getuid().as_raw();
-    let access = Arc::new(ArcSwap::from_pointee(Access::new(
-        &settings.api.admin_uids,
-        own_uid,
-        settings.api.clients.clone(),
+    let access = Arc::new(ArcSwap::from_pointee(access_rules(&settings, own_uid)));
+    let readiness = Arc::new(ArcSwap::from_pointee(readiness_rules(
+        &settings,
+        clock.now(),
     )));
-    let readiness = Arc::new(ArcSwap::from_pointee(Readiness {
-        required: settings
-            .accounts
-            .iter()
-            .filter(|a| a.required)
-            .map(|a| a.name.clone())
-            .collect(),
-        check_interval: settings.scheduler.check_interval,
-        started_at: clock.now(),
-    }));
     let state = AppState {
         broker: broker.clone(),
         access: access.clone(),
@@ -116,13 +106,7 @@ pub async fn run(
     if let Some(tcp) = tcp {
         tasks.spawn(listen::serve_tcp(tcp, api, cancel.clone()));
     }
-    let (sinks, sink_changes) = Sinks::new(
-        settings
-            .accounts
-            .iter()
-            .flat_map(|account| account.sinks.iter().cloned())
-            .collect(),
-    );
+    let (sinks, sink_changes) = Sinks::new(sink_configs(&settings));
     broker.add_observer(sinks.clone());
     tasks.spawn(sink::run(
         sinks.clone(),
@@ -180,6 +164,38 @@ pub async fn run(
     drop(socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Who may call, from the configuration.
+fn access_rules(settings: &Settings, own_uid: u32) -> Access {
+    Access::new(
+        &settings.api.admin_uids,
+        own_uid,
+        settings.api.clients.clone(),
+    )
+}
+
+/// What `/readyz` checks, from the configuration.
+fn readiness_rules(settings: &Settings, started_at: std::time::SystemTime) -> Readiness {
+    Readiness {
+        required: settings
+            .accounts
+            .iter()
+            .filter(|a| a.required)
+            .map(|a| a.name.clone())
+            .collect(),
+        check_interval: settings.scheduler.check_interval,
+        started_at,
+    }
+}
+
+/// Every declared account's token sinks.
+fn sink_configs(settings: &Settings) -> Vec<sink::Config> {
+    settings
+        .accounts
+        .iter()
+        .flat_map(|account| account.sinks.iter().cloned())
+        .collect()
 }
 
 /// Completes on SIGTERM or SIGINT. (`run` handles SIGHUP itself: a reload.)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{notify, seed_declared_accounts};
+use super::{access_rules, notify, readiness_rules, seed_declared_accounts, sink_configs};
 use crate::api::{Access, Readiness};
 use crate::broker::Broker;
 use crate::config::{ConfigError, Settings};
@@ -61,29 +61,12 @@ impl Live {
         let applied = self.keep_fixed(new);
         self.broker
             .reconfigure(providers, applied.broker.policy.clone());
-        self.access.store(Arc::new(Access::new(
-            &applied.api.admin_uids,
-            self.own_uid,
-            applied.api.clients.clone(),
-        )));
+        self.access
+            .store(Arc::new(access_rules(&applied, self.own_uid)));
         let started_at = self.readiness.load().started_at;
-        self.readiness.store(Arc::new(Readiness {
-            required: applied
-                .accounts
-                .iter()
-                .filter(|a| a.required)
-                .map(|a| a.name.clone())
-                .collect(),
-            check_interval: applied.scheduler.check_interval,
-            started_at,
-        }));
-        self.sinks.replace(
-            applied
-                .accounts
-                .iter()
-                .flat_map(|account| account.sinks.iter().cloned())
-                .collect(),
-        );
+        self.readiness
+            .store(Arc::new(readiness_rules(&applied, started_at)));
+        self.sinks.replace(sink_configs(&applied));
         let seeded = seed_declared_accounts(&self.broker, &applied.accounts).await;
         self.settings = applied;
         seeded.map_err(|error| format!("declared accounts could not all be seeded: {error:#}"))

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::types::{
     AccountBody, AccountsBody, ConnectBody, ConnectRequest, ConnectStatusBody, ErrorBody,
-    ImportBody, TokenBody,
+    HealthBody, ImportBody, TokenBody,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Env, DEFAULT_PATH};
@@ -140,6 +140,16 @@ pub enum Command {
         #[command(flatten)]
         daemon: Daemon,
     },
+    /// Ask the daemon's /healthz or /readyz over its socket; exit 0 if it answers 200. For
+    /// container health checks and Kubernetes exec probes (the API is on loopback only).
+    Probe {
+        /// The route to ask.
+        #[arg(value_parser = ["/healthz", "/readyz"])]
+        route: String,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: Daemon,
+    },
     /// Print shell completions.
     Completions {
         /// The shell.
@@ -246,6 +256,11 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
             } else {
                 print!("{}", accounts_table(&body.accounts, SystemClock.now()));
             }
+        }
+        Command::Probe { route, daemon } => {
+            let client = Client::new(&daemon, env)?;
+            let body = client.health(&route).await?;
+            println!("{}", body.status);
         }
         Command::Token {
             name,
@@ -561,6 +576,26 @@ impl Client {
             .json()
             .await
             .context("the daemon's answer is not what this client expects")
+    }
+
+    /// `/healthz` or `/readyz`: the body whatever the status, an error naming the problems
+    /// unless it is 200.
+    async fn health(&self, route: &str) -> anyhow::Result<HealthBody> {
+        let response = self
+            .http
+            .get(format!("http://localhost{route}"))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach tokenbroker at {}", self.socket.display()))?;
+        let status = response.status();
+        let body: HealthBody = response
+            .json()
+            .await
+            .context("the daemon's answer is not what this client expects")?;
+        if !status.is_success() {
+            bail!("{route}: {} ({})", body.status, body.problems.join("; "));
+        }
+        Ok(body)
     }
 
     async fn call_empty(&self, method: reqwest::Method, path: &str) -> anyhow::Result<()> {

@@ -71,10 +71,21 @@ impl Scheduler {
         config: &Config,
         on_tick: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<Self, SchedulerError> {
+        let sweep = move || broker.sweep().len();
+        Self::start_with(Arc::new(sweep), config, on_tick).await
+    }
+
+    /// As `start`, with `sweep` doing the work of each tick (it returns how many refreshes it
+    /// started).
+    async fn start_with(
+        sweep: Arc<dyn Fn() -> usize + Send + Sync>,
+        config: &Config,
+        on_tick: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, SchedulerError> {
         let expression = cron_expression(config.check_interval)?;
         let running = Arc::new(AtomicBool::new(false));
         let job = Job::new_async(expression.as_str(), move |_id, _scheduler| {
-            let broker = broker.clone();
+            let sweep = sweep.clone();
             let running = running.clone();
             let on_tick = on_tick.clone();
             Box::pin(async move {
@@ -83,10 +94,10 @@ impl Scheduler {
                     tracing::debug!("previous sweep still running; skipping this tick");
                     return;
                 }
-                let started = broker.sweep();
+                let started = sweep();
                 running.store(false, Ordering::Release);
                 on_tick();
-                tracing::trace!(refreshes = started.len(), "sweep");
+                tracing::trace!(refreshes = started, "sweep");
             })
         })?;
         let inner = JobScheduler::new().await?;
@@ -125,5 +136,70 @@ mod tests {
             assert!(cron_expression(Duration::from_secs(bad)).is_err(), "{bad}");
         }
         assert!(cron_expression(Duration::from_millis(1500)).is_err());
+    }
+
+    /// A sweep that never returns (a deadlock, a hung store) stops the ticks' `on_tick`, and
+    /// with it the watchdog pings, so systemd restarts the service; later ticks are skipped
+    /// rather than piled up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_stalled_sweep_stops_the_watchdog_pings() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::mpsc;
+
+        let sweeps = Arc::new(AtomicUsize::new(0));
+        let pings = Arc::new(AtomicUsize::new(0));
+        let (stalled_tx, stalled_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let sweep = {
+            let sweeps = sweeps.clone();
+            move || {
+                // The third sweep hangs until the test releases it.
+                if sweeps.fetch_add(1, Ordering::SeqCst) == 2 {
+                    stalled_tx.send(()).unwrap();
+                    release_rx.lock().unwrap().recv().unwrap();
+                }
+                0
+            }
+        };
+        let on_tick = {
+            let pings = pings.clone();
+            move || {
+                pings.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let config = Config {
+            check_interval: Duration::from_secs(1),
+        };
+        let scheduler = Scheduler::start_with(Arc::new(sweep), &config, Arc::new(on_tick))
+            .await
+            .unwrap();
+        let stalled =
+            tokio::task::spawn_blocking(move || stalled_rx.recv_timeout(Duration::from_secs(10)));
+        stalled.await.unwrap().expect("the third tick within 10 s");
+        assert_eq!(pings.load(Ordering::SeqCst), 2, "a ping per finished sweep");
+        // Three more ticks come and go (skipped: the sweep is still running); no ping.
+        let mut waited = 0;
+        while sweeps.load(Ordering::SeqCst) == 3 && waited < 4 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            waited += 1;
+        }
+        assert_eq!(
+            sweeps.load(Ordering::SeqCst),
+            3,
+            "no sweep overlaps the stalled one"
+        );
+        assert_eq!(pings.load(Ordering::SeqCst), 2, "no pings while stalled");
+        release_tx.send(()).unwrap();
+        let mut waited = 0;
+        while pings.load(Ordering::SeqCst) < 4 && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+        assert!(
+            pings.load(Ordering::SeqCst) >= 4,
+            "pings resume once the sweep returns"
+        );
+        scheduler.shutdown().await;
     }
 }

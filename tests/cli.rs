@@ -260,3 +260,30 @@ async fn json_logs_are_one_flat_object_per_line() {
         .iter()
         .any(|e| e["message"] == "token served" && e["account"] == "demo"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_answers_for_container_health_checks() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let required = "\n[accounts.main]\nprovider = \"fake\"\nrequired = true\n";
+    let daemon = home
+        .start(&home.config(&fake.token_url(), "", required), &[])
+        .await;
+    assert_eq!(
+        stdout(&daemon.cli(&["probe", "/healthz"], None)).trim(),
+        "ok"
+    );
+    let not_ready = daemon.cli(&["probe", "/readyz"], None);
+    assert_eq!(not_ready.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&not_ready.stderr);
+    assert!(message.contains("required account main"), "{message}");
+    daemon.import("main", &fake.grant("main"));
+    assert_eq!(
+        stdout(&daemon.cli(&["probe", "/readyz"], None)).trim(),
+        "ok"
+    );
+    assert_eq!(
+        daemon.cli(&["probe", "/v1/accounts"], None).status.code(),
+        Some(2)
+    );
+}

@@ -86,3 +86,50 @@ async fn ready_watchdog_pings_from_the_tick_and_stopping() {
         "{after:?}"
     );
 }
+
+/// `systemd-socket-activate` binds the sockets, starts the daemon on the first connection and
+/// passes them (`LISTEN_FDS`), as `tokenbroker.socket` does under systemd.
+const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_activation_serves_the_passed_sockets_and_leaves_them_to_systemd() {
+    if !std::path::Path::new(SOCKET_ACTIVATE).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install systemd (.ci/run does)"
+        );
+        eprintln!("skipped: {SOCKET_ACTIVATE} is missing (Debian package systemd)");
+        return;
+    }
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    // TCP is off in the configuration: the passed TCP socket is served anyway.
+    let config = home.config(&fake.token_url(), "", "");
+    let port = support::free_port();
+    let socket = home.socket();
+    let tcp = format!("127.0.0.1:{port}");
+    let wrapper: Vec<&std::ffi::OsStr> = vec![
+        SOCKET_ACTIVATE.as_ref(),
+        "-l".as_ref(),
+        socket.as_os_str(),
+        "-l".as_ref(),
+        tcp.as_ref(),
+    ];
+    let mut daemon = home
+        .spawn_via(
+            &wrapper,
+            &["serve".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &[],
+        )
+        .await;
+    daemon.import("main", &fake.grant("main"));
+    assert_eq!(daemon.request("GET", "/v1/token/main", None).await.0, 200);
+    let over_tcp = reqwest::get(format!("http://{tcp}/healthz")).await.unwrap();
+    assert_eq!(over_tcp.status(), 200);
+    let logs = daemon.logs();
+    assert!(logs.contains("Unix socket systemd passed"), "{logs}");
+    assert!(logs.contains("TCP socket systemd passed"), "{logs}");
+
+    assert!(daemon.terminate().success());
+    assert!(socket.exists(), "the socket file is systemd's to remove");
+}

@@ -30,6 +30,7 @@ use crate::scheduler::Scheduler;
 use crate::sink::{self, Sinks};
 use crate::store::{SledStore, Store};
 
+mod activation;
 mod reload;
 
 /// Extra time, beyond the connection drain, that tasks get to finish at shutdown.
@@ -86,14 +87,25 @@ pub async fn run(
     };
     let api = api::Service::new(state);
     raise_open_file_limit();
-    let mut socket = SocketFile::bind(&settings.api.socket, settings.api.socket_group)?;
-    let tcp = match settings.api.http {
-        Some(addr) => Some(
+    let activated = activation::take()?;
+    let mut socket = match activated.unix {
+        Some(listener) => {
+            tracing::info!("serving the Unix socket systemd passed (socket activation)");
+            SocketFile::passed(&settings.api.socket, listener)?
+        }
+        None => SocketFile::bind(&settings.api.socket, settings.api.socket_group)?,
+    };
+    let tcp = match (activated.tcp, settings.api.http) {
+        (Some(listener), _) => {
+            tracing::info!("serving the TCP socket systemd passed (socket activation)");
+            Some(TcpListener::from_std(listener).context("while taking the passed TCP socket")?)
+        }
+        (None, Some(addr)) => Some(
             TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("while binding {addr}"))?,
         ),
-        None => None,
+        (None, None) => None,
     };
 
     let cancel = CancellationToken::new();
@@ -275,6 +287,8 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 struct SocketFile {
     path: PathBuf,
     listener: Option<UnixListener>,
+    /// We created the file (and remove it at exit); a socket systemd passed is its own.
+    owned: bool,
 }
 
 impl SocketFile {
@@ -319,6 +333,7 @@ impl SocketFile {
         let socket = Self {
             path: path.to_owned(),
             listener: Some(listener),
+            owned: true,
         };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
         if let Some(gid) = group {
@@ -328,6 +343,17 @@ impl SocketFile {
         Ok(socket)
     }
 
+    /// A socket systemd bound and passed (its mode and group are the socket unit's).
+    fn passed(path: &Path, listener: std::os::unix::net::UnixListener) -> anyhow::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            listener: Some(
+                UnixListener::from_std(listener).context("while taking the passed Unix socket")?,
+            ),
+            owned: false,
+        })
+    }
+
     fn take_listener(&mut self) -> UnixListener {
         self.listener.take().expect("the listener is taken once")
     }
@@ -335,6 +361,8 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.owned {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }

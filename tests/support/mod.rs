@@ -97,8 +97,26 @@ timeout = "2s"
     }
 
     pub async fn spawn(&self, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Daemon {
+        self.spawn_via(&[], args, env).await
+    }
+
+    /// As `spawn`, with the binary started by `wrapper` (a program and its arguments, to which
+    /// the binary's path and `args` are appended), e.g. `systemd-socket-activate`.
+    pub async fn spawn_via(
+        &self,
+        wrapper: &[&std::ffi::OsStr],
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = self.path(&format!("daemon-{}.log", next_log_number()));
-        let mut command = Command::new(BINARY);
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(BINARY);
+                command
+            }
+            None => Command::new(BINARY),
+        };
         command
             .args(args)
             .stdin(Stdio::null())

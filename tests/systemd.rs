@@ -2,6 +2,7 @@
 //! serves, `WATCHDOG=1` from every scheduler tick, `STOPPING=1` on SIGTERM.
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // bounding waits on another process takes real time
+#![allow(clippy::print_stderr)] // says why a test is skipped
 
 mod support;
 

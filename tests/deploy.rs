@@ -1,4 +1,6 @@
-//! The systemd files agree with the code: paths, user, exit status, notify type.
+//! The systemd and deploy files agree with the code: paths, ports, users and groups, probe
+//! routes, exit status, notify type.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
@@ -47,4 +49,237 @@ fn the_service_unit_matches_the_daemons_defaults() {
     );
     let tmpfiles = read("systemd/tokenbroker.tmpfiles");
     assert!(tmpfiles.contains(&format!("/etc/tokenbroker 0750 root {user}")));
+}
+
+/// Every `tokenbroker probe ROUTE` in `text` names a route the probe command accepts (it
+/// exits 1 for a daemon it cannot reach, 2 for a route it does not know).
+fn probe_routes_are_real(text: &str) -> Vec<String> {
+    let routes: Vec<String> = text
+        .split(r#""/usr/bin/tokenbroker", "probe", ""#)
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_owned())
+        .collect();
+    assert!(!routes.is_empty());
+    for route in &routes {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_tokenbroker"))
+            .args(["probe", route, "--socket", "/nonexistent/tokenbroker.sock"])
+            .output()
+            .unwrap()
+            .status;
+        assert_eq!(status.code(), Some(1), "tokenbroker probe {route}");
+    }
+    routes
+}
+
+/// The values of `key:` on the line after each line that contains `anchor` (YAML lists of
+/// named items: `- name: X` then `mountPath: …`).
+fn after<'a>(text: &'a str, anchor: &str, key: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .windows(2)
+        .filter(|pair| pair[0].contains(anchor))
+        .filter_map(|pair| pair[1].trim().strip_prefix(key)?.strip_prefix(':'))
+        .map(|value| value.trim().trim_matches('"'))
+        .collect()
+}
+
+/// Every `key: value` (or `KEY=value`) in the text, for a key given with its separator.
+fn values<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter_map(|line| line.trim().trim_start_matches("- ").strip_prefix(key))
+        .map(|value| value.trim().trim_matches('"'))
+        .collect()
+}
+
+/// The container configuration, loaded as the sidecar would load it: secrets from a
+/// credentials directory holding the files the deploy examples name.
+fn container_settings(socket_group: &str) -> tokenbroker::config::Settings {
+    let credentials = tempfile::tempdir().unwrap();
+    for name in ["dropbox-client-secret", "dropbox-main-refresh-token"] {
+        std::fs::write(credentials.path().join(name), "x").unwrap();
+    }
+    let env: tokenbroker::config::Env = [
+        (
+            "CREDENTIALS_DIRECTORY".to_owned(),
+            credentials.path().display().to_string(),
+        ),
+        (
+            "TOKENBROKER__SERVER__SOCKET_GROUP".to_owned(),
+            socket_group.to_owned(),
+        ),
+    ]
+    .into();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/container.toml");
+    tokenbroker::config::load(&path, &env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_container_image_runs_the_example_configuration_as_non_root() {
+    let dockerfile = read("deploy/Dockerfile");
+    assert!(dockerfile.contains(&format!("config/container.toml /out{DEFAULT_PATH}")));
+    assert!(dockerfile.contains(&format!(r#"CMD ["serve", "--config", "{DEFAULT_PATH}"]"#)));
+    let stages =
+        dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM "));
+    assert!(stages >= 2, "a multi-stage build");
+    let user = values(&dockerfile, "USER ");
+    assert_eq!(user.len(), 1);
+    assert!(
+        !user[0].starts_with('0') && !user[0].starts_with("root"),
+        "{user:?}"
+    );
+    let settings = container_settings("2000");
+    for dir in [
+        settings.api.socket.parent().unwrap(),
+        settings.store.dir.as_path(),
+    ] {
+        assert!(
+            dockerfile.contains(&format!("/out{}", dir.display())),
+            "{}",
+            dir.display()
+        );
+        assert!(
+            dockerfile.contains(&format!("\"{}\"", dir.display())),
+            "VOLUME {}",
+            dir.display()
+        );
+    }
+    assert_eq!(probe_routes_are_real(&dockerfile), ["/readyz"]);
+}
+
+#[test]
+fn the_kubernetes_sidecar_agrees_with_the_code() {
+    let pod = read("deploy/kubernetes/sidecar.yaml");
+    let group = values(&pod, "runAsGroup:");
+    assert!(
+        group.iter().all(|g| *g == group[0]),
+        "one shared group: {group:?}"
+    );
+    let group_env = after(&pod, "TOKENBROKER__SERVER__SOCKET_GROUP", "value");
+    assert_eq!(group_env, [group[0]]);
+    let settings = container_settings(group_env[0]);
+    assert_eq!(settings.api.socket_group, Some(group[0].parse().unwrap()));
+
+    // The socket's directory is shared by both containers; the store is on its own volume.
+    let socket_dir = settings.api.socket.parent().unwrap().display().to_string();
+    assert_eq!(
+        after(&pod, "- name: tokenbroker-run", "mountPath"),
+        [socket_dir.as_str(); 2]
+    );
+    let store = settings.store.dir.display().to_string();
+    assert_eq!(
+        after(&pod, "- name: tokenbroker-store", "mountPath"),
+        [store.as_str()]
+    );
+    assert!(pod.contains("emptyDir:"));
+
+    // Secrets: mounted where CREDENTIALS_DIRECTORY says, under the names the config reads.
+    let credentials = after(&pod, "- name: CREDENTIALS_DIRECTORY", "value");
+    assert_eq!(
+        after(&pod, "- name: tokenbroker-secrets", "mountPath"),
+        credentials
+    );
+    assert_eq!(
+        values(&read("deploy/Dockerfile"), "ENV CREDENTIALS_DIRECTORY="),
+        credentials
+    );
+    let container = read("config/container.toml");
+    for file in values(&container, "client_secret_file = ")
+        .into_iter()
+        .chain(values(&container, "refresh_token_file = "))
+    {
+        let name = file.split('"').next().unwrap();
+        assert!(pod.contains(&format!("--from-file={name}=")), "{name}");
+    }
+
+    // Liveness asks /healthz, readiness /readyz, through the probe command.
+    assert_eq!(probe_routes_are_real(&pod), ["/healthz", "/readyz"]);
+    assert_eq!(
+        after(&pod, "livenessProbe:", "exec").len() + after(&pod, "readinessProbe:", "exec").len(),
+        2
+    );
+    assert!(pod.find("livenessProbe").unwrap() < pod.find("readinessProbe").unwrap());
+    let args = values(&pod, "args:");
+    assert_eq!(
+        args,
+        [format!(r#"["serve", "--config", "{DEFAULT_PATH}"]"#).as_str()]
+    );
+
+    // The app is a configured client, and reads the socket and the sink the config names.
+    let app_uid: u32 = values(&pod, "runAsUser:")[1].parse().unwrap();
+    let app = settings
+        .api
+        .clients
+        .iter()
+        .find(|c| c.uids.contains(&app_uid));
+    let account = &settings.accounts[0];
+    assert!(app.is_some_and(|c| c.accounts.iter().any(|p| p.matches(account.name.as_str()))));
+    assert_eq!(
+        after(&pod, "- name: TOKENBROKER_SOCKET", "value"),
+        [settings.api.socket.display().to_string().as_str()]
+    );
+    assert_eq!(
+        after(&pod, "- name: DROPBOX_TOKEN_FILE", "value"),
+        [account.sinks[0].path.display().to_string().as_str()]
+    );
+}
+
+#[test]
+fn the_compose_example_agrees_with_the_code() {
+    let compose = read("deploy/compose.yaml");
+    let users = values(&compose, "user:");
+    let group = users[0].split(':').nth(1).unwrap();
+    assert!(
+        users.iter().all(|u| u.ends_with(&format!(":{group}"))),
+        "{users:?}"
+    );
+    let settings = container_settings(group);
+    let socket_dir = settings.api.socket.parent().unwrap().display().to_string();
+    assert!(compose.contains(&format!("tokenbroker-run:{socket_dir}\n")));
+    assert!(compose.contains(&format!("tokenbroker-run:{socket_dir}:ro\n")));
+    assert!(compose.contains(&format!(
+        "tokenbroker-store:{}\n",
+        settings.store.dir.display()
+    )));
+    assert_eq!(values(&compose, "CREDENTIALS_DIRECTORY:"), ["/run/secrets"]);
+    assert_eq!(
+        values(&compose, "TOKENBROKER__SERVER__SOCKET_GROUP:"),
+        [group]
+    );
+    assert_eq!(probe_routes_are_real(&compose), ["/readyz"]);
+    let app_uid: u32 = users[1].split(':').next().unwrap().parse().unwrap();
+    assert!(settings
+        .api
+        .clients
+        .iter()
+        .any(|c| c.uids.contains(&app_uid)));
+    let account = &settings.accounts[0];
+    assert_eq!(
+        values(&compose, "DROPBOX_TOKEN_FILE:"),
+        [account.sinks[0].path.display().to_string().as_str()]
+    );
+    for name in ["dropbox-client-secret", "dropbox-main-refresh-token"] {
+        assert!(
+            compose.contains(&format!("  {name}:\n    file: ./secrets/{name}")),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_socket_unit_agrees_with_the_service_and_the_daemon() {
+    let socket = read("systemd/tokenbroker.socket");
+    assert_eq!(setting(&socket, "ListenStream"), [DEFAULT_SOCKET]);
+    assert_eq!(setting(&socket, "SocketMode"), ["0660"]);
+    let service = read("systemd/tokenbroker.service");
+    assert_eq!(setting(&socket, "SocketUser"), setting(&service, "User"));
+    let sysusers = read("systemd/tokenbroker.sysusers");
+    let group = setting(&socket, "SocketGroup")[0];
+    assert!(
+        sysusers
+            .lines()
+            .any(|l| l.starts_with(&format!("g {group} "))),
+        "{group}"
+    );
+    assert_eq!(setting(&service, "ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+    assert_eq!(setting(&service, "RuntimeDirectoryPreserve"), ["yes"]);
 }

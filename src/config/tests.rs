@@ -313,6 +313,8 @@ fn the_shipped_example_configurations_are_valid() {
     let credentials = Files::new();
     credentials.write("dropbox-secret", "s");
     credentials.write("corp-secret", "s");
+    credentials.write("dropbox-client-secret", "s");
+    credentials.write("dropbox-main-refresh-token", "r");
     let env: Env = [(
         "CREDENTIALS_DIRECTORY".to_owned(),
         credentials.dir.path().display().to_string(),
@@ -327,7 +329,7 @@ fn the_shipped_example_configurations_are_valid() {
             seen += 1;
         }
     }
-    assert!(seen >= 2);
+    assert!(seen >= 3);
 }
 
 #[test]

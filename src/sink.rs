@@ -318,6 +318,25 @@ mod tests {
     }
 
     #[test]
+    fn owner_and_group_are_set_as_root_and_refused_otherwise() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = sink(dir.path(), Format::Raw, 0o640);
+        sink.owner = Some(65534);
+        sink.group = Some(65534);
+        let written = write(&sink, &token("sl.abc"));
+        if rustix::process::geteuid().is_root() {
+            written.unwrap();
+            let metadata = fs::metadata(&sink.path).unwrap();
+            assert_eq!((metadata.uid(), metadata.gid()), (65534, 65534));
+        } else {
+            let error = written.unwrap_err();
+            assert!(error.to_string().contains("not permitted"), "{error}");
+            assert!(!sink.path.exists());
+        }
+    }
+
+    #[test]
     fn unusual_tokens_are_quoted_for_the_shell() {
         assert_eq!(shell_quoted("a.b-c_d~e+f/g=="), "a.b-c_d~e+f/g==");
         assert_eq!(shell_quoted("a b"), "'a b'");

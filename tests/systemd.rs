@@ -130,6 +130,7 @@ async fn socket_activation_serves_the_passed_sockets_and_leaves_them_to_systemd(
     let logs = daemon.logs();
     assert!(logs.contains("Unix socket systemd passed"), "{logs}");
     assert!(logs.contains("TCP socket systemd passed"), "{logs}");
+    assert!(!logs.contains("is not server.socket"), "{logs}");
 
     assert!(daemon.terminate().success());
     assert!(socket.exists(), "the socket file is systemd's to remove");

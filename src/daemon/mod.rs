@@ -90,7 +90,16 @@ pub async fn run(
     let activated = activation::take()?;
     let mut socket = match activated.unix {
         Some(listener) => {
-            tracing::info!("serving the Unix socket systemd passed (socket activation)");
+            let passed = listener.local_addr().ok();
+            let path = passed.as_ref().and_then(|a| a.as_pathname());
+            tracing::info!(socket = ?path, "serving the Unix socket systemd passed (socket activation)");
+            if path != Some(settings.api.socket.as_path()) {
+                tracing::warn!(
+                    passed = ?path,
+                    configured = %settings.api.socket.display(),
+                    "the socket systemd passed is not server.socket; the CLI looks for server.socket"
+                );
+            }
             SocketFile::passed(&settings.api.socket, listener)?
         }
         None => SocketFile::bind(&settings.api.socket, settings.api.socket_group)?,

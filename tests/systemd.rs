@@ -1,5 +1,6 @@
 //! The daemon under systemd's notify protocol, with a fake `NOTIFY_SOCKET`: `READY=1` once it
-//! serves, `WATCHDOG=1` from every scheduler tick, `STOPPING=1` on SIGTERM.
+//! serves, `WATCHDOG=1` from every scheduler tick, `RELOADING=1` then `READY=1` on SIGHUP,
+//! `STOPPING=1` on SIGTERM; and socket activation.
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // bounding waits on another process takes real time
 #![allow(clippy::print_stderr)] // says why a test is skipped
@@ -26,7 +27,7 @@ fn next_message(socket: &UnixDatagram) -> (String, Instant) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ready_watchdog_pings_from_the_tick_and_stopping() {
+async fn ready_watchdog_pings_from_the_tick_reloading_and_stopping() {
     let fake = FakeProvider::start().await;
     let home = Home::new();
     let notify_path = home.path("notify.sock");
@@ -64,6 +65,29 @@ async fn ready_watchdog_pings_from_the_tick_and_stopping() {
             "one ping per 1 s tick, got {gap:?}"
         );
     }
+    // A reload is announced, then readiness again.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(daemon.pid()).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    let mut reload = Vec::new();
+    while reload.len() < 2 {
+        let (message, _) = next_message(&notify);
+        if message != "WATCHDOG=1" {
+            reload.push(message);
+        }
+    }
+    let mut announced = reload[0].lines();
+    assert_eq!(announced.next(), Some("RELOADING=1"), "{reload:?}");
+    assert!(
+        announced
+            .next()
+            .is_some_and(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reload:?}"
+    );
+    assert_eq!(reload[1], "READY=1");
+
     assert!(daemon.terminate().success());
     // Pings may still be queued; STOPPING=1 must follow them.
     notify

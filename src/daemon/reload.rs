@@ -38,7 +38,11 @@ impl Live {
             return;
         };
         tracing::info!("SIGHUP received: reloading the configuration");
-        notify(&[sd_notify::NotifyState::Reloading]);
+        // sd_notify(3): RELOADING=1 comes with the monotonic time it started.
+        match sd_notify::NotifyState::monotonic_usec_now() {
+            Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+            Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+        }
         match self.apply(load()).await {
             Ok(()) => tracing::info!("configuration reloaded"),
             Err(reason) => tracing::error!(

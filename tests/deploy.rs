@@ -283,3 +283,23 @@ fn the_socket_unit_agrees_with_the_service_and_the_daemon() {
     assert_eq!(setting(&service, "ExecReload"), ["/bin/kill -HUP $MAINPID"]);
     assert_eq!(setting(&service, "RuntimeDirectoryPreserve"), ["yes"]);
 }
+
+#[test]
+fn the_credentials_drop_in_loads_what_the_example_configuration_reads() {
+    let drop_in = read("systemd/tokenbroker.service.d/credentials.conf");
+    let config = read("config/tokenbroker.toml");
+    let names = |key: &str| -> Vec<String> {
+        setting(&drop_in, key)
+            .iter()
+            .map(|value| value.split(':').next().unwrap().to_owned())
+            .collect()
+    };
+    let quoted = |name: &str| format!("\"{name}\"");
+    for name in names("LoadCredential") {
+        assert!(config.contains(&format!("client_secret_file = {}", quoted(&name))), "{name}");
+    }
+    for name in names("LoadCredentialEncrypted") {
+        assert!(config.contains(&format!("key_file = {}", quoted(&name))), "{name}");
+    }
+    assert_eq!(names("LoadCredential").len() + names("LoadCredentialEncrypted").len(), 2);
+}

@@ -296,10 +296,19 @@ fn the_credentials_drop_in_loads_what_the_example_configuration_reads() {
     };
     let quoted = |name: &str| format!("\"{name}\"");
     for name in names("LoadCredential") {
-        assert!(config.contains(&format!("client_secret_file = {}", quoted(&name))), "{name}");
+        assert!(
+            config.contains(&format!("client_secret_file = {}", quoted(&name))),
+            "{name}"
+        );
     }
     for name in names("LoadCredentialEncrypted") {
-        assert!(config.contains(&format!("key_file = {}", quoted(&name))), "{name}");
+        assert!(
+            config.contains(&format!("key_file = {}", quoted(&name))),
+            "{name}"
+        );
     }
-    assert_eq!(names("LoadCredential").len() + names("LoadCredentialEncrypted").len(), 2);
+    assert_eq!(
+        names("LoadCredential").len() + names("LoadCredentialEncrypted").len(),
+        2
+    );
 }

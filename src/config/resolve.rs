@@ -504,35 +504,37 @@ fn resolve_sink(
 
 /// A user name or number, as a uid.
 fn resolve_user(user: &str, key: &str, problems: &mut Vec<String>) -> Option<u32> {
-    if let Ok(uid) = user.parse::<u32>() {
-        return Some(uid);
-    }
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(found)) => Some(found.uid.as_raw()),
-        Ok(None) => {
-            problems.push(format!("{key}: no user named {user:?}"));
-            None
-        }
-        Err(error) => {
-            problems.push(format!("{key}: cannot look up {user:?}: {error}"));
-            None
-        }
-    }
+    resolve_id(user, key, "user", problems, |name| {
+        nix::unistd::User::from_name(name).map(|found| found.map(|u| u.uid.as_raw()))
+    })
 }
 
 /// A group name or number, as a gid.
 fn resolve_group(group: &str, key: &str, problems: &mut Vec<String>) -> Option<u32> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Some(gid);
+    resolve_id(group, key, "group", problems, |name| {
+        nix::unistd::Group::from_name(name).map(|found| found.map(|g| g.gid.as_raw()))
+    })
+}
+
+/// A number as given, or a name looked up in the system's `kind` database.
+fn resolve_id(
+    text: &str,
+    key: &str,
+    kind: &str,
+    problems: &mut Vec<String>,
+    look_up: impl FnOnce(&str) -> nix::Result<Option<u32>>,
+) -> Option<u32> {
+    if let Ok(id) = text.parse::<u32>() {
+        return Some(id);
     }
-    match nix::unistd::Group::from_name(group) {
-        Ok(Some(found)) => Some(found.gid.as_raw()),
+    match look_up(text) {
+        Ok(Some(id)) => Some(id),
         Ok(None) => {
-            problems.push(format!("{key}: no group named {group:?}"));
+            problems.push(format!("{key}: no {kind} named {text:?}"));
             None
         }
         Err(error) => {
-            problems.push(format!("{key}: cannot look up {group:?}: {error}"));
+            problems.push(format!("{key}: cannot look up {text:?}: {error}"));
             None
         }
     }

@@ -56,13 +56,7 @@ pub async fn run(
             .await
             .context("while opening the store")??,
     );
-    let providers = settings
-        .providers
-        .iter()
-        .cloned()
-        .map(|config| Provider::new(config).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()
-        .context("while setting up providers")?;
+    let providers = providers(&settings).context("while setting up providers")?;
     let clock: SharedClock = Arc::new(SystemClock);
     let broker = Broker::open(store, providers, clock.clone(), settings.broker.clone())
         .context("while loading accounts")?;
@@ -185,6 +179,16 @@ pub async fn run(
     drop(socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The configured providers, ready to call.
+fn providers(settings: &Settings) -> Result<Vec<Arc<Provider>>, crate::provider::ProviderError> {
+    settings
+        .providers
+        .iter()
+        .cloned()
+        .map(|config| Provider::new(config).map(Arc::new))
+        .collect()
 }
 
 /// Who may call, from the configuration.

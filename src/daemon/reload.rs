@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{access_rules, notify, readiness_rules, seed_declared_accounts, sink_configs};
+use super::{
+    access_rules, notify, providers, readiness_rules, seed_declared_accounts, sink_configs,
+};
 use crate::api::{Access, Readiness};
 use crate::broker::Broker;
 use crate::config::{ConfigError, Settings};
-use crate::provider::Provider;
 use crate::sink::Sinks;
 
 /// Loads the configuration afresh (the same file and environment as at start-up).
@@ -55,13 +56,8 @@ impl Live {
 
     async fn apply(&mut self, loaded: Result<Settings, ConfigError>) -> Result<(), String> {
         let new = loaded.map_err(|error| format!("configuration error in {error}"))?;
-        let providers = new
-            .providers
-            .iter()
-            .cloned()
-            .map(|config| Provider::new(config).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| format!("a provider cannot be set up: {error}"))?;
+        let providers =
+            providers(&new).map_err(|error| format!("a provider cannot be set up: {error}"))?;
         let applied = self.keep_fixed(new);
         self.broker
             .reconfigure(providers, applied.broker.policy.clone());

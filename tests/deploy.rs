@@ -130,7 +130,7 @@ fn the_container_image_runs_the_example_configuration_as_non_root() {
     let settings = container_settings("2000");
     for dir in [
         settings.api.socket.parent().unwrap(),
-        settings.store.dir.as_path(),
+        settings.store.dir.parent().unwrap(),
     ] {
         assert!(
             dockerfile.contains(&format!("/out{}", dir.display())),
@@ -165,10 +165,11 @@ fn the_kubernetes_sidecar_agrees_with_the_code() {
         after(&pod, "- name: tokenbroker-run", "mountPath"),
         [socket_dir.as_str(); 2]
     );
-    let store = settings.store.dir.display().to_string();
+    // The store is created one level below its volume's root, which it could not chmod.
+    let store_volume = settings.store.dir.parent().unwrap().display().to_string();
     assert_eq!(
         after(&pod, "- name: tokenbroker-store", "mountPath"),
-        [store.as_str()]
+        [store_volume.as_str()]
     );
     assert!(pod.contains("emptyDir:"));
 
@@ -236,10 +237,8 @@ fn the_compose_example_agrees_with_the_code() {
     let socket_dir = settings.api.socket.parent().unwrap().display().to_string();
     assert!(compose.contains(&format!("tokenbroker-run:{socket_dir}\n")));
     assert!(compose.contains(&format!("tokenbroker-run:{socket_dir}:ro\n")));
-    assert!(compose.contains(&format!(
-        "tokenbroker-store:{}\n",
-        settings.store.dir.display()
-    )));
+    let store_volume = settings.store.dir.parent().unwrap().display().to_string();
+    assert!(compose.contains(&format!("tokenbroker-store:{store_volume}\n")));
     assert_eq!(values(&compose, "CREDENTIALS_DIRECTORY:"), ["/run/secrets"]);
     assert_eq!(
         values(&compose, "TOKENBROKER__SERVER__SOCKET_GROUP:"),

@@ -715,3 +715,80 @@ async fn tickets_and_states_stay_out_of_debug_output() {
     };
     assert!(!format!("{body:?}").contains(&started.ticket));
 }
+
+#[tokio::test]
+async fn a_reconfigured_policy_reschedules_accounts_on_their_regular_schedule() {
+    let h = harness().await;
+    h.import().await;
+    // Ahead 1 h by default: due 3 h after issue. With ahead 2 h, due after 2 h.
+    let providers = vec![Arc::new(
+        Provider::new(h.fake.provider_config("fake")).unwrap(),
+    )];
+    h.broker.reconfigure(
+        providers,
+        RefreshPolicy {
+            ahead: HOUR * 2,
+            jitter: Duration::ZERO,
+            ..RefreshPolicy::default()
+        },
+    );
+    h.clock.advance(HOUR * 2 - Duration::from_secs(1));
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 1, "not yet due");
+    h.clock.advance(Duration::from_secs(1));
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 2, "due under the new margin");
+
+    // A provider dropped by a reload: the token is still served, the next refresh fails as
+    // a configuration error without a call.
+    h.broker.reconfigure(vec![], RefreshPolicy::default());
+    assert!(h.broker.token(&name("a"), None).await.is_ok());
+    h.clock.advance(HOUR * 4);
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 2);
+    assert_eq!(h.status(), Status::Degraded);
+}
+
+/// Records what the broker tells its observers.
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Observer for Recorder {
+    fn refresh_finished(&self, account: &AccountName, outcome: Outcome, _took: Duration) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", account.as_str(), outcome.as_str()));
+    }
+
+    fn token_changed(&self, account: &AccountName) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} new token", account.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn observers_hear_of_refreshes_and_new_tokens_but_not_of_failures_as_tokens() {
+    let h = harness().await;
+    let recorder = Arc::new(Recorder::default());
+    h.broker.add_observer(recorder.clone());
+    h.import().await;
+    h.broker.refresh_now(&name("a")).await.unwrap();
+    h.fake.push([Reply::Json(503, json!({}), vec![])]);
+    let _ = h.broker.refresh_now(&name("a")).await;
+    h.fake
+        .push([Reply::Json(400, json!({"error": "invalid_grant"}), vec![])]);
+    let _ = h.broker.refresh_now(&name("a")).await;
+    assert_eq!(
+        *recorder.0.lock().unwrap(),
+        [
+            "a new token",
+            "a refreshed",
+            "a new token",
+            "a transient_failure",
+            "a needs_reauth"
+        ]
+    );
+}

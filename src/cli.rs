@@ -195,6 +195,30 @@ pub struct Daemon {
     config: PathBuf,
 }
 
+/// Standard output was closed by its reader (`tokenbroker man | head`): the command ends
+/// quietly and successfully, as Unix tools do, instead of panicking in `println!`.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct StdoutClosed;
+
+/// Writes `bytes` to standard output; a closed pipe becomes [`StdoutClosed`].
+pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(error) => Err(error).context("while writing to standard output"),
+    }
+}
+
+/// `println!` for command output, through [`write_stdout`]; returns early on failure.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        write_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())?
+    };
+}
+
 /// `tokenbroker exec`: fetches a token, runs the command with it, and returns the command's
 /// exit status (128 + the signal's number if a signal ended it).
 ///
@@ -252,15 +276,15 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
                 .call(reqwest::Method::GET, "/v1/accounts", None)
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                say!("{}", serde_json::to_string_pretty(&body)?);
             } else {
-                print!("{}", accounts_table(&body.accounts, SystemClock.now()));
+                write_stdout(accounts_table(&body.accounts, SystemClock.now()).as_bytes())?;
             }
         }
         Command::Probe { route, daemon } => {
             let client = Client::new(&daemon, env)?;
             let body = client.health(&route).await?;
-            println!("{}", body.status);
+            say!("{}", body.status);
         }
         Command::Token {
             name,
@@ -280,9 +304,9 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
                 )
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                say!("{}", serde_json::to_string_pretty(&body)?);
             } else {
-                println!("{}", body.access_token);
+                say!("{}", body.access_token);
             }
         }
         Command::Import {
@@ -305,7 +329,7 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
                     Some(serde_json::to_value(&body)?),
                 )
                 .await?;
-            report(&account);
+            report(&account)?;
         }
         Command::Refresh { name, daemon } => {
             let client = Client::new(&daemon, env)?;
@@ -316,7 +340,7 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            report(&account);
+            report(&account)?;
         }
         Command::Remove {
             name,
@@ -327,7 +351,7 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
             let query = if revoke { "?revoke=true" } else { "" };
             let path = format!("/v1/accounts/{}{query}", segment(&name));
             client.call_empty(reqwest::Method::DELETE, &path).await?;
-            println!(
+            say!(
                 "removed {name}{}",
                 if revoke {
                     " (revoked at the provider)"
@@ -341,7 +365,7 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
             let answer: serde_json::Value = client
                 .call(reqwest::Method::POST, "/v1/admin/rekey", None)
                 .await?;
-            println!(
+            say!(
                 "re-sealed {} accounts under a new store key",
                 answer["resealed"]
             );
@@ -357,16 +381,19 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
             connect(&client, &name, &provider, no_redirect, device).await?;
         }
         Command::Completions { shell } => {
+            let mut script = Vec::new();
             clap_complete::generate(
                 shell,
                 &mut <Cli as clap::CommandFactory>::command(),
                 "tokenbroker",
-                &mut std::io::stdout(),
+                &mut script,
             );
+            write_stdout(&script)?;
         }
         Command::Man => {
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut std::io::stdout())?;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
+            write_stdout(&page)?;
         }
         Command::Serve { .. } | Command::CheckConfig { .. } | Command::Exec { .. } => {
             bail!("not a client command")
@@ -407,7 +434,7 @@ async fn connect(
     let ticket = segment(&started.ticket);
     if let Some(url) = &started.authorize_url {
         eprintln!("1. Open this URL in a browser and approve access for {name}:");
-        println!("{url}");
+        say!("{url}");
         eprintln!("2. Paste the code the provider shows, then press Enter:");
         let code = tokio::task::spawn_blocking(|| {
             let mut line = String::new();
@@ -432,11 +459,11 @@ async fn connect(
     }
     if let Some(url) = &started.start_url {
         eprintln!("Open this link in a browser to connect {name} at {provider} (single use, valid until {}):", started.expires_at);
-        println!("{url}");
+        say!("{url}");
     }
     if let (Some(code), Some(uri)) = (&started.user_code, &started.verification_uri) {
         eprintln!("On any device, go to {uri} and enter the code:");
-        println!("{code}");
+        say!("{code}");
         if let Some(complete) = &started.verification_uri_complete {
             eprintln!("(or open {complete})");
         }
@@ -463,9 +490,10 @@ fn connect_result(status: ConnectStatusBody) -> anyhow::Result<()> {
         ("connected", Some(account)) => {
             let user = account.provider_user_id.as_deref().unwrap_or("unknown");
             let expires = account.expires_at.as_deref().unwrap_or("unknown");
-            println!(
+            say!(
                 "connected {} at {} (provider user id {user}); token expires at {expires}",
-                account.name, account.provider
+                account.name,
+                account.provider
             );
             Ok(())
         }
@@ -478,17 +506,20 @@ fn connect_result(status: ConnectStatusBody) -> anyhow::Result<()> {
     }
 }
 
-fn report(account: &AccountBody) {
+fn report(account: &AccountBody) -> anyhow::Result<()> {
     let expires = account
         .expires_in
         .map_or_else(|| "-".to_owned(), format_secs);
-    println!(
+    say!(
         "{}: {} (provider {}, token expires in {expires})",
-        account.name, account.status, account.provider
+        account.name,
+        account.status,
+        account.provider
     );
     if let Some(error) = &account.last_error {
         eprintln!("warning: {error}");
     }
+    Ok(())
 }
 
 fn read_refresh_token(file: Option<&Path>) -> anyhow::Result<String> {

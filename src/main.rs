@@ -23,6 +23,10 @@ async fn main() -> ExitCode {
     match run(cli.command, &env).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            if error.downcast_ref::<cli::StdoutClosed>().is_some() {
+                // Whoever read our output has what they wanted (`| head`).
+                return ExitCode::SUCCESS;
+            }
             if let Some(config_error) = error.downcast_ref::<ConfigError>() {
                 eprintln!("tokenbroker: configuration error in {config_error}");
                 return ExitCode::from(EX_CONFIG);
@@ -54,8 +58,7 @@ async fn run(command: Command, env: &Env) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let settings = config::load(&config, env)?;
-            println!("{}", settings.summary());
-            Ok(())
+            cli::write_stdout(format!("{}\n", settings.summary()).as_bytes())
         }
         client => cli::run_client(client, env).await,
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokenbroker::config::{self, Env};
-use tokenbroker::provider::parse_token_response;
+use tokenbroker::provider::{parse_token_response, AnswerHeaders};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
@@ -14,10 +14,12 @@ proptest! {
     #[test]
     fn token_responses_never_panic_and_tokens_come_only_from_the_input(
         status in prop_oneof![Just(200u16), 100u16..600],
-        header in proptest::option::of("[ -~]{0,12}"),
+        header in proptest::option::of("[ -~]{0,40}"),
+        date in proptest::option::of("[ -~]{0,40}"),
         body in proptest::collection::vec(any::<u8>(), 0..300),
     ) {
-        if let Ok(response) = parse_token_response(status, header.as_deref(), &body, Duration::from_secs(60), &[]) {
+        let headers = AnswerHeaders { retry_after: header.as_deref(), date: date.as_deref() };
+        if let Ok(response) = parse_token_response(status, headers, &body, Duration::from_secs(60), &[]) {
             let token = response.access_token.expose();
             prop_assert!(!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()));
             prop_assert!(body.windows(token.len()).any(|w| w == token.as_bytes()), "the token came from the body");
@@ -36,7 +38,7 @@ proptest! {
         if let Some(access) = &access { body["access_token"] = access.clone().into(); }
         if let Some(error) = &error { body["error"] = error.clone().into(); }
         if let Some(refresh) = &refresh { body["refresh_token"] = refresh.clone().into(); }
-        let answer = parse_token_response(200, None, body.to_string().as_bytes(), Duration::from_secs(60), &[]);
+        let answer = parse_token_response(200, AnswerHeaders::default(), body.to_string().as_bytes(), Duration::from_secs(60), &[]);
         if error.is_some() {
             prop_assert!(answer.is_err(), "a body with an error is never a token");
         }

@@ -354,9 +354,18 @@ async fn a_refused_client_is_a_configuration_error_retried_slowly() {
 }
 
 #[tokio::test]
-async fn retry_after_is_honoured_from_the_header_and_from_json() {
+async fn retry_after_is_honoured_from_the_header_in_both_forms_and_from_json() {
     for reply in [
         Reply::Json(429, json!({}), vec![("retry-after", "30".into())]),
+        // The HTTP-date form, measured against the answer's own Date (our clock is elsewhere).
+        Reply::Json(
+            503,
+            json!({}),
+            vec![
+                ("date", "Wed, 21 Oct 2026 07:27:00 GMT".into()),
+                ("retry-after", "Wed, 21 Oct 2026 07:27:30 GMT".into()),
+            ],
+        ),
         Reply::Json(
             429,
             json!({"error": {"reason": {".tag": "too_many_requests"}, "retry_after": 30}}),

@@ -171,11 +171,15 @@ impl Provider {
             .ok()
             .filter(|json| status == 200 && json.get("error").is_none());
         let Some(json) = usable else {
-            return Err(
-                response::parse(status, None, &body, self.config.default_lifetime, &[])
-                    .err()
-                    .unwrap_or_else(|| malformed("the device answer is not a JSON object")),
-            );
+            return Err(response::parse(
+                status,
+                response::Headers::default(),
+                &body,
+                self.config.default_lifetime,
+                &[],
+            )
+            .err()
+            .unwrap_or_else(|| malformed("the device answer is not a JSON object")));
         };
         let text = |key: &str| json.get(key).and_then(Value::as_str).map(str::to_owned);
         let seconds = |key: &str| {
@@ -267,7 +271,13 @@ impl Provider {
         }
         let mut secrets = vec![refresh_token.expose()];
         secrets.extend(access_token.map(AccessToken::expose));
-        match response::parse(status, None, &body, self.config.default_lifetime, &secrets) {
+        match response::parse(
+            status,
+            response::Headers::default(),
+            &body,
+            self.config.default_lifetime,
+            &secrets,
+        ) {
             Err(ProviderError::InvalidGrant { .. }) => Ok(()),
             Err(error) => Err(error),
             Ok(_) => Err(ProviderError::UnexpectedStatus {

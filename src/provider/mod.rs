@@ -12,7 +12,7 @@ mod response;
 use std::sync::Once;
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, RETRY_AFTER};
+use reqwest::header::{ACCEPT, DATE, RETRY_AFTER};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 use url::Url;
@@ -20,7 +20,7 @@ use url::Url;
 pub use self::error::{FailureKind, ProviderError};
 pub use self::flow::{random_token, DeviceAuthorization, Pkce};
 pub use self::preset::{Preset, Revocation};
-pub use self::response::{parse as parse_token_response, TokenResponse};
+pub use self::response::{parse as parse_token_response, Headers as AnswerHeaders, TokenResponse};
 use crate::secret::{ClientSecret, RefreshToken};
 
 /// The most we read of any provider answer.
@@ -192,11 +192,14 @@ impl Provider {
             .await
             .map_err(|e| request_error("token", e))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (retry_after, date) = (header(RETRY_AFTER), header(DATE));
         let body = read_capped(response, "token").await?;
         let mut secrets = sent_secrets.to_vec();
         if let Some(secret) = &self.config.client_secret {
@@ -204,7 +207,10 @@ impl Provider {
         }
         response::parse(
             status,
-            retry_after.as_deref(),
+            response::Headers {
+                retry_after: retry_after.as_deref(),
+                date: date.as_deref(),
+            },
             &body,
             self.config.default_lifetime,
             &secrets,

@@ -62,6 +62,15 @@ pub struct TokenResponse {
     pub user_id: Option<String>,
 }
 
+/// The headers of an answer that bear on when to ask again, as sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Headers<'a> {
+    /// `Retry-After`: seconds, or an HTTP date.
+    pub retry_after: Option<&'a str>,
+    /// `Date`: the provider's clock, against which an HTTP-date `Retry-After` is measured.
+    pub date: Option<&'a str>,
+}
+
 /// Interprets a token endpoint answer. `secrets` are values we sent, scrubbed from any
 /// description the provider echoes back.
 ///
@@ -69,13 +78,13 @@ pub struct TokenResponse {
 /// Any non-success, an error body (even with 200), or a body that is not a valid token.
 pub fn parse(
     status: u16,
-    retry_after_header: Option<&str>,
+    headers: Headers<'_>,
     body: &[u8],
     default_lifetime: Duration,
     secrets: &[&str],
 ) -> Result<TokenResponse, ProviderError> {
     let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
-    let header_wait = retry_after_header.and_then(parse_retry_after);
+    let header_wait = parse_retry_after(headers);
     if status == 429 {
         let body_wait = json.as_ref().and_then(json_retry_after);
         return Err(ProviderError::RateLimited {
@@ -278,10 +287,20 @@ fn json_retry_after(object: &Map<String, Value>) -> Option<Duration> {
         .then(|| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())))
 }
 
-/// A `Retry-After` header in seconds (the HTTP-date form falls back to our own backoff).
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    let seconds: u64 = value.trim().parse().ok()?;
-    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+/// A `Retry-After` header: seconds, or an HTTP date measured against the answer's own `Date`
+/// (so neither clock skew nor our clock matters). An HTTP date without a `Date` header, or
+/// garbage, falls back to our own backoff.
+pub(crate) fn parse_retry_after(headers: Headers<'_>) -> Option<Duration> {
+    let value = headers.retry_after?.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let until = httpdate::parse_http_date(value).ok()?;
+            let sent = httpdate::parse_http_date(headers.date?.trim()).ok()?;
+            until.duration_since(sent).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 fn malformed(reason: &str) -> ProviderError {
@@ -298,11 +317,15 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn ok(body: &str) -> TokenResponse {
-        parse(200, None, body.as_bytes(), HOUR, &[]).unwrap()
+        parse(200, Headers::default(), body.as_bytes(), HOUR, &[]).unwrap()
     }
 
     fn err(status: u16, header: Option<&str>, body: &str) -> ProviderError {
-        parse(status, header, body.as_bytes(), HOUR, &["rt-sent-secret"]).unwrap_err()
+        let headers = Headers {
+            retry_after: header,
+            date: None,
+        };
+        parse(status, headers, body.as_bytes(), HOUR, &["rt-sent-secret"]).unwrap_err()
     }
 
     #[test]
@@ -431,6 +454,33 @@ mod tests {
     }
 
     #[test]
+    fn an_http_date_retry_after_is_measured_against_the_answers_date() {
+        let at = |retry_after, date| {
+            parse_retry_after(Headers {
+                retry_after: Some(retry_after),
+                date,
+            })
+        };
+        let sent = Some("Wed, 21 Oct 2026 07:27:00 GMT");
+        assert_eq!(
+            at("Wed, 21 Oct 2026 07:28:30 GMT", sent),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            at("Wed, 21 Oct 2026 07:26:00 GMT", sent),
+            Some(Duration::ZERO),
+            "a date already past: ask again now"
+        );
+        assert_eq!(
+            at("Thu, 21 Oct 2027 07:27:00 GMT", sent),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(at("Wed, 21 Oct 2026 07:28:30 GMT", None), None, "no Date");
+        assert_eq!(at("soon", sent), None);
+        assert_eq!(at(" 30 ", None), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
     fn garbage_is_transient_and_never_a_token() {
         for body in [
             "",
@@ -447,7 +497,7 @@ mod tests {
             assert_eq!(error.kind(), FailureKind::Transient, "{body}");
         }
         let huge = format!(r#"{{"access_token": "{}"}}"#, "a".repeat(MAX_TOKEN_LEN + 1));
-        assert!(parse(200, None, huge.as_bytes(), HOUR, &[]).is_err());
+        assert!(parse(200, Headers::default(), huge.as_bytes(), HOUR, &[]).is_err());
     }
 
     #[test]

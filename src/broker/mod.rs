@@ -352,8 +352,7 @@ impl Broker {
     ) -> Option<ServedToken> {
         let slot = self.slot(name).ok()?;
         let state = slot.state();
-        let wanted = self.wanted_validity(&state, min_valid).ok()?;
-        self.serve_if_valid(&state, wanted).ok().flatten()
+        self.servable(&state, min_valid).ok().flatten()
     }
 
     /// The current token if it has at least `min_valid` left (the policy's default when
@@ -367,21 +366,16 @@ impl Broker {
         min_valid: Option<Duration>,
     ) -> Result<ServedToken, BrokerError> {
         let slot = self.slot(name)?;
-        // What "good enough" means depends on the token held (its lifetime caps the default
-        // min_valid), so it is worked out afresh against each state, before and after a refresh.
-        let served =
-            |broker: &Self, state: &SlotState| -> Result<Option<ServedToken>, BrokerError> {
-                let wanted = broker.wanted_validity(state, min_valid)?;
-                broker.serve_if_valid(state, wanted)
-            };
-        if let Some(token) = served(self, &slot.state())? {
+        if let Some(token) = self.servable(&slot.state(), min_valid)? {
             return Ok(token);
         }
-        let now_ok =
-            |broker: &Self, state: &SlotState| served(broker, state).ok().flatten().is_some();
+        let now_ok = |broker: &Self, state: &SlotState| {
+            broker.servable(state, min_valid).ok().flatten().is_some()
+        };
         self.refresh_shared(&slot, Trigger::Demand, now_ok).await?;
         let state = slot.state();
-        served(self, &state)?.ok_or_else(|| self.unavailable(&state))
+        self.servable(&state, min_valid)?
+            .ok_or_else(|| self.unavailable(&state))
     }
 
     /// A caller's API call was refused with `rejected`. If that is still the current token,
@@ -899,6 +893,18 @@ impl Broker {
     }
 
     // === helpers ===
+
+    /// The token `state` holds if it is good enough for `min_valid`. What "good enough" means
+    /// depends on the token held (its lifetime caps the default `min_valid`), so it is worked
+    /// out afresh against each state, before and after a refresh.
+    fn servable(
+        &self,
+        state: &SlotState,
+        min_valid: Option<Duration>,
+    ) -> Result<Option<ServedToken>, BrokerError> {
+        let wanted = self.wanted_validity(state, min_valid)?;
+        self.serve_if_valid(state, wanted)
+    }
 
     fn wanted_validity(
         &self,

@@ -6,6 +6,7 @@
 //! scheduler tick) are read from the broker when scraped. No label carries a secret: labels
 //! are account names, client names, routes, outcomes and status codes.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -42,7 +43,7 @@ struct StatusLabel {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
-    route: &'static str,
+    route: Cow<'static, str>,
     status: u16,
 }
 
@@ -135,8 +136,8 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts one API request.
-    pub fn request(&self, route: &'static str, status: u16) {
+    /// Counts one API request under its route template.
+    pub fn request(&self, route: Cow<'static, str>, status: u16) {
         self.requests
             .get_or_create(&RequestLabels { route, status })
             .inc();

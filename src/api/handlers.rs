@@ -81,13 +81,14 @@ async fn for_caller(
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
-    let mut response = serve(&caller)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    response
-        .extensions_mut()
-        .insert(TokenClient(caller.shared_name()));
-    response
+    // A token response is labelled by `token_response`; a failure is labelled here.
+    serve(&caller).await.unwrap_or_else(|error| {
+        let mut response = error.into_response();
+        response
+            .extensions_mut()
+            .insert(TokenClient(caller.shared_name()));
+        response
+    })
 }
 
 pub(super) async fn list_accounts(
@@ -283,20 +284,14 @@ pub(super) fn admin(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<
 /// The account's name, if the caller may have it. Names that cannot exist are answered like
 /// names that do not, so neither tells a restricted caller anything.
 pub(super) fn readable(caller: &Caller, account: &str) -> Result<AccountName, ApiError> {
-    let forbidden = || {
-        ApiError::Forbidden(format!(
-            "client {} may not have account {account:?}",
-            caller.name()
-        ))
-    };
     if !caller.may_read(account) {
-        return Err(forbidden());
+        return Err(forbidden(caller, account));
     }
     account.parse().map_err(|_| {
         if caller.sees_all() {
             ApiError::NotFound(format!("no account named {account:?}"))
         } else {
-            forbidden()
+            forbidden(caller, account)
         }
     })
 }
@@ -304,13 +299,16 @@ pub(super) fn readable(caller: &Caller, account: &str) -> Result<AccountName, Ap
 /// An unknown account is 404 only for callers allowed every account; 403 for the rest.
 fn hide_unknown(caller: &Caller, error: BrokerError) -> ApiError {
     match error {
-        BrokerError::UnknownAccount(name) if !caller.sees_all() => ApiError::Forbidden(format!(
-            "client {} may not have account {:?}",
-            caller.name(),
-            name.as_str()
-        )),
+        BrokerError::UnknownAccount(name) if !caller.sees_all() => forbidden(caller, name.as_str()),
         other => other.into(),
     }
+}
+
+fn forbidden(caller: &Caller, account: &str) -> ApiError {
+    ApiError::Forbidden(format!(
+        "client {} may not have account {account:?}",
+        caller.name()
+    ))
 }
 
 pub(super) fn token_response(

@@ -13,6 +13,7 @@ pub mod listen;
 mod pages;
 pub mod types;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,26 +92,10 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub(crate) struct TokenClient(pub(crate) Arc<str>);
 
-/// The route a response came from, as a metrics label.
-#[derive(Debug, Clone, Copy)]
-struct RouteLabel(&'static str);
+/// The route a response came from (its template, as the router matched it), a metrics label.
+#[derive(Debug, Clone)]
+struct RouteLabel(Cow<'static, str>);
 
-/// Every route, as written in the router; the labels requests are counted under.
-const ROUTES: &[&str] = &[
-    TOKEN_ROUTE,
-    "/v1/accounts",
-    "/v1/accounts/{name}",
-    "/v1/accounts/{name}/refresh",
-    "/v1/admin/rekey",
-    "/v1/connect",
-    "/v1/connect/{ticket}",
-    "/v1/connect/{ticket}/code",
-    "/oauth/start/{ticket}",
-    "/oauth/callback",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-];
 const TOKEN_ROUTE: &str = "/v1/token/{account}";
 /// The label of requests that matched no route.
 const UNMATCHED: &str = "unmatched";
@@ -148,7 +133,9 @@ impl Service {
     {
         let response = match fast::token(&self.inner.state, &peer, &request) {
             Some(mut response) => {
-                response.extensions_mut().insert(RouteLabel(TOKEN_ROUTE));
+                response
+                    .extensions_mut()
+                    .insert(RouteLabel(Cow::Borrowed(TOKEN_ROUTE)));
                 response
             }
             None => {
@@ -168,15 +155,16 @@ impl Service {
         let route = response
             .extensions()
             .get::<RouteLabel>()
-            .map_or(UNMATCHED, |label| label.0);
+            .map_or(Cow::Borrowed(UNMATCHED), |label| label.0.clone());
         let status = response.status().as_u16();
+        let is_token_route = route == TOKEN_ROUTE;
         metrics.request(route, status);
-        if route == TOKEN_ROUTE {
+        if is_token_route {
             let client = response
                 .extensions()
                 .get::<TokenClient>()
                 .map_or("unidentified", |client| &client.0);
-            metrics.token_request(client, route, status);
+            metrics.token_request(client, TOKEN_ROUTE, status);
         }
     }
 }
@@ -231,12 +219,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Labels a response with the route that answered it, for the metrics. A `route_layer`: it
-/// runs only for requests that matched a route.
+/// runs for requests that matched a route (the rest are counted as unmatched).
 async fn label_route(matched: Option<MatchedPath>, mut response: Response) -> Response {
-    let label = matched
-        .and_then(|matched| ROUTES.iter().find(|route| **route == matched.as_str()))
-        .map_or(UNMATCHED, |route| *route);
-    response.extensions_mut().insert(RouteLabel(label));
+    if let Some(matched) = matched {
+        let label = RouteLabel(Cow::Owned(matched.as_str().to_owned()));
+        response.extensions_mut().insert(label);
+    }
     response
 }
 

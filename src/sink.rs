@@ -131,7 +131,13 @@ impl Sinks {
 
 impl Observer for Sinks {
     fn token_changed(&self, account: &AccountName) {
-        if !self.of(Some(account)).is_empty() {
+        let has_sinks = self
+            .configs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .any(|sink| &sink.account == account);
+        if has_sinks {
             // The receiver lives as long as the daemon; after it, nothing needs writing.
             let _ = self.changed.send(account.clone());
         }
@@ -165,7 +171,11 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .await;
-        for (path, result) in written.unwrap_or_default() {
+        let written = written.unwrap_or_else(|_| {
+            tracing::error!(account = %account, "the token sink writer failed; the sinks keep their previous token");
+            Vec::new()
+        });
+        for (path, result) in written {
             match result {
                 Ok(()) => {
                     tracing::debug!(account = %account, path = %path.display(), "token sink written")
@@ -198,17 +208,7 @@ pub fn write(sink: &Config, token: &ServedToken) -> Result<(), SinkError> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(failed)?;
-    let file: &File = temporary.as_file();
-    let prepared = (|| {
-        (&mut &*file).write_all(contents.as_bytes())?;
-        if sink.owner.is_some() || sink.group.is_some() {
-            std::os::unix::fs::fchown(file, sink.owner, sink.group)?;
-        }
-        file.set_permissions(fs::Permissions::from_mode(sink.mode))?;
-        file.sync_all()
-    })();
-    prepared.map_err(failed)?;
-    temporary.as_file_mut().flush().map_err(failed)?;
+    fill(temporary.as_file_mut(), contents.as_bytes(), sink).map_err(failed)?;
     temporary
         .persist(&sink.path)
         .map_err(|error| failed(error.error))?;
@@ -216,6 +216,16 @@ pub fn write(sink: &Config, token: &ServedToken) -> Result<(), SinkError> {
     File::open(dir)
         .and_then(|dir| dir.sync_all())
         .map_err(failed)
+}
+
+/// Writes the new file's contents, owner, group and mode, and makes them durable.
+fn fill(file: &mut File, contents: &[u8], sink: &Config) -> std::io::Result<()> {
+    file.write_all(contents)?;
+    if sink.owner.is_some() || sink.group.is_some() {
+        std::os::unix::fs::fchown(&*file, sink.owner, sink.group)?;
+    }
+    file.set_permissions(fs::Permissions::from_mode(sink.mode))?;
+    file.sync_all()
 }
 
 /// The file's contents for `token`.

@@ -5,6 +5,7 @@
 #
 #   cargo install oha --locked       # once, ~4 min
 #   examples/bench.sh                # DURATION=10s CONNECTIONS=64 ROUNDS=3 by default
+#   BROKER_LOG=warn examples/bench.sh   # the broker without its per-token info log line
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,8 +25,9 @@ broker_port=$(free_port)
 bare_port=$(free_port)
 
 # The broker as shipped: dev mode (an account `demo` with a token), default info logging
-# (every token served is logged, as in production), written to a file.
-TOKENBROKER__SERVER__SOCKET="$work/tb.sock" TOKENBROKER__SERVER__HTTP="127.0.0.1:$broker_port" \
+# (every token served is logged, as in production), written to a file. BROKER_LOG sets
+# another level, to measure what that log line costs.
+RUST_LOG=${BROKER_LOG:-info} TOKENBROKER__SERVER__SOCKET="$work/tb.sock" TOKENBROKER__SERVER__HTTP="127.0.0.1:$broker_port" \
   target/release/tokenbroker serve --dev 2>"$work/broker.log" &
 broker_pid=$!
 pids+=($broker_pid)
@@ -56,7 +58,7 @@ print(f'{r["summary"]["requestsPerSec"]:.0f} {r["latencyPercentiles"]["p99"] * 1
 PY
 }
 
-echo "body ${size} bytes, ${CONNECTIONS} connections, ${DURATION} per run, ${ROUNDS} rounds"
+echo "body ${size} bytes, ${CONNECTIONS} connections, ${DURATION} per run, ${ROUNDS} rounds, broker log level ${BROKER_LOG:-info}"
 printf '%-6s %-5s %10s %10s %9s %9s %9s %9s %7s %7s %7s %11s\n' round via bare_rps broker_rps bare_p99 brok_p99 bare_cpu brok_cpu rps_x p99_x cpu_x healthz_rps
 for round in $(seq "$ROUNDS"); do
   for via in unix tcp; do

@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde::Deserialize;
 use url::Url;
 
 use super::error::Segment;
-use super::handlers::admin;
+use super::handlers::Admin;
 use super::pages;
 use super::types::{AccountBody, CodeBody, ConnectBody, ConnectRequest, ConnectStatusBody};
-use super::{ApiError, AppState, Peer};
+use super::{ApiError, AppState};
 use crate::broker::{Callback, ConnectError, ConnectMode, ConnectNext, ConnectOutcome};
 use crate::secret::AuthorizationCode;
 
@@ -48,11 +48,9 @@ impl std::fmt::Debug for CallbackQuery {
 
 pub(super) async fn start_flow(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    Admin(caller): Admin,
     body: Result<Json<ConnectRequest>, JsonRejection>,
 ) -> Result<Json<ConnectBody>, ApiError> {
-    let caller = admin(&app, &peer, &headers)?;
     let Json(request) = body?;
     let account = request.account.parse()?;
     let mode = match request.mode.as_deref().unwrap_or("redirect") {
@@ -107,12 +105,10 @@ pub(super) async fn start_flow(
 
 pub(super) async fn flow_status(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    _admin: Admin,
     Segment(ticket): Segment,
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ConnectStatusBody>, ApiError> {
-    admin(&app, &peer, &headers)?;
     let Query(query) = query?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(MAX_WAIT);
     let outcome = app
@@ -125,12 +121,10 @@ pub(super) async fn flow_status(
 
 pub(super) async fn submit_code(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    _admin: Admin,
     Segment(ticket): Segment,
     body: Result<Json<CodeBody>, JsonRejection>,
 ) -> Result<Json<ConnectStatusBody>, ApiError> {
-    admin(&app, &peer, &headers)?;
     let Json(body) = body?;
     let code = AuthorizationCode::new(body.code.trim());
     let outcome = match app.broker.submit_code(&ticket, &code).await {
@@ -143,11 +137,9 @@ pub(super) async fn submit_code(
 
 pub(super) async fn cancel_flow(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    _admin: Admin,
     Segment(ticket): Segment,
 ) -> Result<StatusCode, ApiError> {
-    admin(&app, &peer, &headers)?;
     app.broker.cancel_connect(&ticket);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,10 +1,11 @@
 //! The route handlers: identify the caller, check what it may have, ask the broker.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Query, State};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde::Deserialize;
 
 use super::error::Segment;
@@ -29,12 +30,13 @@ pub(super) struct DeleteQuery {
 
 pub(super) async fn get_token(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
+    caller: Caller,
     headers: HeaderMap,
     Segment(account): Segment,
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Response {
-    for_caller(&app, &peer, &headers, async |caller| {
+    labelled(&caller, async {
+        let caller = &caller;
         let name = readable(caller, &account)?;
         let Query(query) = query?;
         let min_valid = query.min_valid.map(std::time::Duration::from_secs);
@@ -50,12 +52,13 @@ pub(super) async fn get_token(
 
 pub(super) async fn post_token(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
+    caller: Caller,
     headers: HeaderMap,
     Segment(account): Segment,
     body: Result<Json<RejectedBody>, JsonRejection>,
 ) -> Response {
-    for_caller(&app, &peer, &headers, async |caller| {
+    labelled(&caller, async {
+        let caller = &caller;
         let name = readable(caller, &account)?;
         let Json(body) = body?;
         let rejected = AccessToken::new(body.rejected);
@@ -69,20 +72,13 @@ pub(super) async fn post_token(
     .await
 }
 
-/// Identifies the caller of a token route and answers with `serve`; the response is
-/// labelled with the client (for metrics) whatever the outcome.
-async fn for_caller(
-    app: &AppState,
-    peer: &Peer,
-    headers: &HeaderMap,
-    serve: impl AsyncFnOnce(&Caller) -> Result<Response, ApiError>,
+/// The answer of a token route. A token response is labelled with its client (for metrics)
+/// by `token_response`; a failure is labelled here.
+async fn labelled(
+    caller: &Caller,
+    answer: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Response {
-    let caller = match identify(app, peer, headers) {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
-    };
-    // A token response is labelled by `token_response`; a failure is labelled here.
-    serve(&caller).await.unwrap_or_else(|error| {
+    answer.await.unwrap_or_else(|error| {
         let mut response = error.into_response();
         response
             .extensions_mut()
@@ -93,10 +89,8 @@ async fn for_caller(
 
 pub(super) async fn list_accounts(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<AccountsBody>, ApiError> {
-    let caller = identify(&app, &peer, &headers)?;
     let now = app.clock.now();
     let accounts = app
         .broker
@@ -110,11 +104,9 @@ pub(super) async fn list_accounts(
 
 pub(super) async fn get_account(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    caller: Caller,
     Segment(account): Segment,
 ) -> Result<Json<AccountBody>, ApiError> {
-    let caller = identify(&app, &peer, &headers)?;
     let name = readable(&caller, &account)?;
     let view = app
         .broker
@@ -125,12 +117,10 @@ pub(super) async fn get_account(
 
 pub(super) async fn import_account(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    Admin(caller): Admin,
     Segment(account): Segment,
     body: Result<Json<ImportBody>, JsonRejection>,
 ) -> Result<Json<AccountBody>, ApiError> {
-    let caller = admin(&app, &peer, &headers)?;
     let name: AccountName = account.parse()?;
     let Json(body) = body?;
     let refresh_token = RefreshToken::new(body.refresh_token);
@@ -144,30 +134,22 @@ pub(super) async fn import_account(
 
 pub(super) async fn refresh_account(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    _admin: Admin,
     Segment(account): Segment,
 ) -> Result<Json<AccountBody>, ApiError> {
-    admin(&app, &peer, &headers)?;
-    let name = account
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))?;
+    let name = existing(&account)?;
     let view = app.broker.refresh_now(&name).await?;
     Ok(Json(AccountBody::new(&view, app.clock.now())))
 }
 
 pub(super) async fn delete_account(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    Admin(caller): Admin,
     Segment(account): Segment,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let caller = admin(&app, &peer, &headers)?;
     let Query(query) = query?;
-    let name = account
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))?;
+    let name = existing(&account)?;
     app.broker.remove(&name, query.revoke).await?;
     tracing::info!(client = caller.name(), uid = caller.uid, account = %name, revoked = query.revoke, "account removed by admin");
     Ok(StatusCode::NO_CONTENT)
@@ -175,10 +157,8 @@ pub(super) async fn delete_account(
 
 pub(super) async fn rekey(
     State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
+    Admin(caller): Admin,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = admin(&app, &peer, &headers)?;
     let count = app.broker.rekey().await?;
     tracing::info!(
         client = caller.name(),
@@ -270,15 +250,36 @@ pub(super) fn identify(
     app.access.load().identify(peer, bearer.as_ref())
 }
 
-pub(super) fn admin(app: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let caller = identify(app, peer, headers)?;
-    if !caller.is_admin() {
-        return Err(ApiError::Forbidden(format!(
-            "client {} is not an admin",
-            caller.name()
-        )));
+/// Handlers take the caller as an extractor, identified from the connection's [`Peer`] and
+/// the `Authorization` header before anything else in the request is looked at.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<Peer>()
+            .ok_or_else(|| ApiError::Internal("the listener attached no peer".into()))?;
+        identify(app, peer, &parts.headers)
     }
-    Ok(caller)
+}
+
+/// A caller allowed the admin routes.
+pub(super) struct Admin(pub(super) Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, app).await?;
+        if !caller.is_admin() {
+            return Err(ApiError::Forbidden(format!(
+                "client {} is not an admin",
+                caller.name()
+            )));
+        }
+        Ok(Self(caller))
+    }
 }
 
 /// The account's name, if the caller may have it. Names that cannot exist are answered like
@@ -287,13 +288,18 @@ pub(super) fn readable(caller: &Caller, account: &str) -> Result<AccountName, Ap
     if !caller.may_read(account) {
         return Err(forbidden(caller, account));
     }
-    account.parse().map_err(|_| {
-        if caller.sees_all() {
-            ApiError::NotFound(format!("no account named {account:?}"))
-        } else {
-            forbidden(caller, account)
-        }
-    })
+    if caller.sees_all() {
+        existing(account)
+    } else {
+        account.parse().map_err(|_| forbidden(caller, account))
+    }
+}
+
+/// The name of an account that may exist: one that cannot is 404, like one that does not.
+fn existing(account: &str) -> Result<AccountName, ApiError> {
+    account
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))
 }
 
 /// An unknown account is 404 only for callers allowed every account; 403 for the rest.

@@ -7,21 +7,27 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{eventually, Home};
+use support::{eventually, Daemon, Home};
 use tokenbroker::testing::{FakeProvider, Reply};
 
 /// Quick ticks and no jitter, so refreshes happen within seconds.
 const FAST: &str = "check_interval = \"1s\"\nmin_interval = \"1s\"\njitter = \"0s\"\nmin_valid = \"1s\"\nbackoff_base = \"100ms\"\nbackoff_max = \"1s\"";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tokens_are_refreshed_ahead_of_expiry_and_served_with_min_valid_left() {
+/// A daemon on `FAST` settings holding `account`, whose tokens live `expires_in` seconds.
+async fn fast_daemon(expires_in: u64, account: &str) -> (FakeProvider, Home, Daemon) {
     let fake = FakeProvider::start().await;
-    fake.set_expires_in(json!(4));
+    fake.set_expires_in(json!(expires_in));
     let home = Home::new();
     let daemon = home
         .start(&home.config(&fake.token_url(), FAST, ""), &[])
         .await;
-    daemon.import("short", &fake.grant("short"));
+    daemon.import(account, &fake.grant(account));
+    (fake, home, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_refreshed_ahead_of_expiry_and_served_with_min_valid_left() {
+    let (fake, _home, daemon) = fast_daemon(4, "short").await;
     // Lifetime 4 s: due at half-life (2 s), well before expiry.
     fake.wait_for_calls(3, Duration::from_secs(15)).await;
     let calls = fake.requests();
@@ -135,13 +141,7 @@ async fn the_dropbox_preset_authenticates_one_way_and_keeps_its_refresh_token() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_grant_stops_refreshing_and_shows_in_accounts() {
-    let fake = FakeProvider::start().await;
-    fake.set_expires_in(json!(4));
-    let home = Home::new();
-    let daemon = home
-        .start(&home.config(&fake.token_url(), FAST, ""), &[])
-        .await;
-    daemon.import("gone", &fake.grant("gone"));
+    let (fake, _home, daemon) = fast_daemon(4, "gone").await;
     fake.push([Reply::oauth_error(
         400,
         "invalid_grant",
@@ -177,13 +177,7 @@ async fn invalid_grant_stops_refreshing_and_shows_in_accounts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_outages_degrade_serve_the_old_token_then_recover() {
-    let fake = FakeProvider::start().await;
-    fake.set_expires_in(json!(6));
-    let home = Home::new();
-    let daemon = home
-        .start(&home.config(&fake.token_url(), FAST, ""), &[])
-        .await;
-    daemon.import("flaky", &fake.grant("flaky"));
+    let (fake, _home, daemon) = fast_daemon(6, "flaky").await;
     let old = fake.issued_access_tokens()[0].clone();
     fake.push(
         (0..3).map(|_| Reply::Json(503, json!({"error": "temporarily_unavailable"}), vec![])),

@@ -139,7 +139,7 @@ impl AccountRecord {
 }
 
 /// When tokens are refreshed and how failures back off.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefreshPolicy {
     /// Refresh when less than this (or half the lifetime) remains.
     pub ahead: Duration,

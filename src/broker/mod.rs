@@ -330,7 +330,7 @@ impl Broker {
     /// is fixed for the broker's life.
     pub fn reconfigure(&self, providers: Vec<Arc<Provider>>, policy: RefreshPolicy) {
         *write(&self.inner.providers) = by_name(providers);
-        *write(&self.inner.policy) = policy.clone();
+        *write(&self.inner.policy) = policy;
         // Accounts on their regular schedule move to the new margin; those backing off keep
         // their retry time.
         for slot in read(&self.inner.accounts).values() {
@@ -1019,7 +1019,7 @@ impl Broker {
     }
 
     fn policy(&self) -> RefreshPolicy {
-        read(&self.inner.policy).clone()
+        *read(&self.inner.policy)
     }
 
     fn notify(&self, tell: impl Fn(&dyn Observer)) {

@@ -59,8 +59,7 @@ impl Live {
         let providers =
             providers(&new).map_err(|error| format!("a provider cannot be set up: {error}"))?;
         let applied = self.keep_fixed(new);
-        self.broker
-            .reconfigure(providers, applied.broker.policy.clone());
+        self.broker.reconfigure(providers, applied.broker.policy);
         self.access
             .store(Arc::new(access_rules(&applied, self.own_uid)));
         let started_at = self.readiness.load().started_at;

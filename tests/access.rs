@@ -96,11 +96,9 @@ async fn another_user_gets_only_the_accounts_its_client_allows() {
     );
     let admin_route = as_nobody(&["refresh", "allowed-a"]);
     assert!(String::from_utf8_lossy(&admin_route.stderr).contains("not an admin"));
-    let log = daemon.logs();
+    let log = daemon.logged("token served").await;
     assert!(
-        log.contains("token served")
-            && log.contains("client=\"nightly\"")
-            && log.contains(&format!("uid={NOBODY}")),
+        log.contains("client=\"nightly\"") && log.contains(&format!("uid={NOBODY}")),
         "{log}"
     );
 }

@@ -109,11 +109,7 @@ async fn dev_mode_serves_a_demo_token_on_both_listeners_and_warns() {
     let mut daemon = home
         .start_dev(&[("TOKENBROKER__SERVER__HTTP", &http)])
         .await;
-    assert!(
-        daemon.logs().contains("NOTHING IS SECURED"),
-        "{}",
-        daemon.logs()
-    );
+    daemon.logged("NOTHING IS SECURED").await;
     let (status, body) = daemon.request("GET", "/v1/token/demo", None).await;
     assert_eq!(status, 200, "{body}");
     let expires_in = body["expires_in"].as_u64().unwrap();

@@ -85,11 +85,7 @@ async fn sighup_changes_who_gets_a_token_without_a_restart() {
         body["access_token"],
         fake.issued_access_tokens()[0].as_str()
     );
-    assert!(
-        daemon.logs().contains("configuration reloaded"),
-        "{}",
-        daemon.logs()
-    );
+    daemon.logged("configuration reloaded").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

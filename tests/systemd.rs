@@ -151,9 +151,8 @@ async fn socket_activation_serves_the_passed_sockets_and_leaves_them_to_systemd(
     assert_eq!(daemon.request("GET", "/v1/token/main", None).await.0, 200);
     let over_tcp = reqwest::get(format!("http://{tcp}/healthz")).await.unwrap();
     assert_eq!(over_tcp.status(), 200);
-    let logs = daemon.logs();
-    assert!(logs.contains("Unix socket systemd passed"), "{logs}");
-    assert!(logs.contains("TCP socket systemd passed"), "{logs}");
+    daemon.logged("Unix socket systemd passed").await;
+    let logs = daemon.logged("TCP socket systemd passed").await;
     assert!(!logs.contains("is not server.socket"), "{logs}");
 
     assert!(daemon.terminate().success());

@@ -214,6 +214,18 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The logs once they contain `needle` (bounded): lines reach the file a few
+    /// milliseconds after they are logged, from the daemon's log writer thread.
+    pub async fn logged(&self, needle: &str) -> String {
+        eventually(
+            &format!("{needle:?} in the logs"),
+            Duration::from_secs(5),
+            || async { self.logs().contains(needle) },
+        )
+        .await;
+        self.logs()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }

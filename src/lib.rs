@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dev;
+pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
 pub mod provider;

@@ -1,0 +1,69 @@
+//! What one "token served" log line costs: `tracing-subscriber`'s default human format
+//! against ours (`tokenbroker::log_format`), the same event, the same batched writer into
+//! `io::sink()`, measured one after the other in the same run.
+//!
+//! `cargo run --release --example log_line [EVENTS]`
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    missing_docs,
+    reason = "a measuring tool: prints, and reads the monotonic clock"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokenbroker::log_format::{Fields, Line};
+use tracing_subscriber::fmt::SubscriberBuilder;
+
+fn main() {
+    let events: u32 = std::env::args()
+        .nth(1)
+        .map_or(500_000, |n| n.parse().unwrap());
+    let builder = || {
+        let (writer, guard) = tokenbroker::log_writer::batched(std::io::sink());
+        let builder = SubscriberBuilder::default()
+            .with_writer(writer)
+            .with_ansi(false);
+        (builder, guard)
+    };
+    println!("{events} events per run, nanoseconds per event");
+    println!(
+        "{:>6} {:>9} {:>9} {:>7}",
+        "round", "default", "ours", "ratio"
+    );
+    for round in 1..=3 {
+        let (default, guard) = builder();
+        let default = time(default.finish(), events);
+        drop(guard);
+        let (ours, guard) = builder();
+        let ours = time(
+            ours.fmt_fields(Fields)
+                .event_format(Line::new(true))
+                .finish(),
+            events,
+        );
+        drop(guard);
+        let per_event = |d: Duration| d.as_nanos() as f64 / f64::from(events);
+        println!(
+            "{round:>6} {:>9.0} {:>9.0} {:>7.2}",
+            per_event(default),
+            per_event(ours),
+            per_event(ours) / per_event(default)
+        );
+    }
+}
+
+/// Logs `events` token-served records, as `handlers::token_response` does.
+fn time(subscriber: impl tracing::Subscriber + Send + Sync, events: u32) -> Duration {
+    let client = Arc::<str>::from("nightly-backup");
+    tracing::subscriber::with_default(subscriber, || {
+        let start = Instant::now();
+        for i in 0..events {
+            let pid = 4242 + i32::try_from(i % 8).unwrap();
+            tracing::info!(client = &*client, uid = 1000u32, pid, account = %"dropbox-team", expires_in = 14_000u64, "token served");
+        }
+        start.elapsed()
+    })
+}

@@ -1,0 +1,352 @@
+//! The human log line, written as `tracing-subscriber`'s default format writes it without
+//! colours, at a fraction of its cost: every token served writes a line.
+//!
+//! [`Line`] lays out the line (time, level, spans, target, fields) with plain string writes.
+//! [`Timestamp`] renders the date and time of day once per second and only the microseconds
+//! per line. [`Fields`] writes string, integer and boolean fields directly; everything else
+//! (the message, errors, `Debug` values, and every field when colours are on) goes through
+//! `tracing-subscriber`'s own visitor, which escapes what must be escaped. The output is byte
+//! for byte what `Format<Full>`, `DefaultFields` and the `SystemTime` timer write, and the
+//! tests hold it to that. With colours (a terminal) the default format itself is used.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::field::{RecordFields, VisitOutput};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// `time LEVEL span{fields}:span: target: message fields`, as `Format<Full>` writes it
+/// without colours.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Line<T = Timestamp> {
+    timer: Option<T>,
+}
+
+impl Line {
+    /// Lines with a [`Timestamp`], or without one (journald stamps lines itself).
+    pub fn new(timestamps: bool) -> Self {
+        Self {
+            timer: timestamps.then_some(Timestamp),
+        }
+    }
+}
+
+impl<T: FormatTime> Line<T> {
+    /// Lines stamped by `timer`.
+    pub fn with_timer(timer: T) -> Self {
+        Self { timer: Some(timer) }
+    }
+}
+
+impl<S, N, T> FormatEvent<S, N> for Line<T>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    T: FormatTime,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        // A record from the `log` crate (sled's) carries its real target in its fields.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        if let Some(timer) = &self.timer {
+            if timer.format_time(&mut writer).is_err() {
+                writer.write_str("<unknown time>")?;
+            }
+            writer.write_char(' ')?;
+        }
+        writer.write_str(level(*meta.level()))?;
+        writer.write_char(' ')?;
+        if let Some(scope) = ctx.event_scope() {
+            let mut seen = false;
+            for span in scope.from_root() {
+                seen = true;
+                writer.write_str(span.metadata().name())?;
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>() {
+                    if !fields.is_empty() {
+                        writer.write_char('{')?;
+                        writer.write_str(fields)?;
+                        writer.write_char('}')?;
+                    }
+                }
+                writer.write_char(':')?;
+            }
+            if seen {
+                writer.write_char(' ')?;
+            }
+        }
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
+    }
+}
+
+/// The level as the default format pads it.
+fn level(level: Level) -> &'static str {
+    match level {
+        Level::TRACE => "TRACE",
+        Level::DEBUG => "DEBUG",
+        Level::INFO => " INFO",
+        Level::WARN => " WARN",
+        Level::ERROR => "ERROR",
+    }
+}
+
+/// RFC 3339 UTC with microseconds (`2026-11-29T07:42:58.123456Z`), like
+/// `tracing_subscriber::fmt::time::SystemTime`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timestamp;
+
+impl FormatTime for Timestamp {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a log line's time is the wall clock's by definition"
+        )]
+        let now = SystemTime::now();
+        match write_cached(w, now) {
+            Some(result) => result,
+            // A clock set before 1970 or after 9999: the default timer knows what to print.
+            None => tracing_subscriber::fmt::time::SystemTime.format_time(w),
+        }
+    }
+}
+
+/// The first second after the year 9999.
+const YEAR_10000: u64 = 253_402_300_800;
+
+/// The date and time of day of the last second rendered on this thread.
+struct SecondCache {
+    second: u64,
+    /// `2026-11-29T07:42:58.`
+    prefix: String,
+}
+
+thread_local! {
+    static SECOND: RefCell<Option<SecondCache>> = const { RefCell::new(None) };
+}
+
+/// Writes `time`, or `None` for a time outside 1970 to 9999.
+fn write_cached(w: &mut impl fmt::Write, time: SystemTime) -> Option<fmt::Result> {
+    let since_epoch = time.duration_since(UNIX_EPOCH).ok()?;
+    let second = since_epoch.as_secs();
+    if second >= YEAR_10000 {
+        return None;
+    }
+    let micros = since_epoch.subsec_micros();
+    Some(SECOND.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let cached = match &mut *cache {
+            Some(cached) if cached.second == second => cached,
+            slot => slot.insert(SecondCache {
+                second,
+                prefix: second_prefix(second),
+            }),
+        };
+        w.write_str(&cached.prefix)?;
+        write!(w, "{micros:06}Z")
+    }))
+}
+
+/// `2026-11-29T07:42:58.` for a second since the epoch.
+fn second_prefix(second: u64) -> String {
+    let whole = UNIX_EPOCH + Duration::from_secs(second);
+    let mut prefix = humantime::format_rfc3339_seconds(whole).to_string();
+    if prefix.ends_with('Z') {
+        prefix.pop();
+    }
+    prefix.push('.');
+    prefix
+}
+
+/// Formats fields as `DefaultFields` does, faster for plain strings and numbers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fields;
+
+impl<'writer> FormatFields<'writer> for Fields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = Visitor {
+            plain: !writer.has_ansi_escapes(),
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.finish()
+    }
+}
+
+struct Visitor<'a> {
+    writer: Writer<'a>,
+    /// No colours: the fast paths write exactly what the default visitor would.
+    plain: bool,
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl Visitor<'_> {
+    /// Writes `name=value`, `value` written by `write_value`, after a separator if needed.
+    fn write_field(
+        &mut self,
+        field: &Field,
+        write_value: impl FnOnce(&mut Writer<'_>) -> fmt::Result,
+    ) {
+        let name = field.name();
+        // The `log` crate's metadata, shown already as the line's target.
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        self.pad();
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        self.result = self
+            .writer
+            .write_str(name)
+            .and_then(|()| self.writer.write_char('='))
+            .and_then(|()| write_value(&mut self.writer));
+    }
+
+    fn pad(&mut self) {
+        if self.is_empty {
+            self.is_empty = false;
+        } else if let Err(error) = self.writer.write_char(' ') {
+            self.result = Err(error);
+        }
+    }
+
+    /// Renders `field` with `tracing-subscriber`'s visitor, keeping the separator state.
+    fn delegate(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut inner = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        record(&mut inner);
+        self.result = inner.finish();
+        // It writes every field but `log.` metadata.
+        if !field.name().starts_with("log.") {
+            self.is_empty = false;
+        }
+    }
+
+    fn write_integer(&mut self, field: &Field, value: impl itoa::Integer) {
+        self.write_field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+}
+
+impl Visit for Visitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if !self.plain || field.name() == "message" {
+            return self.delegate(field, |inner| inner.record_str(field, value));
+        }
+        if is_plain(value) {
+            self.write_field(field, |w| {
+                w.write_char('"')?;
+                w.write_str(value)?;
+                w.write_char('"')
+            });
+        } else {
+            self.write_field(field, |w| write!(w, "{value:?}"));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if !self.plain {
+            return self.delegate(field, |inner| inner.record_u64(field, value));
+        }
+        self.write_integer(field, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if !self.plain {
+            return self.delegate(field, |inner| inner.record_i64(field, value));
+        }
+        self.write_integer(field, value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if !self.plain {
+            return self.delegate(field, |inner| inner.record_bool(field, value));
+        }
+        self.write_field(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.delegate(field, |inner| inner.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if !self.plain {
+            return self.delegate(field, |inner| inner.record_debug(field, value));
+        }
+        if field.name() != "message" {
+            return self.write_field(field, |w| write!(w, "{value:?}"));
+        }
+        if self.result.is_err() {
+            return;
+        }
+        self.pad();
+        self.result = if self.writer.sanitizes_ansi_escapes() {
+            write!(&mut Sanitizing(&mut self.writer), "{value:?}")
+        } else {
+            write!(self.writer, "{value:?}")
+        };
+    }
+}
+
+impl VisitOutput<fmt::Result> for Visitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+/// Escapes in a message what `tracing-subscriber` escapes there: the control characters a
+/// terminal acts on (a caller's input could otherwise rewrite an operator's screen).
+struct Sanitizing<'a, 'w>(&'a mut Writer<'w>);
+
+impl fmt::Write for Sanitizing<'_, '_> {
+    fn write_str(&mut self, mut text: &str) -> fmt::Result {
+        while let Some(at) = text.find(is_terminal_control) {
+            self.0.write_str(&text[..at])?;
+            let control = text[at..].chars().next().unwrap_or_default();
+            match control {
+                '\x1b' => self.0.write_str("\\x1b")?,
+                '\x07' => self.0.write_str("\\x07")?,
+                '\x08' => self.0.write_str("\\x08")?,
+                '\x0c' => self.0.write_str("\\x0c")?,
+                '\x7f' => self.0.write_str("\\x7f")?,
+                c1 => write!(self.0, "\\u{{{:x}}}", u32::from(c1))?,
+            }
+            text = &text[at + control.len_utf8()..];
+        }
+        self.0.write_str(text)
+    }
+}
+
+fn is_terminal_control(c: char) -> bool {
+    matches!(
+        c,
+        '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' | '\u{80}'..='\u{9f}'
+    )
+}
+
+/// Whether `{:?}` of `value` is `value` in quotes: printable ASCII without `"` or `\`.
+fn is_plain(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+#[cfg(test)]
+mod tests;

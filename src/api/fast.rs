@@ -6,13 +6,20 @@
 //! any kind, a token that must be refreshed first, a query it does not recognise) is left to
 //! the router, which stays the one place where failures are answered.
 
+use std::sync::Arc;
+
 use axum::http::{Method, Request};
 use axum::response::Response;
 
 use super::{browser, handlers, AppState, Peer};
 
-/// The answer to a token request that can be served from memory; `None` for anything else.
-pub(super) fn token<B>(app: &AppState, peer: &Peer, request: &Request<B>) -> Option<Response> {
+/// The answer to a token request that can be served from memory, with the caller's client
+/// name (its metrics label); `None` for anything else.
+pub(super) fn token<B>(
+    app: &AppState,
+    peer: &Peer,
+    request: &Request<B>,
+) -> Option<(Response, Arc<str>)> {
     if request.method() != Method::GET {
         return None;
     }
@@ -26,7 +33,8 @@ pub(super) fn token<B>(app: &AppState, peer: &Peer, request: &Request<B>) -> Opt
     let caller = handlers::identify(app, peer, headers).ok()?;
     let name = handlers::readable(&caller, account).ok()?;
     let served = app.broker.cached_token(&name, min_valid)?;
-    Some(handlers::token_response(&caller, &name, &served, headers))
+    let response = handlers::token_response(&caller, &name, &served, headers);
+    Some((response, caller.shared_name()))
 }
 
 /// `min_valid=SECONDS` and nothing else; other queries go to the router, which explains them.

@@ -1,5 +1,6 @@
 //! The route handlers: identify the caller, check what it may have, ask the broker.
 
+use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
@@ -9,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::error::Segment;
-use super::types::{AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody, TokenBody};
+use super::types::{self, AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody};
 use super::{ApiError, AppState, Caller, Peer, TokenClient};
 use crate::broker::{BrokerError, ServedToken};
 use crate::secret::{AccessToken, ApiKey, RefreshToken};
@@ -72,19 +73,16 @@ pub(super) async fn post_token(
     .await
 }
 
-/// The answer of a token route. A token response is labelled with its client (for metrics)
-/// by `token_response`; a failure is labelled here.
+/// The answer of a token route, labelled with its client for the metrics.
 async fn labelled(
     caller: &Caller,
     answer: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Response {
-    answer.await.unwrap_or_else(|error| {
-        let mut response = error.into_response();
-        response
-            .extensions_mut()
-            .insert(TokenClient(caller.shared_name()));
-        response
-    })
+    let mut response = answer.await.unwrap_or_else(IntoResponse::into_response);
+    response
+        .extensions_mut()
+        .insert(TokenClient(caller.shared_name()));
+    response
 }
 
 pub(super) async fn list_accounts(
@@ -332,20 +330,17 @@ pub(super) fn token_response(
                 .split(',')
                 .any(|part| part.trim().starts_with("text/plain"))
         });
-    let mut response = if wants_text {
+    let (content_type, body) = if wants_text {
         (
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            served.access_token.expose().to_owned(),
+            "text/plain; charset=utf-8",
+            served.access_token.expose().as_bytes().to_vec(),
         )
-            .into_response()
     } else {
-        Json(TokenBody::from(served)).into_response()
+        ("application/json", types::token_json(served))
     };
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-        .extensions_mut()
-        .insert(TokenClient(caller.shared_name()));
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

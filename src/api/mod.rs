@@ -131,25 +131,24 @@ impl Service {
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let response = match fast::token(&self.inner.state, &peer, &request) {
-            Some(mut response) => {
-                response
-                    .extensions_mut()
-                    .insert(RouteLabel(Cow::Borrowed(TOKEN_ROUTE)));
-                response
-            }
-            None => {
-                request.extensions_mut().insert(peer);
-                match self.inner.router.clone().oneshot(request).await {
-                    Ok(response) => response,
-                    Err(infallible) => match infallible {},
-                }
-            }
+        if let Some((response, client)) = fast::token(&self.inner.state, &peer, &request) {
+            let status = response.status().as_u16();
+            let metrics = &self.inner.state.metrics;
+            metrics.request(Cow::Borrowed(TOKEN_ROUTE), status);
+            metrics.token_request(&client, TOKEN_ROUTE, status);
+            return response;
+        }
+        request.extensions_mut().insert(peer);
+        let response = match self.inner.router.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(infallible) => match infallible {},
         };
         self.count(&response);
         response
     }
 
+    /// Counts a response of the router, labelled by the route it matched and, on the token
+    /// routes, by the client that asked.
     fn count(&self, response: &Response) {
         let metrics = &self.inner.state.metrics;
         let route = response

@@ -703,3 +703,40 @@ fn without_expires_in(bytes: &[u8]) -> Value {
     }
     value
 }
+
+/// The daemon writes the token body from the served token without copying it; clients read
+/// it as `TokenBody`. Both must be the same JSON, byte for byte.
+#[test]
+fn the_token_json_is_the_token_body_clients_read() {
+    let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+    for (access_token, scope) in [
+        ("sl.u.AbC-123_xyz", None),
+        (
+            "with \"quotes\", \\ and \u{1}",
+            Some("files.content.read account_info.read"),
+        ),
+        ("", Some("")),
+    ] {
+        let served = broker::ServedToken {
+            access_token: crate::secret::AccessToken::new(access_token),
+            token_type: "bearer".into(),
+            expires_at,
+            expires_in: Duration::from_millis(14_399_600),
+            scope: scope.map(str::to_owned),
+        };
+        let owned = types::TokenBody {
+            access_token: access_token.into(),
+            token_type: "bearer".into(),
+            expires_at: "2026-11-18T11:06:40Z".into(),
+            expires_in: 14_399,
+            scope: scope.map(str::to_owned),
+        };
+        let json = types::token_json(&served);
+        assert_eq!(
+            String::from_utf8(json.clone()).unwrap(),
+            serde_json::to_string(&owned).unwrap()
+        );
+        let read: types::TokenBody = serde_json::from_slice(&json).unwrap();
+        assert_eq!(read.access_token, access_token);
+    }
+}

@@ -1,3 +1,5 @@
+//! The log line and its parts against `tracing-subscriber`'s own, byte for byte.
+
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};

@@ -54,6 +54,23 @@ struct TokenRequestLabels {
     status: u16,
 }
 
+/// The counters one kind of token request increments, resolved by
+/// [`Metrics::token_counters`]: the same series [`Metrics::request`] and
+/// [`Metrics::token_request`] count.
+#[derive(Debug, Clone, Default)]
+pub struct TokenCounters {
+    route: Counter,
+    client: Counter,
+}
+
+impl TokenCounters {
+    /// Counts one request.
+    pub fn inc(&self) {
+        self.route.inc();
+        self.client.inc();
+    }
+}
+
 type Seconds = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -141,6 +158,28 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels { route, status })
             .inc();
+    }
+
+    /// The counters of requests from `client` on `route` answered `status`, looked up once so
+    /// that counting one is two increments (the token route's fast path keeps them).
+    pub fn token_counters(&self, client: &str, route: &'static str, status: u16) -> TokenCounters {
+        TokenCounters {
+            route: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: Cow::Borrowed(route),
+                    status,
+                })
+                .clone(),
+            client: self
+                .token_requests
+                .get_or_create(&TokenRequestLabels {
+                    client: client.to_owned(),
+                    route,
+                    status,
+                })
+                .clone(),
+        }
     }
 
     /// Counts one token request from `client` (`unidentified` when it could not be told).

@@ -6,12 +6,14 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::metrics::{Metrics, TokenCounters};
 use crate::secret::ApiKey;
 
 /// The other end of a connection, attached to every request by the listener.
@@ -45,6 +47,8 @@ pub struct Client {
     pub accounts: Vec<glob::Pattern>,
     /// May use the admin routes.
     pub admin: bool,
+    /// Its tokens served from memory, counted without a label lookup (filled on first use).
+    pub served: OnceLock<TokenCounters>,
 }
 
 /// The name of callers known by an admin uid.
@@ -72,6 +76,21 @@ impl Caller {
         self.client
             .as_ref()
             .map_or_else(|| Arc::clone(&ADMIN), |client| Arc::clone(&client.name))
+    }
+
+    /// The counters of this caller's tokens served from memory: its client's, or those of
+    /// admin callers in `admins`; looked up in `metrics` the first time.
+    pub fn served_counters<'a>(
+        &'a self,
+        admins: &'a OnceLock<TokenCounters>,
+        metrics: &Metrics,
+        route: &'static str,
+    ) -> &'a TokenCounters {
+        let (counters, name) = match &self.client {
+            Some(client) => (&client.served, &*client.name),
+            None => (admins, &**ADMIN),
+        };
+        counters.get_or_init(|| metrics.token_counters(name, route, StatusCode::OK.as_u16()))
     }
 
     /// Whether the caller may use the admin routes.
@@ -191,6 +210,7 @@ pub(super) mod tests {
                 .map(|p| glob::Pattern::new(p).unwrap())
                 .collect(),
             admin: false,
+            served: OnceLock::new(),
         }
     }
 

@@ -6,20 +6,18 @@
 //! any kind, a token that must be refreshed first, a query it does not recognise) is left to
 //! the router, which stays the one place where failures are answered.
 
-use std::sync::Arc;
-
 use axum::http::{Method, Request};
 use axum::response::Response;
 
-use super::{browser, handlers, AppState, Peer};
+use super::{browser, handlers, AppState, Caller, Peer};
 
-/// The answer to a token request that can be served from memory, with the caller's client
-/// name (its metrics label); `None` for anything else.
+/// The answer to a token request that can be served from memory (always `200 OK`), with the
+/// caller; `None` for anything else.
 pub(super) fn token<B>(
     app: &AppState,
     peer: &Peer,
     request: &Request<B>,
-) -> Option<(Response, Arc<str>)> {
+) -> Option<(Response, Caller)> {
     if request.method() != Method::GET {
         return None;
     }
@@ -34,7 +32,7 @@ pub(super) fn token<B>(
     let name = handlers::readable(&caller, account).ok()?;
     let served = app.broker.cached_token(&name, min_valid)?;
     let response = handlers::token_response(&caller, &name, &served, headers);
-    Some((response, caller.shared_name()))
+    Some((response, caller))
 }
 
 /// `min_valid=SECONDS` and nothing else; other queries go to the router, which explains them.

@@ -16,7 +16,7 @@ pub mod types;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -35,7 +35,7 @@ pub use self::connect::callback_url;
 pub use self::error::ApiError;
 use crate::broker::Broker;
 use crate::clock::SharedClock;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TokenCounters};
 use crate::token::AccountName;
 
 /// The largest request body accepted (an import is a few hundred bytes).
@@ -111,6 +111,8 @@ pub struct Service {
 struct ServiceInner {
     state: AppState,
     router: Router,
+    /// The counters of tokens served from memory to admin uids (clients keep their own).
+    admins_served: OnceLock<TokenCounters>,
 }
 
 impl Service {
@@ -119,6 +121,7 @@ impl Service {
         let inner = ServiceInner {
             router: router(state.clone()),
             state,
+            admins_served: OnceLock::new(),
         };
         Self {
             inner: Arc::new(inner),
@@ -131,11 +134,11 @@ impl Service {
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        if let Some((response, client)) = fast::token(&self.inner.state, &peer, &request) {
-            let status = response.status().as_u16();
-            let metrics = &self.inner.state.metrics;
-            metrics.request(Cow::Borrowed(TOKEN_ROUTE), status);
-            metrics.token_request(&client, TOKEN_ROUTE, status);
+        let state = &self.inner.state;
+        if let Some((response, caller)) = fast::token(state, &peer, &request) {
+            caller
+                .served_counters(&self.inner.admins_served, &state.metrics, TOKEN_ROUTE)
+                .inc();
             return response;
         }
         request.extensions_mut().insert(peer);

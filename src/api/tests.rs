@@ -740,3 +740,55 @@ fn the_token_json_is_the_token_body_clients_read() {
         assert_eq!(read.access_token, access_token);
     }
 }
+
+/// Token requests are counted by client, route and status, whether the fast path or the
+/// router answered them, and each client under its own name.
+#[tokio::test]
+async fn token_requests_are_counted_by_client_whichever_path_answers() {
+    let api = api().await;
+    api.import("corp").await;
+    let sidecar = [
+        ("authorization", "Bearer sidecar-key"),
+        ("host", "127.0.0.1:8765"),
+    ];
+    let ops = [
+        ("authorization", "Bearer ops-key"),
+        ("host", "127.0.0.1:8765"),
+    ];
+    for _ in 0..3 {
+        let (status, _, _) = api.call(TCP, "GET", "/v1/token/corp", &sidecar, None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _, _) = api.call(TCP, "GET", "/v1/token/corp", &ops, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for _ in 0..2 {
+        let (status, _, _) = api.call(ADMIN, "GET", "/v1/token/corp", &[], None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let too_long = "/v1/token/corp?min_valid=99999999";
+    let (status, _, _) = api.call(ADMIN, "GET", too_long, &[], None).await;
+    assert!(status.is_client_error());
+
+    let text = api
+        .state
+        .metrics
+        .render(&api.state.broker, api.state.clock.now());
+    let count = |series: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    let token = |client: &str, status: u16| {
+        count(&format!(
+            r#"tokenbroker_token_requests_total{{client="{client}",route="/v1/token/{{account}}",status="{status}"}}"#
+        ))
+    };
+    assert_eq!(token("sidecar", 200), 3.0);
+    assert_eq!(token("ops", 200), 1.0);
+    assert_eq!(token("admin", 200), 2.0);
+    assert_eq!(token("admin", status.as_u16()), 1.0);
+    let route_ok = r#"tokenbroker_http_requests_total{route="/v1/token/{account}",status="200"}"#;
+    assert_eq!(count(route_ok), 6.0);
+}

@@ -407,6 +407,7 @@ fn client(
         api_key_sha256,
         accounts,
         admin: raw.admin,
+        served: std::sync::OnceLock::new(),
     })
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::{Home, BINARY};
-use tokenbroker::testing::FakeProvider;
+use tokenbroker::testing::{FakeProvider, Reply};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_keeps_accounts_and_sigterm_removes_the_socket() {
@@ -197,6 +197,39 @@ async fn a_stale_socket_file_is_replaced() {
     assert!(home.socket().exists());
     let daemon = home.start(&config, &[]).await;
     assert_eq!(daemon.request("GET", "/healthz", None).await.0, 200);
+}
+
+/// Connections waiting for a request are closed after 5 to 7.5 s; one whose request takes
+/// longer than that to answer (a refresh from a slow provider) is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_slower_to_answer_than_the_idle_timeout_is_still_answered() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let slow = format!(
+        "\n[providers.slow]\npreset = \"generic\"\nclient_id = \"client\"\nauth_method = \"none\"\ntoken_url = \"{}\"\ntimeout = \"30s\"\n",
+        fake.token_url()
+    );
+    let daemon = home
+        .start(&home.config(&fake.token_url(), "", &slow), &[])
+        .await;
+    let import = daemon.cli(
+        &[
+            "import",
+            "slow",
+            "--provider",
+            "slow",
+            "--refresh-token-stdin",
+        ],
+        Some(&fake.grant("slow")),
+    );
+    assert!(import.status.success(), "{import:?}");
+    fake.push([Reply::Delay(Duration::from_secs(8), Box::new(Reply::Issue))]);
+    let started = Instant::now();
+    let (status, body) = daemon
+        .request("POST", "/v1/accounts/slow/refresh", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() >= Duration::from_secs(8));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,26 +1,34 @@
 //! Accept loops for the Unix socket and loopback TCP.
 //!
-//! Hand-written rather than `axum::serve`, which installs no timer so hyper's header-read
-//! timeout never fires: here a half-sent request is closed after `HEADER_READ_TIMEOUT`.
-//! Each connection gets its peer attached to every request, a cap bounds how many are open,
-//! and shutdown stops accepting and lets open connections finish within a grace period.
+//! Hand-written rather than `axum::serve`: each connection gets its peer attached to every
+//! request, a cap bounds how many are open, a connection left waiting for a request (a
+//! half-sent one, or an idle keep-alive) is closed after [`IDLE_TIMEOUT`], and shutdown stops
+//! accepting and lets open connections finish within a grace period.
+//!
+//! The idle timeout is a watchdog task per connection that wakes every half timeout, not
+//! hyper's header-read timeout, which arms and drops a timer for every request: on the token
+//! route that timer cost more than a tenth of the daemon's work per request.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Peer, Service};
 
-/// A request's headers must arrive within this.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection waiting this long for a request without one arriving whole (and none being
+/// answered) is closed, within another half of it: a half-sent request, or an idle
+/// keep-alive connection.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Open connections at most, per listener.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// The most header bytes hyper buffers for one request.
@@ -68,10 +76,7 @@ where
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
+    builder.max_buf_size(MAX_HEADER_BYTES);
     loop {
         // Wait for a free slot before accepting, so a flood queues in the kernel's backlog
         // instead of in our memory.
@@ -93,19 +98,31 @@ where
                 continue;
             }
         };
-        let api = api.clone();
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let api = api.clone();
-            async move { Ok::<_, std::convert::Infallible>(api.call(request, peer).await) }
+        let shared = Arc::new(Connection {
+            api: api.clone(),
+            peer,
+            activity: Activity::default(),
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        let service = hyper::service::service_fn({
+            let shared = Arc::clone(&shared);
+            move |request: hyper::Request<Incoming>| {
+                // The connection's own `Arc`: no count shared with other connections' threads.
+                let shared = Arc::clone(&shared);
+                async move {
+                    let _answering = shared.activity.begin();
+                    let response = shared.api.call(request, shared.peer).await;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let task = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(error = %error, "connection ended with an error");
             }
             drop(permit);
         });
+        tokio::spawn(close_when_idle(task, shared));
     }
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -114,6 +131,131 @@ where
         tracing::warn!(
             "connections still open after {}s; closing them",
             DRAIN_TIMEOUT.as_secs()
+        );
+    }
+}
+
+/// What the requests of one connection share.
+struct Connection {
+    api: Service,
+    peer: Peer,
+    activity: Activity,
+}
+
+/// Requests begun plus requests answered on one connection: odd while one is being answered
+/// (HTTP/1 answers one at a time).
+#[derive(Debug, Default)]
+struct Activity(AtomicU64);
+
+/// Marks the end of an answer when dropped, however the answer ends.
+struct Answering<'a>(&'a Activity);
+
+impl Activity {
+    fn begin(&self) -> Answering<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Answering(self)
+    }
+
+    fn events(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Ends the connection `task` once it has been idle for [`IDLE_TIMEOUT`]; returns when it
+/// ends on its own.
+async fn close_when_idle(mut task: JoinHandle<()>, connection: Arc<Connection>) {
+    tokio::select! {
+        _ = &mut task => {}
+        () = idle(&connection.activity) => {
+            tracing::debug!("closing a connection that sent no whole request for {}s", IDLE_TIMEOUT.as_secs());
+            task.abort();
+        }
+    }
+}
+
+/// Returns once no request has begun or been answered for two checks in a row, half an
+/// [`IDLE_TIMEOUT`] apart, and none is being answered: after between one and one and a half
+/// timeouts of idleness.
+async fn idle(activity: &Activity) {
+    let mut seen = activity.events();
+    let mut quiet_checks = 0;
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+        let now = activity.events();
+        let answering = now % 2 == 1;
+        if now != seen || answering {
+            seen = now;
+            quiet_checks = 0;
+            continue;
+        }
+        quiet_checks += 1;
+        if quiet_checks == 2 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::{timeout, Instant};
+
+    use super::*;
+
+    /// How long `idle` took to return, in (paused) time.
+    async fn time_to_close(activity: &Activity) -> Duration {
+        let started = Instant::now();
+        idle(activity).await;
+        started.elapsed()
+    }
+
+    fn within_one_to_one_and_a_half_timeouts(waited: Duration) -> bool {
+        (IDLE_TIMEOUT..=IDLE_TIMEOUT * 3 / 2).contains(&waited)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_no_request_is_closed_after_the_timeout() {
+        let waited = time_to_close(&Activity::default()).await;
+        assert!(within_one_to_one_and_a_half_timeouts(waited), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_being_answered_keeps_its_connection_however_long_it_takes() {
+        let activity = Activity::default();
+        let answering = activity.begin();
+        assert!(
+            timeout(IDLE_TIMEOUT * 20, idle(&activity)).await.is_err(),
+            "closed while answering"
+        );
+        drop(answering);
+        let waited = time_to_close(&activity).await;
+        assert!(within_one_to_one_and_a_half_timeouts(waited), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_with_requests_coming_stays_open_and_closes_once_they_stop() {
+        let activity = Arc::new(Activity::default());
+        let requests = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move {
+                for _ in 0..40 {
+                    tokio::time::sleep(IDLE_TIMEOUT * 9 / 10).await;
+                    drop(activity.begin());
+                }
+            }
+        });
+        let started = Instant::now();
+        idle(&activity).await;
+        assert!(requests.is_finished(), "closed between requests");
+        let after_the_last = started.elapsed() - IDLE_TIMEOUT * 9 / 10 * 40;
+        assert!(
+            within_one_to_one_and_a_half_timeouts(after_the_last),
+            "{after_the_last:?}"
         );
     }
 }

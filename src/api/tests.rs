@@ -792,3 +792,51 @@ async fn token_requests_are_counted_by_client_whichever_path_answers() {
     let route_ok = r#"tokenbroker_http_requests_total{route="/v1/token/{account}",status="200"}"#;
     assert_eq!(count(route_ok), 6.0);
 }
+
+/// The token JSON is rendered once per token and kept: tokens that differ in any one field,
+/// more of them than are kept, served in turn with changing `expires_in`, each get their own
+/// JSON every time.
+#[test]
+fn the_kept_token_json_is_never_another_tokens() {
+    let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+    let served = |token: &str, token_type: &str, at: u64, scope: Option<&str>, left: u64| {
+        broker::ServedToken {
+            access_token: crate::secret::AccessToken::new(token),
+            token_type: token_type.into(),
+            expires_at: base + Duration::from_secs(at),
+            expires_in: Duration::from_secs(left),
+            scope: scope.map(str::to_owned),
+        }
+    };
+    let mut tokens = vec![
+        ("t", "bearer", 0, None),
+        ("u", "bearer", 0, None),
+        ("t", "Bearer", 0, None),
+        ("t", "bearer", 1, None),
+        ("t", "bearer", 0, Some("")),
+        ("t", "bearer", 0, Some("read")),
+    ];
+    for n in 0..10 {
+        tokens.push(("many", "bearer", 100 + n, None));
+    }
+    for round in 0..3u64 {
+        for (i, &(token, token_type, at, scope)) in tokens.iter().enumerate() {
+            let left = 3600 - round * 100 - i as u64;
+            let json = types::token_json(&served(token, token_type, at, scope, left));
+            let body: types::TokenBody = serde_json::from_slice(&json).unwrap();
+            assert_eq!(
+                (
+                    body.access_token.as_str(),
+                    body.token_type.as_str(),
+                    body.expires_in
+                ),
+                (token, token_type, left)
+            );
+            assert_eq!(body.scope.as_deref(), scope);
+            assert_eq!(
+                body.expires_at,
+                humantime::format_rfc3339_seconds(base + Duration::from_secs(at)).to_string()
+            );
+        }
+    }
+}

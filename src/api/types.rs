@@ -3,13 +3,15 @@
 //! Bodies that carry a secret have a redacting `Debug`; the token body is the one place an
 //! access token is deliberately exposed (and it is sent with `Cache-Control: no-store`).
 
+use std::cell::RefCell;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::broker::{AccountView, ServedToken};
-use crate::secret::REDACTED;
+use crate::secret::{AccessToken, REDACTED};
 
 /// `GET /v1/token/{account}`.
 #[derive(Clone, Serialize, Deserialize)]
@@ -37,39 +39,87 @@ impl fmt::Debug for TokenBody {
     }
 }
 
-/// The JSON of `GET /v1/token/{account}`: [`TokenBody`]'s fields, in its order, written from
-/// the served token without copying it first (this is the daemon's most frequent answer).
+/// The JSON of `GET /v1/token/{account}`: [`TokenBody`]'s, byte for byte.
+///
+/// This is the daemon's most frequent answer, and from one request to the next only
+/// `expires_in` changes: the text around it is rendered once per token (on each thread that
+/// serves it) and kept in [`RECENT`].
 pub fn token_json(token: &ServedToken) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Borrowed<'a> {
-        access_token: &'a str,
-        token_type: &'a str,
-        #[serde(serialize_with = "serialize_rfc3339")]
-        expires_at: SystemTime,
-        expires_in: u64,
-        scope: Option<&'a str>,
-    }
-    let body = Borrowed {
-        access_token: token.access_token.expose(),
-        token_type: &token.token_type,
-        expires_at: token.expires_at,
-        expires_in: token.expires_in.as_secs(),
-        scope: token.scope.as_deref(),
-    };
-    // Field names, punctuation, the date and the number take 111 bytes; the rest are the
-    // strings (more if they need escaping, when the buffer grows).
-    let capacity =
-        128 + body.access_token.len() + body.token_type.len() + body.scope.map_or(0, str::len);
-    let mut json = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut json, &body).expect("a token body always serialises");
-    json
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        let at = match recent.iter().position(|rendered| rendered.is_for(token)) {
+            Some(at) => at,
+            None => {
+                recent.truncate(RECENT_TOKENS - 1);
+                recent.insert(0, Rendered::new(token));
+                0
+            }
+        };
+        // The most recent first, so that a busy account is found at once.
+        recent[..=at].rotate_right(1);
+        recent[0].with_expires_in(token.expires_in.as_secs())
+    })
 }
 
-fn serialize_rfc3339<S: serde::Serializer>(
-    time: &SystemTime,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_rfc3339_seconds(*time))
+/// Tokens whose JSON is kept per thread.
+const RECENT_TOKENS: usize = 8;
+
+thread_local! {
+    static RECENT: RefCell<Vec<Rendered>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One token's JSON around its `expires_in`, and what it was rendered from. The text holds
+/// the token, so it is wiped when dropped, like the token itself.
+struct Rendered {
+    access_token: AccessToken,
+    token_type: String,
+    expires_at: SystemTime,
+    scope: Option<String>,
+    /// `{"access_token":…,"token_type":…,"expires_at":…,"expires_in":`
+    before: Zeroizing<Vec<u8>>,
+    /// `,"scope":…}`
+    after: Vec<u8>,
+}
+
+impl Rendered {
+    fn new(token: &ServedToken) -> Self {
+        let mut before = Zeroizing::new(Vec::with_capacity(96 + token.access_token.expose().len()));
+        before.extend_from_slice(br#"{"access_token":"#);
+        before.extend_from_slice(&json(token.access_token.expose()));
+        before.extend_from_slice(br#","token_type":"#);
+        before.extend_from_slice(&json(&token.token_type));
+        before.extend_from_slice(br#","expires_at":""#);
+        before.extend_from_slice(rfc3339(token.expires_at).as_bytes());
+        before.extend_from_slice(br#"","expires_in":"#);
+        let mut after = br#","scope":"#.to_vec();
+        after.extend_from_slice(&json(&token.scope));
+        after.push(b'}');
+        Self {
+            access_token: token.access_token.clone(),
+            token_type: token.token_type.clone(),
+            expires_at: token.expires_at,
+            scope: token.scope.clone(),
+            before,
+            after,
+        }
+    }
+
+    fn is_for(&self, token: &ServedToken) -> bool {
+        self.expires_at == token.expires_at
+            && self.access_token == token.access_token
+            && self.token_type == token.token_type
+            && self.scope == token.scope
+    }
+
+    fn with_expires_in(&self, expires_in: u64) -> Vec<u8> {
+        let mut number = itoa::Buffer::new();
+        let number = number.format(expires_in);
+        let mut json = Vec::with_capacity(self.before.len() + number.len() + self.after.len());
+        json.extend_from_slice(&self.before);
+        json.extend_from_slice(number.as_bytes());
+        json.extend_from_slice(&self.after);
+        json
+    }
 }
 
 /// `POST /v1/token/{account}`.
@@ -176,6 +226,11 @@ pub struct HealthBody {
     /// What is not ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+}
+
+/// A value as JSON (a string, escaped and quoted; `null`).
+fn json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("strings always serialise")
 }
 
 fn rfc3339(time: SystemTime) -> String {

@@ -105,8 +105,10 @@ impl Rendered {
     }
 
     fn is_for(&self, token: &ServedToken) -> bool {
+        // A plain comparison, not `AccessToken`'s constant-time one: both sides are the
+        // daemon's own tokens, nothing a caller sent.
         self.expires_at == token.expires_at
-            && self.access_token == token.access_token
+            && self.access_token.expose() == token.access_token.expose()
             && self.token_type == token.token_type
             && self.scope == token.scope
     }

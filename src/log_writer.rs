@@ -7,6 +7,7 @@
 //! lines arriving meanwhile go out in the same `write`. Nothing is dropped: when the buffer
 //! is full, logging waits for the thread to drain it. Dropping the [`Guard`] writes the rest.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -80,6 +81,8 @@ pub fn batched<W: Write + Send + 'static>(output: W) -> (BatchWriter, Guard) {
 }
 
 fn write_batches(shared: &Shared, mut output: impl Write) {
+    // Two buffers taking turns, so that neither is grown again for every batch.
+    let mut lines = Vec::new();
     loop {
         let mut buffer = shared.lock();
         while buffer.lines.is_empty() && !buffer.closed {
@@ -93,12 +96,16 @@ fn write_batches(shared: &Shared, mut output: impl Write) {
             std::thread::sleep(LINGER);
             buffer = shared.lock();
         }
-        let lines = std::mem::take(&mut buffer.lines);
+        std::mem::swap(&mut lines, &mut buffer.lines);
         let closed = buffer.closed;
         drop(buffer);
         shared.drained.notify_all();
         // Nowhere to report a failing log write; the lines are lost, the daemon goes on.
         let _ = output.write_all(&lines).and_then(|()| output.flush());
+        lines.clear();
+        if lines.capacity() > MAX_BUFFERED {
+            lines.shrink_to(MAX_BUFFERED);
+        }
         if closed {
             return;
         }
@@ -119,7 +126,12 @@ impl Drop for Guard {
 #[derive(Debug)]
 pub struct Line<'a> {
     shared: &'a Shared,
+    /// This thread's line buffer, lent for the line and given back when it is dropped.
     text: Vec<u8>,
+}
+
+thread_local! {
+    static LINE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 impl Write for Line<'_> {
@@ -149,6 +161,12 @@ impl Drop for Line<'_> {
         if first {
             self.shared.pending.notify_one();
         }
+        let mut text = std::mem::take(&mut self.text);
+        // An unusually long line's buffer is not kept.
+        if text.capacity() <= 64 * 1024 {
+            text.clear();
+            LINE.set(text);
+        }
     }
 }
 
@@ -158,7 +176,7 @@ impl<'a> MakeWriter<'a> for BatchWriter {
     fn make_writer(&'a self) -> Self::Writer {
         Line {
             shared: &self.shared,
-            text: Vec::new(),
+            text: LINE.take(),
         }
     }
 }

@@ -58,6 +58,13 @@ print(f'{r["summary"]["requestsPerSec"]:.0f} {r["latencyPercentiles"]["p99"] * 1
 PY
 }
 
+# Warm both up (allocator arenas, page cache for the broker's log file, socket buffers) so
+# that the first round measures the same thing as the others.
+for url in "--unix-socket $work/bare.sock http://localhost/v1/token/demo" "--unix-socket $work/tb.sock http://localhost/v1/token/demo"; do
+  # shellcheck disable=SC2086 # the arguments are meant to split
+  oha --no-tui -z 2s -c "$CONNECTIONS" $url >/dev/null
+done
+
 echo "body ${size} bytes, ${CONNECTIONS} connections, ${DURATION} per run, ${ROUNDS} rounds, broker log level ${BROKER_LOG:-info}"
 printf '%-6s %-5s %10s %10s %9s %9s %9s %9s %7s %7s %7s %11s\n' round via bare_rps broker_rps bare_p99 brok_p99 bare_cpu brok_cpu rps_x p99_x cpu_x healthz_rps
 for round in $(seq "$ROUNDS"); do
@@ -75,8 +82,16 @@ for round in $(seq "$ROUNDS"); do
     read -r broker_rps broker_p99 broker_cpu <<<"$broker"
     read -r healthz_rps _ _ <<<"$healthz"
     python3 -c "print('%-6s %-5s %10s %10s %9s %9s %9s %9s %7.2f %7.2f %7.2f %11s' % ('$round', '$via', $bare_rps, $broker_rps, $bare_p99, $broker_p99, $bare_cpu, $broker_cpu, $broker_rps / $bare_rps, $broker_p99 / $bare_p99, $bare_cpu / $broker_cpu, $healthz_rps))"
+    echo "$via $bare_rps $broker_rps" >>"$work/ratios"
   done
 done
+python3 - "$work/ratios" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+for via in ("unix", "tcp"):
+    ratios = sorted(float(b) / float(a) for v, a, b in rows if v == via)
+    print(f"{via}: rps_x median {statistics.median(ratios):.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f}, {len(ratios)} rounds)")
+PY
 echo "rps_x = broker throughput / bare throughput (higher is better, goal >= 0.9); p99_x = broker p99 / bare p99"
 echo "bare_cpu, brok_cpu = server CPU time (user + system) per request in microseconds; cpu_x = bare_cpu / brok_cpu"
 echo "healthz_rps = the broker's /healthz (routing and listener, no token work, no log line) for comparison"

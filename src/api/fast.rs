@@ -9,6 +9,7 @@
 use axum::http::{Method, Request};
 use axum::response::Response;
 
+use super::types::TokenView;
 use super::{browser, handlers, AppState, Caller, Peer};
 
 /// The answer to a token request that can be served from memory (always `200 OK`), with the
@@ -30,8 +31,17 @@ pub(super) fn token<B>(
     browser::check(headers, Some(peer), &app.public_url).ok()?;
     let caller = handlers::identify(app, peer, headers).ok()?;
     let name = handlers::readable(&caller, account).ok()?;
-    let served = app.broker.cached_token(&name, min_valid)?;
-    let response = handlers::token_response(&caller, &name, &served, headers);
+    let wants_text = handlers::wants_text(headers);
+    // Rendered where the broker keeps the token, without copying it out.
+    let (body, expires_in) = app
+        .broker
+        .with_cached_token(&name, min_valid, |token, left| {
+            (
+                handlers::token_body(TokenView::of(token, left), wants_text),
+                left,
+            )
+        })?;
+    let response = handlers::token_response(&caller, &name, expires_in, body, wants_text);
     Some((response, caller))
 }
 

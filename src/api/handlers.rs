@@ -10,7 +10,9 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::error::Segment;
-use super::types::{self, AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody};
+use super::types::{
+    self, AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody, TokenView,
+};
 use super::{ApiError, AppState, Caller, Peer, TokenClient};
 use crate::broker::{BrokerError, ServedToken};
 use crate::secret::{AccessToken, ApiKey, RefreshToken};
@@ -46,7 +48,7 @@ pub(super) async fn get_token(
             .token(&name, min_valid)
             .await
             .map_err(|e| hide_unknown(caller, e))?;
-        Ok(token_response(caller, &name, &served, &headers))
+        Ok(served_response(caller, &name, &served, &headers))
     })
     .await
 }
@@ -68,7 +70,7 @@ pub(super) async fn post_token(
             .reject(&name, &rejected)
             .await
             .map_err(|e| hide_unknown(caller, e))?;
-        Ok(token_response(caller, &name, &served, &headers))
+        Ok(served_response(caller, &name, &served, &headers))
     })
     .await
 }
@@ -318,29 +320,52 @@ fn forbidden(caller: &Caller, account: &str) -> ApiError {
 pub(super) fn token_response(
     caller: &Caller,
     name: &AccountName,
-    served: &ServedToken,
-    headers: &HeaderMap,
+    expires_in: std::time::Duration,
+    body: Vec<u8>,
+    wants_text: bool,
 ) -> Response {
-    tracing::info!(client = caller.name(), uid = caller.uid, pid = caller.pid, account = %name, expires_in = served.expires_in.as_secs(), "token served");
-    let wants_text = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| {
-            accept
-                .split(',')
-                .any(|part| part.trim().starts_with("text/plain"))
-        });
-    let (content_type, body) = if wants_text {
-        (
-            "text/plain; charset=utf-8",
-            served.access_token.expose().as_bytes().to_vec(),
-        )
+    tracing::info!(client = caller.name(), uid = caller.uid, pid = caller.pid, account = %name, expires_in = expires_in.as_secs(), "token served");
+    let content_type = if wants_text {
+        "text/plain; charset=utf-8"
     } else {
-        ("application/json", types::token_json(served))
+        "application/json"
     };
     let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The body of a token response: the bare token for `text/plain`, else JSON.
+pub(super) fn token_body(token: TokenView<'_>, wants_text: bool) -> Vec<u8> {
+    if wants_text {
+        token.access_token.expose().as_bytes().to_vec()
+    } else {
+        types::token_json(token)
+    }
+}
+
+/// Whether the caller asked for the bare token (`Accept: text/plain`).
+pub(super) fn wants_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept
+                .split(',')
+                .any(|part| part.trim().starts_with("text/plain"))
+        })
+}
+
+/// The answer with a token the broker handed out.
+fn served_response(
+    caller: &Caller,
+    name: &AccountName,
+    served: &ServedToken,
+    headers: &HeaderMap,
+) -> Response {
+    let wants_text = wants_text(headers);
+    let body = token_body(served.into(), wants_text);
+    token_response(caller, name, served.expires_in, body, wants_text)
 }

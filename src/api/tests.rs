@@ -731,7 +731,7 @@ fn the_token_json_is_the_token_body_clients_read() {
             expires_in: 14_399,
             scope: scope.map(str::to_owned),
         };
-        let json = types::token_json(&served);
+        let json = types::token_json((&served).into());
         assert_eq!(
             String::from_utf8(json.clone()).unwrap(),
             serde_json::to_string(&owned).unwrap()
@@ -822,7 +822,7 @@ fn the_kept_token_json_is_never_another_tokens() {
     for round in 0..3u64 {
         for (i, &(token, token_type, at, scope)) in tokens.iter().enumerate() {
             let left = 3600 - round * 100 - i as u64;
-            let json = types::token_json(&served(token, token_type, at, scope, left));
+            let json = types::token_json((&served(token, token_type, at, scope, left)).into());
             let body: types::TokenBody = serde_json::from_slice(&json).unwrap();
             assert_eq!(
                 (

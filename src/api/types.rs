@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::broker::{AccountView, ServedToken};
 use crate::secret::{AccessToken, REDACTED};
+use crate::token::IssuedToken;
 
 /// `GET /v1/token/{account}`.
 #[derive(Clone, Serialize, Deserialize)]
@@ -44,14 +45,14 @@ impl fmt::Debug for TokenBody {
 /// This is the daemon's most frequent answer, and from one request to the next only
 /// `expires_in` changes: the text around it is rendered once per token (on each thread that
 /// serves it) and kept in [`RECENT`].
-pub fn token_json(token: &ServedToken) -> Vec<u8> {
+pub fn token_json(token: TokenView<'_>) -> Vec<u8> {
     RECENT.with(|recent| {
         let mut recent = recent.borrow_mut();
-        let at = match recent.iter().position(|rendered| rendered.is_for(token)) {
+        let at = match recent.iter().position(|rendered| rendered.is_for(&token)) {
             Some(at) => at,
             None => {
                 recent.truncate(RECENT_TOKENS - 1);
-                recent.insert(0, Rendered::new(token));
+                recent.insert(0, Rendered::new(&token));
                 0
             }
         };
@@ -59,6 +60,46 @@ pub fn token_json(token: &ServedToken) -> Vec<u8> {
         recent[..=at].rotate_right(1);
         recent[0].with_expires_in(token.expires_in.as_secs())
     })
+}
+
+/// A token as the API answers with it, borrowed from where it is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenView<'a> {
+    /// The bearer token.
+    pub access_token: &'a AccessToken,
+    /// `Bearer`, or what the provider sent.
+    pub token_type: &'a str,
+    /// When it expires.
+    pub expires_at: SystemTime,
+    /// Time left.
+    pub expires_in: Duration,
+    /// Granted scopes.
+    pub scope: Option<&'a str>,
+}
+
+impl<'a> TokenView<'a> {
+    /// The broker's token, with `expires_in` left.
+    pub fn of(token: &'a IssuedToken, expires_in: Duration) -> Self {
+        Self {
+            access_token: &token.access_token,
+            token_type: &token.token_type,
+            expires_at: token.expires_at,
+            expires_in,
+            scope: token.scope.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a ServedToken> for TokenView<'a> {
+    fn from(token: &'a ServedToken) -> Self {
+        Self {
+            access_token: &token.access_token,
+            token_type: &token.token_type,
+            expires_at: token.expires_at,
+            expires_in: token.expires_in,
+            scope: token.scope.as_deref(),
+        }
+    }
 }
 
 /// Tokens whose JSON is kept per thread.
@@ -82,12 +123,12 @@ struct Rendered {
 }
 
 impl Rendered {
-    fn new(token: &ServedToken) -> Self {
+    fn new(token: &TokenView<'_>) -> Self {
         let mut before = Zeroizing::new(Vec::with_capacity(96 + token.access_token.expose().len()));
         before.extend_from_slice(br#"{"access_token":"#);
         before.extend_from_slice(&json(token.access_token.expose()));
         before.extend_from_slice(br#","token_type":"#);
-        before.extend_from_slice(&json(&token.token_type));
+        before.extend_from_slice(&json(token.token_type));
         before.extend_from_slice(br#","expires_at":""#);
         before.extend_from_slice(rfc3339(token.expires_at).as_bytes());
         before.extend_from_slice(br#"","expires_in":"#);
@@ -96,21 +137,21 @@ impl Rendered {
         after.push(b'}');
         Self {
             access_token: token.access_token.clone(),
-            token_type: token.token_type.clone(),
+            token_type: token.token_type.to_owned(),
             expires_at: token.expires_at,
-            scope: token.scope.clone(),
+            scope: token.scope.map(str::to_owned),
             before,
             after,
         }
     }
 
-    fn is_for(&self, token: &ServedToken) -> bool {
+    fn is_for(&self, token: &TokenView<'_>) -> bool {
         // A plain comparison, not `AccessToken`'s constant-time one: both sides are the
         // daemon's own tokens, nothing a caller sent.
         self.expires_at == token.expires_at
             && self.access_token.expose() == token.access_token.expose()
             && self.token_type == token.token_type
-            && self.scope == token.scope
+            && self.scope.as_deref() == token.scope
     }
 
     fn with_expires_in(&self, expires_in: u64) -> Vec<u8> {

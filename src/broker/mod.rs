@@ -141,6 +141,19 @@ pub struct ServedToken {
     pub scope: Option<String>,
 }
 
+impl ServedToken {
+    /// `token`, with `expires_in` left.
+    pub fn new(token: &IssuedToken, expires_in: Duration) -> Self {
+        Self {
+            access_token: token.access_token.clone(),
+            token_type: token.token_type.clone(),
+            expires_at: token.expires_at,
+            expires_in,
+            scope: token.scope.clone(),
+        }
+    }
+}
+
 /// Why the broker could not do what was asked. Messages carry no secret.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -350,9 +363,23 @@ impl Broker {
         name: &AccountName,
         min_valid: Option<Duration>,
     ) -> Option<ServedToken> {
+        self.with_cached_token(name, min_valid, ServedToken::new)
+    }
+
+    /// What `read` makes of the current token and the time it has left, read where it is
+    /// kept rather than copied out, if `cached_token` would serve it. `read` runs while the
+    /// account is locked: it must be short (the API renders its answer in it).
+    pub fn with_cached_token<R>(
+        &self,
+        name: &AccountName,
+        min_valid: Option<Duration>,
+        read: impl FnOnce(&IssuedToken, Duration) -> R,
+    ) -> Option<R> {
         let slot = self.slot(name).ok()?;
         let state = slot.state();
-        self.servable(&state, min_valid).ok().flatten()
+        let wanted = self.wanted_validity(&state, min_valid).ok()?;
+        let (token, left) = self.valid_token(&state, wanted).ok().flatten()?;
+        Some(read(token, left))
     }
 
     /// The current token if it has at least `min_valid` left (the policy's default when
@@ -930,6 +957,16 @@ impl Broker {
         state: &SlotState,
         wanted: Duration,
     ) -> Result<Option<ServedToken>, BrokerError> {
+        let valid = self.valid_token(state, wanted)?;
+        Ok(valid.map(|(token, left)| ServedToken::new(token, left)))
+    }
+
+    /// The held token and the time it has left, if that is at least `wanted`.
+    fn valid_token<'s>(
+        &self,
+        state: &'s SlotState,
+        wanted: Duration,
+    ) -> Result<Option<(&'s IssuedToken, Duration)>, BrokerError> {
         if state.record.needs_reauth {
             return Err(BrokerError::NeedsReauth(state.record.name.clone()));
         }
@@ -937,15 +974,7 @@ impl Broker {
             return Ok(None);
         };
         let left = token.remaining(self.now());
-        Ok(
-            (left >= wanted && left > Duration::ZERO).then(|| ServedToken {
-                access_token: token.access_token.clone(),
-                token_type: token.token_type.clone(),
-                expires_at: token.expires_at,
-                expires_in: left,
-                scope: token.scope.clone(),
-            }),
-        )
+        Ok((left >= wanted && left > Duration::ZERO).then_some((token, left)))
     }
 
     fn unavailable(&self, state: &SlotState) -> BrokerError {

@@ -1,6 +1,6 @@
-//! What one "token served" log line costs: `tracing-subscriber`'s default human format
-//! against ours (`tokenbroker::log_format`), the same event, the same batched writer into
-//! `io::sink()`, measured one after the other in the same run.
+//! What formatting one "token served" log line costs: `tracing-subscriber`'s default human
+//! format against ours (`tokenbroker::log_format`), the same event written to `io::sink`
+//! (so that only formatting and dispatch are timed), one after the other in the same run.
 //!
 //! `cargo run --release --example log_line [EVENTS]`
 #![allow(
@@ -22,11 +22,9 @@ fn main() {
         .nth(1)
         .map_or(500_000, |n| n.parse().unwrap());
     let builder = || {
-        let (writer, guard) = tokenbroker::log_writer::batched(std::io::sink());
-        let builder = SubscriberBuilder::default()
-            .with_writer(writer)
-            .with_ansi(false);
-        (builder, guard)
+        SubscriberBuilder::default()
+            .with_writer(std::io::sink)
+            .with_ansi(false)
     };
     println!("{events} events per run, nanoseconds per event");
     println!(
@@ -34,17 +32,14 @@ fn main() {
         "round", "default", "ours", "ratio"
     );
     for round in 1..=3 {
-        let (default, guard) = builder();
-        let default = time(default.finish(), events);
-        drop(guard);
-        let (ours, guard) = builder();
+        let default = time(builder().finish(), events);
         let ours = time(
-            ours.fmt_fields(Fields)
+            builder()
+                .fmt_fields(Fields)
                 .event_format(Line::new(true))
                 .finish(),
             events,
         );
-        drop(guard);
         let per_event = |d: Duration| d.as_nanos() as f64 / f64::from(events);
         println!(
             "{round:>6} {:>9.0} {:>9.0} {:>7.2}",

@@ -9,7 +9,7 @@
 //! for byte what `Format<Full>`, `DefaultFields` and the `SystemTime` timer write, and the
 //! tests hold it to that. With colours (a terminal) the default format itself is used.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -57,51 +57,81 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        // The line is put together in this thread's own string, which the compiler can write
+        // to directly, and handed to `writer` (a `dyn fmt::Write`) in one piece.
+        let mut line = LINE.take();
+        line.clear();
+        let result = self.format_into(ctx, &mut line, writer.sanitizes_ansi_escapes(), event);
+        let result = result.and_then(|()| writer.write_str(&line));
+        LINE.set(line);
+        result
+    }
+}
+
+thread_local! {
+    /// The line being put together, kept between lines so that it is not allocated again.
+    static LINE: Cell<String> = const { Cell::new(String::new()) };
+}
+
+impl<T: FormatTime> Line<T> {
+    fn format_into<S, N>(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        line: &mut String,
+        sanitize: bool,
+        event: &Event<'_>,
+    ) -> fmt::Result
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
         // A record from the `log` crate (sled's) carries its real target in its fields.
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         if let Some(timer) = &self.timer {
-            if timer.format_time(&mut writer).is_err() {
-                writer.write_str("<unknown time>")?;
+            if timer.format_time(&mut Writer::new(line)).is_err() {
+                line.push_str("<unknown time>");
             }
-            writer.write_char(' ')?;
+            line.push(' ');
         }
-        writer.write_str(level(*meta.level()))?;
-        writer.write_char(' ')?;
+        line.push_str(level(*meta.level()));
         if let Some(scope) = ctx.event_scope() {
             let mut seen = false;
             for span in scope.from_root() {
                 seen = true;
-                writer.write_str(span.metadata().name())?;
+                line.push_str(span.metadata().name());
                 let extensions = span.extensions();
                 if let Some(fields) = extensions.get::<FormattedFields<N>>() {
                     if !fields.is_empty() {
-                        writer.write_char('{')?;
-                        writer.write_str(fields)?;
-                        writer.write_char('}')?;
+                        line.push('{');
+                        line.push_str(fields);
+                        line.push('}');
                     }
                 }
-                writer.write_char(':')?;
+                line.push(':');
             }
             if seen {
-                writer.write_char(' ')?;
+                line.push(' ');
             }
         }
-        writer.write_str(meta.target())?;
-        writer.write_str(": ")?;
-        ctx.format_fields(writer.by_ref(), event)?;
-        writer.write_char('\n')
+        line.push_str(meta.target());
+        line.push_str(": ");
+        let mut visitor = Visitor::new(line, true, sanitize);
+        event.record(&mut visitor);
+        visitor.finish()?;
+        line.push('\n');
+        Ok(())
     }
 }
 
-/// The level as the default format pads it.
+/// The level as the default format pads it, and the space after it.
 fn level(level: Level) -> &'static str {
     match level {
-        Level::TRACE => "TRACE",
-        Level::DEBUG => "DEBUG",
-        Level::INFO => " INFO",
-        Level::WARN => " WARN",
-        Level::ERROR => "ERROR",
+        Level::TRACE => "TRACE ",
+        Level::DEBUG => "DEBUG ",
+        Level::INFO => " INFO ",
+        Level::WARN => " WARN ",
+        Level::ERROR => "ERROR ",
     }
 }
 
@@ -128,16 +158,20 @@ impl FormatTime for Timestamp {
 /// The first second after the year 9999.
 const YEAR_10000: u64 = 253_402_300_800;
 
-/// The date and time of day of the last second rendered on this thread.
+/// The last second rendered on this thread, and its text with the microseconds of the last
+/// line written in place.
 struct SecondCache {
     second: u64,
-    /// `2026-11-29T07:42:58.`
-    prefix: String,
+    /// `2026-11-29T07:42:58.123456Z`
+    text: String,
 }
 
 thread_local! {
     static SECOND: RefCell<Option<SecondCache>> = const { RefCell::new(None) };
 }
+
+/// Where the microseconds are in [`SecondCache::text`].
+const MICROS: std::ops::Range<usize> = 20..26;
 
 /// Writes `time`, or `None` for a time outside 1970 to 9999.
 fn write_cached(w: &mut impl fmt::Write, time: SystemTime) -> Option<fmt::Result> {
@@ -146,20 +180,19 @@ fn write_cached(w: &mut impl fmt::Write, time: SystemTime) -> Option<fmt::Result
     if second >= YEAR_10000 {
         return None;
     }
-    let micros = since_epoch.subsec_micros();
+    let micros = six_digits(since_epoch.subsec_micros());
+    let micros = std::str::from_utf8(&micros).expect("ASCII digits");
     Some(SECOND.with(|cache| {
         let mut cache = cache.borrow_mut();
         let cached = match &mut *cache {
             Some(cached) if cached.second == second => cached,
             slot => slot.insert(SecondCache {
                 second,
-                prefix: second_prefix(second),
+                text: format!("{}000000Z", second_prefix(second)),
             }),
         };
-        w.write_str(&cached.prefix)?;
-        let digits = six_digits(micros);
-        w.write_str(std::str::from_utf8(&digits).expect("ASCII digits"))?;
-        w.write_char('Z')
+        cached.text.replace_range(MICROS, micros);
+        w.write_str(&cached.text)
     }))
 }
 
@@ -190,33 +223,60 @@ fn second_prefix(second: u64) -> String {
 pub struct Fields;
 
 impl<'writer> FormatFields<'writer> for Fields {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut visitor = Visitor {
-            plain: !writer.has_ansi_escapes(),
-            writer,
-            is_empty: true,
-            result: Ok(()),
-        };
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let plain = !writer.has_ansi_escapes();
+        let sanitize = writer.sanitizes_ansi_escapes();
+        let mut visitor = Visitor::new(&mut writer, plain, sanitize);
         fields.record(&mut visitor);
         visitor.finish()
     }
 }
 
-struct Visitor<'a> {
-    writer: Writer<'a>,
+/// Where a visitor writes: a `Writer`, or a plain string (which it can write to directly).
+trait Output: fmt::Write {
+    /// A `Writer` over this output, for `tracing-subscriber`'s visitor.
+    fn as_writer(&mut self) -> Writer<'_>;
+}
+
+impl Output for String {
+    fn as_writer(&mut self) -> Writer<'_> {
+        Writer::new(self)
+    }
+}
+
+impl Output for Writer<'_> {
+    fn as_writer(&mut self) -> Writer<'_> {
+        self.by_ref()
+    }
+}
+
+struct Visitor<'a, W: Output> {
+    out: &'a mut W,
     /// No colours: the fast paths write exactly what the default visitor would.
     plain: bool,
+    /// Escape terminal controls in messages, as `tracing-subscriber` does by default.
+    sanitize: bool,
     is_empty: bool,
     result: fmt::Result,
 }
 
-impl Visitor<'_> {
+impl<'a, W: Output> Visitor<'a, W> {
+    fn new(out: &'a mut W, plain: bool, sanitize: bool) -> Self {
+        Self {
+            out,
+            plain,
+            sanitize,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+
     /// Writes `name=value`, `value` written by `write_value`, after a separator if needed.
-    fn write_field(
-        &mut self,
-        field: &Field,
-        write_value: impl FnOnce(&mut Writer<'_>) -> fmt::Result,
-    ) {
+    fn write_field(&mut self, field: &Field, write_value: impl FnOnce(&mut W) -> fmt::Result) {
         let name = field.name();
         // The `log` crate's metadata, shown already as the line's target.
         if self.result.is_err() || name.starts_with("log.") {
@@ -225,16 +285,16 @@ impl Visitor<'_> {
         self.pad();
         let name = name.strip_prefix("r#").unwrap_or(name);
         self.result = self
-            .writer
+            .out
             .write_str(name)
-            .and_then(|()| self.writer.write_char('='))
-            .and_then(|()| write_value(&mut self.writer));
+            .and_then(|()| self.out.write_char('='))
+            .and_then(|()| write_value(self.out));
     }
 
     fn pad(&mut self) {
         if self.is_empty {
             self.is_empty = false;
-        } else if let Err(error) = self.writer.write_char(' ') {
+        } else if let Err(error) = self.out.write_char(' ') {
             self.result = Err(error);
         }
     }
@@ -244,7 +304,7 @@ impl Visitor<'_> {
         if self.result.is_err() {
             return;
         }
-        let mut inner = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        let mut inner = DefaultVisitor::new(self.out.as_writer(), self.is_empty);
         record(&mut inner);
         self.result = inner.finish();
         // It writes every field but `log.` metadata.
@@ -258,7 +318,7 @@ impl Visitor<'_> {
     }
 }
 
-impl Visit for Visitor<'_> {
+impl<W: Output> Visit for Visitor<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if !self.plain || field.name() == "message" {
             return self.delegate(field, |inner| inner.record_str(field, value));
@@ -310,15 +370,15 @@ impl Visit for Visitor<'_> {
             return;
         }
         self.pad();
-        self.result = if self.writer.sanitizes_ansi_escapes() {
-            write!(&mut Sanitizing(&mut self.writer), "{value:?}")
+        self.result = if self.sanitize {
+            write!(Sanitizing(&mut *self.out), "{value:?}")
         } else {
-            write!(self.writer, "{value:?}")
+            write!(self.out, "{value:?}")
         };
     }
 }
 
-impl VisitOutput<fmt::Result> for Visitor<'_> {
+impl<W: Output> VisitOutput<fmt::Result> for Visitor<'_, W> {
     fn finish(self) -> fmt::Result {
         self.result
     }
@@ -326,9 +386,9 @@ impl VisitOutput<fmt::Result> for Visitor<'_> {
 
 /// Escapes in a message what `tracing-subscriber` escapes there: the control characters a
 /// terminal acts on (a caller's input could otherwise rewrite an operator's screen).
-struct Sanitizing<'a, 'w>(&'a mut Writer<'w>);
+struct Sanitizing<'a, W>(&'a mut W);
 
-impl fmt::Write for Sanitizing<'_, '_> {
+impl<W: fmt::Write> fmt::Write for Sanitizing<'_, W> {
     fn write_str(&mut self, mut text: &str) -> fmt::Result {
         while let Some(at) = text.find(is_terminal_control) {
             self.0.write_str(&text[..at])?;

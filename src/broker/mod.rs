@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -221,7 +222,9 @@ struct Inner {
     store: Arc<dyn Store>,
     clock: SharedClock,
     providers: RwLock<HashMap<String, Arc<Provider>>>,
-    policy: RwLock<RefreshPolicy>,
+    /// Read for every token served, changed only by a reload: an `ArcSwap`, whose reads
+    /// write to no memory another thread reads.
+    policy: ArcSwap<RefreshPolicy>,
     observers: RwLock<Vec<Arc<dyn Observer>>>,
     accounts: RwLock<BTreeMap<AccountName, Arc<Slot>>>,
     permits: Semaphore,
@@ -313,7 +316,7 @@ impl Broker {
             store,
             clock,
             providers: RwLock::new(by_name(providers)),
-            policy: RwLock::new(config.policy),
+            policy: ArcSwap::from_pointee(config.policy),
             observers: RwLock::new(Vec::new()),
             accounts: RwLock::new(BTreeMap::new()),
             permits: Semaphore::new(config.max_concurrent.max(1)),
@@ -343,7 +346,7 @@ impl Broker {
     /// is fixed for the broker's life.
     pub fn reconfigure(&self, providers: Vec<Arc<Provider>>, policy: RefreshPolicy) {
         *write(&self.inner.providers) = by_name(providers);
-        *write(&self.inner.policy) = policy;
+        self.inner.policy.store(Arc::new(policy));
         // Accounts on their regular schedule move to the new margin; those backing off keep
         // their retry time.
         for slot in read(&self.inner.accounts).values() {
@@ -366,20 +369,22 @@ impl Broker {
         self.with_cached_token(name, min_valid, ServedToken::new)
     }
 
-    /// What `read` makes of the current token and the time it has left, read where it is
-    /// kept rather than copied out, if `cached_token` would serve it. `read` runs while the
+    /// What `view` makes of the current token and the time it has left, read where it is
+    /// kept rather than copied out, if `cached_token` would serve it. `view` runs while the
     /// account is locked: it must be short (the API renders its answer in it).
     pub fn with_cached_token<R>(
         &self,
         name: &AccountName,
         min_valid: Option<Duration>,
-        read: impl FnOnce(&IssuedToken, Duration) -> R,
+        view: impl FnOnce(&IssuedToken, Duration) -> R,
     ) -> Option<R> {
-        let slot = self.slot(name).ok()?;
-        let state = slot.state();
+        // The slot is used where the map holds it, not cloned: an `Arc` count that every
+        // thread serving the account would write to.
+        let accounts = read(&self.inner.accounts);
+        let state = accounts.get(name)?.state();
         let wanted = self.wanted_validity(&state, min_valid).ok()?;
         let (token, left) = self.valid_token(&state, wanted).ok().flatten()?;
-        Some(read(token, left))
+        Some(view(token, left))
     }
 
     /// The current token if it has at least `min_valid` left (the policy's default when
@@ -1048,7 +1053,7 @@ impl Broker {
     }
 
     fn policy(&self) -> RefreshPolicy {
-        *read(&self.inner.policy)
+        **self.inner.policy.load()
     }
 
     fn notify(&self, tell: impl Fn(&dyn Observer)) {

@@ -390,6 +390,13 @@ struct Sanitizing<'a, W>(&'a mut W);
 
 impl<W: fmt::Write> fmt::Write for Sanitizing<'_, W> {
     fn write_str(&mut self, mut text: &str) -> fmt::Result {
+        // Plain ASCII without a control is the usual message: one pass over its bytes.
+        if text
+            .bytes()
+            .all(|b| b.is_ascii() && !is_terminal_control(char::from(b)))
+        {
+            return self.0.write_str(text);
+        }
         while let Some(at) = text.find(is_terminal_control) {
             self.0.write_str(&text[..at])?;
             let control = text[at..].chars().next().unwrap_or_default();

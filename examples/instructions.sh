@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# User-space instructions per `GET /v1/token/demo` over the Unix socket, for tokenbroker and
+# for the bare hyper baseline (examples/bare_hyper.rs), counted by valgrind's callgrind.
+# Unlike throughput, the count is repeatable on a busy machine: it is the figure to compare
+# when changing the token path. It leaves out the kernel (both servers make the same
+# syscalls per request) and waiting on shared memory.
+#
+#   apt-get install valgrind    # once
+#   cargo install oha --locked  # once
+#   examples/instructions.sh    # REQUESTS=10000 by default; prints both counts and the ratio
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-10000}
+command -v valgrind >/dev/null || { echo "valgrind is missing" >&2; exit 1; }
+command -v oha >/dev/null || { echo "oha is missing: cargo install oha --locked" >&2; exit 1; }
+
+cargo build --release --quiet --bin tokenbroker --example bare_hyper
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+TOKENBROKER__SERVER__SOCKET="$work/tb.sock" TOKENBROKER__SERVER__HTTP="" \
+  valgrind --tool=callgrind --callgrind-out-file="$work/broker.out" \
+  target/release/tokenbroker serve --dev 2>"$work/broker.log" &
+broker_pid=$!
+pids+=($broker_pid)
+for _ in $(seq 300); do curl -sf --unix-socket "$work/tb.sock" http://localhost/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+size=$(curl -sf --unix-socket "$work/tb.sock" http://localhost/v1/token/demo | wc -c)
+
+valgrind --tool=callgrind --callgrind-out-file="$work/bare.out" \
+  target/release/examples/bare_hyper "$work/bare.sock" 127.0.0.1:0 "$size" 2>/dev/null &
+bare_pid=$!
+pids+=($bare_pid)
+for _ in $(seq 300); do curl -sf --unix-socket "$work/bare.sock" http://localhost/ >/dev/null 2>&1 && break; sleep 0.1; done
+
+count() { # name pid socket: instructions per request over REQUESTS requests, after a warm-up
+  local name=$1 pid=$2 socket=$3
+  oha --no-tui -n 500 -c 8 --unix-socket "$socket" http://localhost/v1/token/demo >/dev/null
+  callgrind_control --zero "$pid" >/dev/null 2>&1
+  oha --no-tui -n "$REQUESTS" -c 8 --unix-socket "$socket" http://localhost/v1/token/demo >"$work/$name.oha"
+  grep -q "\[200\] $REQUESTS responses" "$work/$name.oha" || { echo "$name: not all answers were 200" >&2; exit 1; }
+  callgrind_control --dump "$pid" >/dev/null 2>&1
+  local dump
+  for _ in $(seq 50); do dump=$(ls "$work/$name.out".* 2>/dev/null | head -1) && [ -n "$dump" ] && break; sleep 0.1; done
+  sleep 0.5 # let callgrind finish writing the dump
+  awk -v n="$REQUESTS" '/^(summary|totals):/ { printf "%d\n", $2 / n; exit }' "$dump"
+}
+
+bare=$(count bare "$bare_pid" "$work/bare.sock")
+broker=$(count broker "$broker_pid" "$work/tb.sock")
+python3 -c "print(f'user-space instructions per request: bare {$bare}, broker {$broker}, bare/broker {$bare / $broker:.2f}')"

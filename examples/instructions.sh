@@ -8,6 +8,8 @@
 #   apt-get install valgrind    # once
 #   cargo install oha --locked  # once
 #   examples/instructions.sh    # REQUESTS=10000 by default; prints both counts and the ratio
+#   KEEP_DUMPS=DIR examples/instructions.sh   # also keeps the callgrind dumps in DIR, e.g.
+#     callgrind_annotate --inclusive=yes DIR/broker.out.* | grep Event::dispatch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,4 +52,5 @@ count() { # name pid socket: instructions per request over REQUESTS requests, af
 
 bare=$(count bare "$bare_pid" "$work/bare.sock")
 broker=$(count broker "$broker_pid" "$work/tb.sock")
+if [ -n "${KEEP_DUMPS:-}" ]; then mkdir -p "$KEEP_DUMPS" && cp "$work"/*.out.* "$KEEP_DUMPS"/; fi
 python3 -c "print(f'user-space instructions per request: bare {$bare}, broker {$broker}, bare/broker {$bare / $broker:.2f}')"

@@ -1,13 +1,15 @@
 //! The human log line, written as `tracing-subscriber`'s default format writes it without
 //! colours, at a fraction of its cost: every token served writes a line.
 //!
-//! [`Line`] lays out the line (time, level, spans, target, fields) with plain string writes.
-//! [`Timestamp`] renders the date and time of day once per second and only the microseconds
-//! per line. [`Fields`] writes string, integer and boolean fields directly; everything else
-//! (the message, errors, `Debug` values, and every field when colours are on) goes through
-//! `tracing-subscriber`'s own visitor, which escapes what must be escaped. The output is byte
-//! for byte what `Format<Full>`, `DefaultFields` and the `SystemTime` timer write, and the
-//! tests hold it to that. With colours (a terminal) the default format itself is used.
+//! [`Line`] puts the line together (time, level, spans, target, fields) in a thread-local
+//! string and hands it to the writer in one piece. [`Timestamp`] renders the date and time of
+//! day once per second and only the microseconds per line. Fields (the event's, written by
+//! `Line`, and spans', by [`Fields`]) are written directly: strings, numbers, booleans,
+//! `Debug` and `Display` values, and the message with terminal controls escaped as
+//! `tracing-subscriber` escapes them; errors, and every field when colours are on, go through
+//! `tracing-subscriber`'s own visitor. The output is byte for byte what `Format<Full>`,
+//! `DefaultFields` and the `SystemTime` timer write, and the tests hold it to that. With
+//! colours (a terminal) the default format itself is used.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};

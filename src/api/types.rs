@@ -44,7 +44,7 @@ impl fmt::Debug for TokenBody {
 ///
 /// This is the daemon's most frequent answer, and from one request to the next only
 /// `expires_in` changes: the text around it is rendered once per token (on each thread that
-/// serves it) and kept in [`RECENT`].
+/// serves it) and kept.
 pub fn token_json(token: TokenView<'_>) -> Vec<u8> {
     RECENT.with(|recent| {
         let mut recent = recent.borrow_mut();

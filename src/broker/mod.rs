@@ -382,8 +382,7 @@ impl Broker {
         // thread serving the account would write to.
         let accounts = read(&self.inner.accounts);
         let state = accounts.get(name)?.state();
-        let wanted = self.wanted_validity(&state, min_valid).ok()?;
-        let (token, left) = self.valid_token(&state, wanted).ok().flatten()?;
+        let (token, left) = self.valid_token(&state, min_valid).ok().flatten()?;
         Some(view(token, left))
     }
 
@@ -926,16 +925,14 @@ impl Broker {
 
     // === helpers ===
 
-    /// The token `state` holds if it is good enough for `min_valid`. What "good enough" means
-    /// depends on the token held (its lifetime caps the default `min_valid`), so it is worked
-    /// out afresh against each state, before and after a refresh.
+    /// The token `state` holds, copied out, if it is good enough for `min_valid`.
     fn servable(
         &self,
         state: &SlotState,
         min_valid: Option<Duration>,
     ) -> Result<Option<ServedToken>, BrokerError> {
-        let wanted = self.wanted_validity(state, min_valid)?;
-        self.serve_if_valid(state, wanted)
+        let valid = self.valid_token(state, min_valid)?;
+        Ok(valid.map(|(token, left)| ServedToken::new(token, left)))
     }
 
     fn wanted_validity(
@@ -957,21 +954,16 @@ impl Broker {
         }
     }
 
-    fn serve_if_valid(
-        &self,
-        state: &SlotState,
-        wanted: Duration,
-    ) -> Result<Option<ServedToken>, BrokerError> {
-        let valid = self.valid_token(state, wanted)?;
-        Ok(valid.map(|(token, left)| ServedToken::new(token, left)))
-    }
-
-    /// The held token and the time it has left, if that is at least `wanted`.
+    /// The token `state` holds and the time it has left, if it is good enough for
+    /// `min_valid`. What "good enough" means depends on the token held (its lifetime caps the
+    /// default `min_valid`), so it is worked out afresh against each state, before and after
+    /// a refresh.
     fn valid_token<'s>(
         &self,
         state: &'s SlotState,
-        wanted: Duration,
+        min_valid: Option<Duration>,
     ) -> Result<Option<(&'s IssuedToken, Duration)>, BrokerError> {
+        let wanted = self.wanted_validity(state, min_valid)?;
         if state.record.needs_reauth {
             return Err(BrokerError::NeedsReauth(state.record.name.clone()));
         }

@@ -54,9 +54,9 @@ struct TokenRequestLabels {
     status: u16,
 }
 
-/// The counters one kind of token request increments, resolved by
-/// [`Metrics::token_counters`]: the same series [`Metrics::request`] and
-/// [`Metrics::token_request`] count.
+/// The counters one kind of token request increments (its route's, as
+/// [`Metrics::request`] counts other routes, and its client's), resolved by
+/// [`Metrics::token_counters`].
 #[derive(Debug, Clone, Default)]
 pub struct TokenCounters {
     route: Counter,
@@ -160,8 +160,9 @@ impl Metrics {
             .inc();
     }
 
-    /// The counters of requests from `client` on `route` answered `status`, looked up once so
-    /// that counting one is two increments (the token route's fast path keeps them).
+    /// The counters of token requests from `client` (`unidentified` when it could not be
+    /// told) on `route` answered `status`: the route's and the client's. The fast path keeps
+    /// them, so that counting one is two increments.
     pub fn token_counters(&self, client: &str, route: &'static str, status: u16) -> TokenCounters {
         TokenCounters {
             route: self
@@ -180,17 +181,6 @@ impl Metrics {
                 })
                 .clone(),
         }
-    }
-
-    /// Counts one token request from `client` (`unidentified` when it could not be told).
-    pub fn token_request(&self, client: &str, route: &'static str, status: u16) {
-        self.token_requests
-            .get_or_create(&TokenRequestLabels {
-                client: client.to_owned(),
-                route,
-                status,
-            })
-            .inc();
     }
 
     /// The metrics in Prometheus (OpenMetrics) text format, the present read from `broker`.

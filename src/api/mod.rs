@@ -142,31 +142,29 @@ impl Service {
             return response;
         }
         request.extensions_mut().insert(peer);
-        let response = match self.inner.router.clone().oneshot(request).await {
+        let mut response = match self.inner.router.clone().oneshot(request).await {
             Ok(response) => response,
             Err(infallible) => match infallible {},
         };
-        self.count(&response);
+        self.count(&mut response);
         response
     }
 
     /// Counts a response of the router, labelled by the route it matched and, on the token
-    /// routes, by the client that asked.
-    fn count(&self, response: &Response) {
+    /// routes, by the client that asked. The labels are taken off the response.
+    fn count(&self, response: &mut Response) {
         let metrics = &self.inner.state.metrics;
-        let route = response
-            .extensions()
-            .get::<RouteLabel>()
-            .map_or(Cow::Borrowed(UNMATCHED), |label| label.0.clone());
         let status = response.status().as_u16();
-        let is_token_route = route == TOKEN_ROUTE;
-        metrics.request(route, status);
-        if is_token_route {
-            let client = response
-                .extensions()
-                .get::<TokenClient>()
-                .map_or("unidentified", |client| &client.0);
-            metrics.token_request(client, TOKEN_ROUTE, status);
+        let extensions = response.extensions_mut();
+        let route = extensions
+            .remove::<RouteLabel>()
+            .map_or(Cow::Borrowed(UNMATCHED), |label| label.0);
+        if route == TOKEN_ROUTE {
+            let client = extensions.remove::<TokenClient>();
+            let client = client.as_ref().map_or("unidentified", |client| &client.0);
+            metrics.token_counters(client, TOKEN_ROUTE, status).inc();
+        } else {
+            metrics.request(route, status);
         }
     }
 }

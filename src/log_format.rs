@@ -190,7 +190,9 @@ fn write_cached(w: &mut impl fmt::Write, time: SystemTime) -> Option<fmt::Result
             Some(cached) if cached.second == second => cached,
             slot => slot.insert(SecondCache {
                 second,
-                text: format!("{}000000Z", second_prefix(second)),
+                // `2026-11-29T07:42:58.000000Z`
+                text: humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_secs(second))
+                    .to_string(),
             }),
         };
         cached.text.replace_range(MICROS, micros);
@@ -207,17 +209,6 @@ fn six_digits(mut micros: u32) -> [u8; 6] {
         micros /= 10;
     }
     digits
-}
-
-/// `2026-11-29T07:42:58.` for a second since the epoch.
-fn second_prefix(second: u64) -> String {
-    let whole = UNIX_EPOCH + Duration::from_secs(second);
-    let mut prefix = humantime::format_rfc3339_seconds(whole).to_string();
-    if prefix.ends_with('Z') {
-        prefix.pop();
-    }
-    prefix.push('.');
-    prefix
 }
 
 /// Formats fields as `DefaultFields` does, faster for plain strings and numbers.

@@ -68,7 +68,7 @@ pub struct Caller {
 impl Caller {
     /// The client's name, for logs (`admin` for admin uids).
     pub fn name(&self) -> &str {
-        self.client.as_ref().map_or("admin", |client| &client.name)
+        self.client.as_ref().map_or(&ADMIN, |client| &client.name)
     }
 
     /// The client's name, shared rather than copied (for labelling responses).

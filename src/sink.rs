@@ -111,32 +111,32 @@ impl Sinks {
     }
 
     fn accounts(&self) -> Vec<AccountName> {
-        let mut accounts: Vec<AccountName> = self.of(None).into_iter().map(|c| c.account).collect();
+        let mut accounts: Vec<AccountName> =
+            self.configs().iter().map(|c| c.account.clone()).collect();
         accounts.sort();
         accounts.dedup();
         accounts
     }
 
-    /// The sinks of `account` (all of them for `None`).
-    fn of(&self, account: Option<&AccountName>) -> Vec<Config> {
+    /// The sinks of `account`.
+    fn of(&self, account: &AccountName) -> Vec<Config> {
+        self.configs()
+            .iter()
+            .filter(|sink| &sink.account == account)
+            .cloned()
+            .collect()
+    }
+
+    fn configs(&self) -> std::sync::RwLockReadGuard<'_, Vec<Config>> {
         self.configs
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .filter(|sink| account.is_none_or(|account| &sink.account == account))
-            .cloned()
-            .collect()
     }
 }
 
 impl Observer for Sinks {
     fn token_changed(&self, account: &AccountName) {
-        let has_sinks = self
-            .configs
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .any(|sink| &sink.account == account);
+        let has_sinks = self.configs().iter().any(|sink| &sink.account == account);
         if has_sinks {
             // The receiver lives as long as the daemon; after it, nothing needs writing.
             let _ = self.changed.send(account.clone());
@@ -160,7 +160,7 @@ pub async fn run(
                 None => return,
             },
         };
-        let configs = sinks.of(Some(&account));
+        let configs = sinks.of(&account);
         let Some(token) = broker.cached_token(&account, Some(Duration::ZERO)) else {
             continue;
         };

@@ -12,15 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, listen, Access, AppState, Readiness};
-use arc_swap::ArcSwap;
-
 use self::reload::Live;
 pub use self::reload::Loader;
+use crate::api::{self, listen, Access, AppState, Readiness};
 use crate::broker::Broker;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{DeclaredAccount, Settings};

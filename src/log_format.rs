@@ -13,6 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -23,6 +24,8 @@ use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
+
+use crate::log_writer::BatchWriter;
 
 /// `time LEVEL span{fields}:span: target: message fields`, as `Format<Full>` writes it
 /// without colours.
@@ -160,11 +163,10 @@ impl FormatTime for Timestamp {
 /// The first second after the year 9999.
 const YEAR_10000: u64 = 253_402_300_800;
 
-/// The last second rendered on this thread, and its text with the microseconds of the last
-/// line written in place.
+/// The last second rendered on this thread, and its text up to the microseconds.
 struct SecondCache {
     second: u64,
-    /// `2026-11-29T07:42:58.123456Z`
+    /// `2026-11-29T07:42:58.`
     text: String,
 }
 
@@ -172,8 +174,8 @@ thread_local! {
     static SECOND: RefCell<Option<SecondCache>> = const { RefCell::new(None) };
 }
 
-/// Where the microseconds are in [`SecondCache::text`].
-const MICROS: std::ops::Range<usize> = 20..26;
+/// Where the microseconds start in an RFC 3339 time with microseconds.
+const MICROS_AT: usize = 20;
 
 /// Writes `time`, or `None` for a time outside 1970 to 9999.
 fn write_cached(w: &mut impl fmt::Write, time: SystemTime) -> Option<fmt::Result> {
@@ -182,33 +184,140 @@ fn write_cached(w: &mut impl fmt::Write, time: SystemTime) -> Option<fmt::Result
     if second >= YEAR_10000 {
         return None;
     }
-    let micros = six_digits(since_epoch.subsec_micros());
-    let micros = std::str::from_utf8(&micros).expect("ASCII digits");
+    // `{micros:06}` without the formatting machinery, which cost as much as the rest of the
+    // timestamp: a million more, written by `itoa`, is a 1 and then the six digits.
+    let mut digits = itoa::Buffer::new();
+    let micros = &digits.format(1_000_000 + since_epoch.subsec_micros())[1..];
     Some(SECOND.with(|cache| {
         let mut cache = cache.borrow_mut();
         let cached = match &mut *cache {
             Some(cached) if cached.second == second => cached,
-            slot => slot.insert(SecondCache {
-                second,
-                // `2026-11-29T07:42:58.000000Z`
-                text: humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_secs(second))
-                    .to_string(),
-            }),
+            slot => {
+                let mut text =
+                    humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_secs(second))
+                        .to_string();
+                text.truncate(MICROS_AT);
+                slot.insert(SecondCache { second, text })
+            }
         };
-        cached.text.replace_range(MICROS, micros);
-        w.write_str(&cached.text)
+        w.write_str(&cached.text)?;
+        w.write_str(micros)?;
+        w.write_char('Z')
     }))
 }
 
-/// `micros` (below a million) as six digits, zero-padded: `{micros:06}` without the
-/// formatting machinery, which cost as much as the rest of the timestamp.
-fn six_digits(mut micros: u32) -> [u8; 6] {
-    let mut digits = [b'0'; 6];
-    for digit in digits.iter_mut().rev() {
-        *digit = b'0' + (micros % 10) as u8;
-        micros /= 10;
+/// Where [`direct`] writes, and whether its lines start with a [`Timestamp`].
+#[derive(Debug)]
+struct DirectSink {
+    writer: BatchWriter,
+    timestamps: bool,
+}
+
+static DIRECT: OnceLock<DirectSink> = OnceLock::new();
+
+/// Sends the lines of [`direct`] to `writer`. Call it only where the installed subscriber
+/// writes [`Line::new`]`(timestamps)` lines to `writer`, so that both kinds of line are the
+/// same; with any other format, [`direct`] declines and the event goes through `tracing`. A
+/// second call changes nothing.
+pub fn write_directly(writer: BatchWriter, timestamps: bool) {
+    // Only the first call counts: the subscriber, too, is installed once.
+    let _ = DIRECT.set(DirectSink { writer, timestamps });
+}
+
+/// Writes an event (its message a literal) as [`Line`] writes it outside every span, straight into the log writer
+/// (see [`write_directly`]), and returns `true`; or returns `false`, having called nothing,
+/// when lines are written another way (JSON, colours, tests) or the clock is outside the
+/// years 1970 to 9999. The caller then emits the event through `tracing`.
+///
+/// For the event written on every token served: `tracing`'s dispatch, field visitors and
+/// formatting layer cost more than the rest of serving the token. The caller checks first
+/// that the event is enabled (`tracing::enabled!`), as the `tracing` macros do.
+pub fn direct(
+    level: Level,
+    target: &str,
+    message: &'static str,
+    fields: impl FnOnce(&mut DirectFields<'_>),
+) -> bool {
+    let Some(sink) = DIRECT.get() else {
+        return false;
+    };
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a log line's time is the wall clock's by definition"
+    )]
+    let time = sink.timestamps.then(SystemTime::now);
+    let mut line = LINE.take();
+    line.clear();
+    let written = write_direct(&mut line, time, level, target, message, fields);
+    if written {
+        sink.writer.append(line.as_bytes());
     }
-    digits
+    LINE.set(line);
+    written
+}
+
+/// The line of [`direct`] at `time` (`None`: without a timestamp), into `line`; `false` if
+/// `time` is outside the years 1970 to 9999, before `fields` is called.
+fn write_direct(
+    line: &mut String,
+    time: Option<SystemTime>,
+    level: Level,
+    target: &str,
+    message: &str,
+    fields: impl FnOnce(&mut DirectFields<'_>),
+) -> bool {
+    if let Some(time) = time {
+        // Writing to a `String` does not fail.
+        if write_cached(line, time).is_none() {
+            return false;
+        }
+        line.push(' ');
+    }
+    line.push_str(self::level(level));
+    line.push_str(target);
+    line.push_str(": ");
+    // A literal of ours: nothing in it for `Line` to escape.
+    debug_assert!(!message.contains(is_terminal_control), "{message:?}");
+    line.push_str(message);
+    fields(&mut DirectFields { line });
+    line.push('\n');
+    true
+}
+
+/// The fields of a line written by [`direct`], each written as [`Line`] writes a field of
+/// that kind.
+#[derive(Debug)]
+pub struct DirectFields<'a> {
+    line: &'a mut String,
+}
+
+impl DirectFields<'_> {
+    /// `name = value` for a `&str` value: `name="value"`.
+    pub fn str(&mut self, name: &str, value: &str) -> &mut Self {
+        self.name(name);
+        let _ = write_str_value(self.line, value);
+        self
+    }
+
+    /// `name = value` for an integer.
+    pub fn integer(&mut self, name: &str, value: impl itoa::Integer) -> &mut Self {
+        self.name(name);
+        self.line.push_str(itoa::Buffer::new().format(value));
+        self
+    }
+
+    /// `name = %value`: the value's `Display`.
+    pub fn display(&mut self, name: &str, value: &impl fmt::Display) -> &mut Self {
+        self.name(name);
+        let _ = write!(self.line, "{value}");
+        self
+    }
+
+    fn name(&mut self, name: &str) {
+        self.line.push(' ');
+        self.line.push_str(name);
+        self.line.push('=');
+    }
 }
 
 /// Formats fields as `DefaultFields` does, faster for plain strings and numbers.
@@ -316,15 +425,7 @@ impl<W: Output> Visit for Visitor<'_, W> {
         if !self.plain || field.name() == "message" {
             return self.delegate(field, |inner| inner.record_str(field, value));
         }
-        if is_plain(value) {
-            self.write_field(field, |w| {
-                w.write_char('"')?;
-                w.write_str(value)?;
-                w.write_char('"')
-            });
-        } else {
-            self.write_field(field, |w| write!(w, "{value:?}"));
-        }
+        self.write_field(field, |w| write_str_value(w, value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -412,6 +513,18 @@ fn is_terminal_control(c: char) -> bool {
         c,
         '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' | '\u{80}'..='\u{9f}'
     )
+}
+
+/// A string field's value as the default visitor writes it: `{value:?}`, quicker when that
+/// is the value in quotes.
+fn write_str_value(w: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    if is_plain(value) {
+        w.write_char('"')?;
+        w.write_str(value)?;
+        w.write_char('"')
+    } else {
+        write!(w, "{value:?}")
+    }
 }
 
 /// Whether `{:?}` of `value` is `value` in quotes: printable ASCII without `"` or `\`.

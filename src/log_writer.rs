@@ -145,22 +145,37 @@ impl Write for Line<'_> {
     }
 }
 
-impl Drop for Line<'_> {
-    fn drop(&mut self) {
-        let mut buffer = self.shared.lock();
+impl Shared {
+    /// Appends whole lines to the batch, waiting while the buffer is full.
+    fn append(&self, lines: &[u8]) {
+        let mut buffer = self.lock();
         while buffer.lines.len() >= MAX_BUFFERED && !buffer.closed {
             buffer = self
-                .shared
                 .drained
                 .wait(buffer)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         let first = buffer.lines.is_empty();
-        buffer.lines.extend_from_slice(&self.text);
+        buffer.lines.extend_from_slice(lines);
         drop(buffer);
         if first {
-            self.shared.pending.notify_one();
+            self.pending.notify_one();
         }
+    }
+}
+
+impl BatchWriter {
+    /// Appends `lines` (whole lines, each ending in a newline) to the batch, as a `tracing`
+    /// event's line is: for lines written without `tracing`'s dispatch
+    /// (`log_format::direct`).
+    pub fn append(&self, lines: &[u8]) {
+        self.shared.append(lines);
+    }
+}
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        self.shared.append(&self.text);
         let mut text = std::mem::take(&mut self.text);
         // An unusually long line's buffer is not kept.
         if text.capacity() <= 64 * 1024 {

@@ -100,17 +100,21 @@ fn init_logging(
     let (writer, guard) = log_writer::batched(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer.clone());
     let builder = builder.with_timer(log_format::Timestamp);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Human if is_terminal && !under_journald => builder.with_ansi(true).init(),
         // Files, pipes and the journal: the same line, written faster (see `log_format`).
-        LogFormat::Human => builder
-            .with_ansi(false)
-            .fmt_fields(log_format::Fields)
-            .event_format(log_format::Line::new(!under_journald))
-            .init(),
+        LogFormat::Human => {
+            builder
+                .with_ansi(false)
+                .fmt_fields(log_format::Fields)
+                .event_format(log_format::Line::new(!under_journald))
+                .init();
+            // The token-served line, the same as `Line`'s, skips `tracing`'s dispatch.
+            log_format::write_directly(writer, !under_journald);
+        }
     }
     guard
 }

@@ -97,10 +97,27 @@ async fn another_user_gets_only_the_accounts_its_client_allows() {
     let admin_route = as_nobody(&["refresh", "allowed-a"]);
     assert!(String::from_utf8_lossy(&admin_route.stderr).contains("not an admin"));
     let log = daemon.logged("token served").await;
-    assert!(
-        log.contains("client=\"nightly\"") && log.contains(&format!("uid={NOBODY}")),
-        "{log}"
+    let expected = format!(
+        " INFO tokenbroker::api::handlers: token served client=\"nightly\" uid={NOBODY} pid="
     );
+    let line = log
+        .lines()
+        .find(|l| l.contains(&expected))
+        .unwrap_or_else(|| panic!("{log}"));
+    // `2026-11-29T07:42:58.123456Z  INFO …`: the same line as every other one.
+    let (time, rest) = line.split_once(' ').unwrap();
+    assert!(
+        humantime::parse_rfc3339(time).is_ok() && time.len() == 27,
+        "{line}"
+    );
+    let (_, fields) = rest.split_once(" pid=").unwrap();
+    let (pid, fields) = fields.split_once(' ').unwrap();
+    let (account, expires_in) = fields.split_once(" expires_in=").unwrap();
+    assert!(
+        pid.parse::<u32>().is_ok() && expires_in.parse::<u64>().is_ok(),
+        "{line}"
+    );
+    assert_eq!(account, "account=allowed-a", "{line}");
 }
 
 fn resident_kib(pid: i32) -> u64 {

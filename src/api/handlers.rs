@@ -15,6 +15,7 @@ use super::types::{
 };
 use super::{ApiError, AppState, Caller, Peer, TokenClient};
 use crate::broker::{BrokerError, ServedToken};
+use crate::log_format;
 use crate::secret::{AccessToken, ApiKey, RefreshToken};
 use crate::token::AccountName;
 
@@ -324,7 +325,7 @@ pub(super) fn token_response(
     body: Vec<u8>,
     wants_text: bool,
 ) -> Response {
-    tracing::info!(client = caller.name(), uid = caller.uid, pid = caller.pid, account = %name, expires_in = expires_in.as_secs(), "token served");
+    log_token_served(caller, name, expires_in);
     let content_type = if wants_text {
         "text/plain; charset=utf-8"
     } else {
@@ -335,6 +336,43 @@ pub(super) fn token_response(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The info line of every token handed out: who had which account's token (never the token).
+/// Written straight into the log writer where the log format allows (see
+/// `log_format::direct`), through `tracing` otherwise; the same line either way.
+fn log_token_served(caller: &Caller, name: &AccountName, expires_in: std::time::Duration) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let expires_in = expires_in.as_secs();
+    let written = log_format::direct(
+        tracing::Level::INFO,
+        module_path!(),
+        "token served",
+        |fields| {
+            fields.str("client", caller.name());
+            if let Some(uid) = caller.uid {
+                fields.integer("uid", uid);
+            }
+            if let Some(pid) = caller.pid {
+                fields.integer("pid", pid);
+            }
+            fields
+                .display("account", name)
+                .integer("expires_in", expires_in);
+        },
+    );
+    if !written {
+        tracing::info!(
+            client = caller.name(),
+            uid = caller.uid,
+            pid = caller.pid,
+            account = %name,
+            expires_in,
+            "token served"
+        );
+    }
 }
 
 /// The body of a token response: the bare token for `text/plain`, else JSON.

@@ -8,12 +8,14 @@
 #   apt-get install valgrind    # once
 #   cargo install oha --locked  # once
 #   examples/instructions.sh    # REQUESTS=10000 by default; prints both counts and the ratio
+#   VIA=tcp examples/instructions.sh          # over loopback TCP (the broker with its API key)
 #   KEEP_DUMPS=DIR examples/instructions.sh   # also keeps the callgrind dumps in DIR, e.g.
 #     callgrind_annotate --inclusive=yes DIR/broker.out.* | grep Event::dispatch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REQUESTS=${REQUESTS:-10000}
+VIA=${VIA:-unix}
 command -v valgrind >/dev/null || { echo "valgrind is missing" >&2; exit 1; }
 command -v oha >/dev/null || { echo "oha is missing: cargo install oha --locked" >&2; exit 1; }
 
@@ -23,7 +25,11 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-TOKENBROKER__SERVER__SOCKET="$work/tb.sock" TOKENBROKER__SERVER__HTTP="" \
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+broker_port=$(free_port)
+bare_port=$(free_port)
+
+TOKENBROKER__SERVER__SOCKET="$work/tb.sock" TOKENBROKER__SERVER__HTTP="127.0.0.1:$broker_port" \
   valgrind --tool=callgrind --callgrind-out-file="$work/broker.out" \
   target/release/tokenbroker serve --dev 2>"$work/broker.log" &
 broker_pid=$!
@@ -32,16 +38,17 @@ for _ in $(seq 300); do curl -sf --unix-socket "$work/tb.sock" http://localhost/
 size=$(curl -sf --unix-socket "$work/tb.sock" http://localhost/v1/token/demo | wc -c)
 
 valgrind --tool=callgrind --callgrind-out-file="$work/bare.out" \
-  target/release/examples/bare_hyper "$work/bare.sock" 127.0.0.1:0 "$size" 2>/dev/null &
+  target/release/examples/bare_hyper "$work/bare.sock" "127.0.0.1:$bare_port" "$size" 2>/dev/null &
 bare_pid=$!
 pids+=($bare_pid)
 for _ in $(seq 300); do curl -sf --unix-socket "$work/bare.sock" http://localhost/ >/dev/null 2>&1 && break; sleep 0.1; done
 
-count() { # name pid socket: instructions per request over REQUESTS requests, after a warm-up
-  local name=$1 pid=$2 socket=$3
-  oha --no-tui -n 500 -c 8 --unix-socket "$socket" http://localhost/v1/token/demo >/dev/null
+count() { # name pid then oha's target: instructions per request over REQUESTS requests, after a warm-up
+  local name=$1 pid=$2
+  shift 2
+  oha --no-tui -n 500 -c 8 "$@" >/dev/null
   callgrind_control --zero "$pid" >/dev/null 2>&1
-  oha --no-tui -n "$REQUESTS" -c 8 --unix-socket "$socket" http://localhost/v1/token/demo >"$work/$name.oha"
+  oha --no-tui -n "$REQUESTS" -c 8 "$@" >"$work/$name.oha"
   grep -q "\[200\] $REQUESTS responses" "$work/$name.oha" || { echo "$name: not all answers were 200" >&2; exit 1; }
   callgrind_control --dump "$pid" >/dev/null 2>&1
   local dump
@@ -50,7 +57,12 @@ count() { # name pid socket: instructions per request over REQUESTS requests, af
   awk -v n="$REQUESTS" '/^(summary|totals):/ { printf "%d\n", $2 / n; exit }' "$dump"
 }
 
-bare=$(count bare "$bare_pid" "$work/bare.sock")
-broker=$(count broker "$broker_pid" "$work/tb.sock")
+if [ "$VIA" = tcp ]; then
+  bare=$(count bare "$bare_pid" "http://127.0.0.1:$bare_port/v1/token/demo")
+  broker=$(count broker "$broker_pid" -H 'Authorization: Bearer dev' "http://127.0.0.1:$broker_port/v1/token/demo")
+else
+  bare=$(count bare "$bare_pid" --unix-socket "$work/bare.sock" http://localhost/v1/token/demo)
+  broker=$(count broker "$broker_pid" --unix-socket "$work/tb.sock" http://localhost/v1/token/demo)
+fi
 if [ -n "${KEEP_DUMPS:-}" ]; then mkdir -p "$KEEP_DUMPS" && cp "$work"/*.out.* "$KEEP_DUMPS"/; fi
-python3 -c "print(f'user-space instructions per request: bare {$bare}, broker {$broker}, bare/broker {$bare / $broker:.2f}')"
+python3 -c "print(f'user-space instructions per request over $VIA: bare {$bare}, broker {$broker}, bare/broker {$bare / $broker:.2f}')"

@@ -8,11 +8,18 @@
 //! The idle timeout is a watchdog task per connection that wakes every half timeout, not
 //! hyper's header-read timeout, which arms and drops a timer for every request: on the token
 //! route that timer cost more than a tenth of the daemon's work per request.
+//!
+//! A token held in memory is answered as soon as hyper hands over the request, before hyper
+//! polls for the answer (see `Connection::answer`), so the request is gone when hyper reads
+//! the next one into the same buffer.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::Response;
+use futures_util::future::{self, BoxFuture, Either, Ready};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -23,7 +30,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Peer, Service};
+use super::{FromMemory, Peer, Service};
 
 /// A connection waiting this long for a request without one arriving whole (and none being
 /// answered) is closed, within another half of it: a half-sent request, or an idle
@@ -105,15 +112,7 @@ where
         });
         let service = hyper::service::service_fn({
             let shared = Arc::clone(&shared);
-            move |request: hyper::Request<Incoming>| {
-                // The connection's own `Arc`: no count shared with other connections' threads.
-                let shared = Arc::clone(&shared);
-                async move {
-                    let _answering = shared.activity.begin();
-                    let response = shared.api.call(request, shared.peer).await;
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            }
+            move |request: hyper::Request<Incoming>| shared.answer(request)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         let task = tokio::spawn(async move {
@@ -142,6 +141,37 @@ struct Connection {
     activity: Activity,
 }
 
+/// What hyper waits on for an answer: ready at once for a token served from memory.
+type Answer =
+    Either<Ready<Result<Response, Infallible>>, BoxFuture<'static, Result<Response, Infallible>>>;
+
+impl Connection {
+    /// Answers one request. A token held in memory is answered before hyper polls anything:
+    /// hyper reads on (to see the connection close) before it polls the answer, and a request
+    /// still held by an unpolled answer would keep the read buffer it was parsed from, so
+    /// that the next read needs a new one. Anything else goes through the router.
+    fn answer<B>(self: &Arc<Self>, request: hyper::Request<B>) -> Answer
+    where
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        match self.api.from_memory(request, self.peer) {
+            FromMemory::Answered(response) => {
+                self.activity.answered();
+                Either::Left(future::ready(Ok(response)))
+            }
+            FromMemory::Route(request) => {
+                // The connection's own `Arc`: no count shared with other connections' threads.
+                let connection = Arc::clone(self);
+                Either::Right(Box::pin(async move {
+                    let _answering = connection.activity.begin();
+                    Ok(connection.api.route(request, connection.peer).await)
+                }))
+            }
+        }
+    }
+}
+
 /// Requests begun plus requests answered on one connection: odd while one is being answered
 /// (HTTP/1 answers one at a time).
 #[derive(Debug, Default)]
@@ -154,6 +184,11 @@ impl Activity {
     fn begin(&self) -> Answering<'_> {
         self.0.fetch_add(1, Ordering::Relaxed);
         Answering(self)
+    }
+
+    /// A request begun and answered at once.
+    fn answered(&self) {
+        self.0.fetch_add(2, Ordering::Relaxed);
     }
 
     fn events(&self) -> u64 {
@@ -203,9 +238,61 @@ async fn idle(activity: &Activity) {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use axum::body::Body;
     use tokio::time::{timeout, Instant};
 
     use super::*;
+    use crate::api::tests::{api, ADMIN};
+
+    /// Dropped with the request it is attached to.
+    #[derive(Clone)]
+    struct Witness(Arc<()>);
+
+    fn request(path: &str, witness: &Witness) -> hyper::Request<Body> {
+        let mut request = hyper::Request::get(path).body(Body::empty()).unwrap();
+        request.extensions_mut().insert(witness.clone());
+        request
+    }
+
+    #[tokio::test]
+    async fn a_token_in_memory_is_answered_before_the_answer_is_polled() {
+        let api = api().await;
+        api.import("corp").await;
+        let connection = Arc::new(Connection {
+            api: api.service.clone(),
+            peer: ADMIN,
+            activity: Activity::default(),
+        });
+        let witness = Witness(Arc::new(()));
+
+        let answer = connection.answer(request("/v1/token/corp", &witness));
+        // hyper reads on before it polls the answer: by then the request must be gone.
+        assert_eq!(
+            Arc::strong_count(&witness.0),
+            1,
+            "the request is still held"
+        );
+        assert_eq!(connection.activity.events(), 2, "begun and answered");
+        let mut answer = std::pin::pin!(answer);
+        let Poll::Ready(Ok(response)) = answer
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        else {
+            panic!("the answer is not ready at once");
+        };
+        assert_eq!(response.status(), 200);
+
+        // Anything else is the router's, which has the request until it answers.
+        let answer = connection.answer(request("/v1/accounts/corp", &witness));
+        assert_eq!(Arc::strong_count(&witness.0), 2);
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(Arc::strong_count(&witness.0), 1);
+        assert_eq!(connection.activity.events(), 4);
+    }
 
     /// How long `idle` took to return, in (paused) time.
     async fn time_to_close(activity: &Activity) -> Duration {

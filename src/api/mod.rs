@@ -129,18 +129,38 @@ impl Service {
     }
 
     /// Answers one request from `peer`.
-    pub async fn call<B>(&self, mut request: Request<B>, peer: Peer) -> Response
+    pub async fn call<B>(&self, request: Request<B>, peer: Peer) -> Response
     where
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let state = &self.inner.state;
-        if let Some((response, caller)) = fast::token(state, &peer, &request) {
-            caller
-                .served_counters(&self.inner.admins_served, &state.metrics, TOKEN_ROUTE)
-                .inc();
-            return response;
+        match self.from_memory(request, peer) {
+            FromMemory::Answered(response) => response,
+            FromMemory::Route(request) => self.route(request, peer).await,
         }
+    }
+
+    /// The answer to a token request served from memory, at once; any other request is
+    /// handed back untouched, for [`Service::route`]. The request is dropped here when
+    /// answered, so that nothing holds on to the connection's read buffer, which its head
+    /// was parsed from, while the next request is read.
+    pub fn from_memory<B>(&self, request: Request<B>, peer: Peer) -> FromMemory<B> {
+        let state = &self.inner.state;
+        let Some((response, caller)) = fast::token(state, &peer, &request) else {
+            return FromMemory::Route(request);
+        };
+        caller
+            .served_counters(&self.inner.admins_served, &state.metrics, TOKEN_ROUTE)
+            .inc();
+        FromMemory::Answered(response)
+    }
+
+    /// Answers a request from `peer` through the router.
+    pub async fn route<B>(&self, mut request: Request<B>, peer: Peer) -> Response
+    where
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         request.extensions_mut().insert(peer);
         let mut response = match self.inner.router.clone().oneshot(request).await {
             Ok(response) => response,
@@ -167,6 +187,15 @@ impl Service {
             metrics.request(route, status);
         }
     }
+}
+
+/// What [`Service::from_memory`] made of a request.
+#[derive(Debug)]
+pub enum FromMemory<B> {
+    /// A token served from memory; the request is gone.
+    Answered(Response),
+    /// Not a token held in memory: the request, untouched, for [`Service::route`].
+    Route(Request<B>),
 }
 
 /// The API's routes. The router reads the caller's [`Peer`] from the request's extensions.

@@ -20,7 +20,7 @@ use crate::store::{self, SledStore};
 use crate::testing::{FakeProvider, Reply};
 use crate::token::RefreshPolicy;
 
-const ADMIN: Peer = Peer::Unix {
+pub(super) const ADMIN: Peer = Peer::Unix {
     uid: 0,
     gid: 0,
     pid: Some(1),
@@ -41,9 +41,9 @@ const TCP: Peer = Peer::Tcp(std::net::SocketAddr::new(
 ));
 
 /// The API as the listeners serve it (`service`), with the router and state behind it.
-struct Api {
+pub(super) struct Api {
     fake: FakeProvider,
-    service: Service,
+    pub(super) service: Service,
     router: Router,
     state: AppState,
     _dir: tempfile::TempDir,
@@ -61,7 +61,7 @@ impl Api {
     }
 }
 
-async fn api() -> Api {
+pub(super) async fn api() -> Api {
     let fake = FakeProvider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
@@ -148,7 +148,7 @@ impl Api {
         )
     }
 
-    async fn import(&self, name: &str) {
+    pub(super) async fn import(&self, name: &str) {
         let refresh = self.fake.grant(name);
         let (status, body) = self
             .json(

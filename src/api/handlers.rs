@@ -235,9 +235,9 @@ pub(super) async fn not_found() -> ApiError {
 pub(super) fn identify(
     app: &AppState,
     peer: &Peer,
-    headers: &HeaderMap,
+    authorization: Option<&HeaderValue>,
 ) -> Result<Caller, ApiError> {
-    let bearer = match headers.get(header::AUTHORIZATION) {
+    let bearer = match authorization {
         None => None,
         Some(value) => {
             let text = value.to_str().map_err(|_| ApiError::Unauthorized)?;
@@ -261,7 +261,7 @@ impl FromRequestParts<AppState> for Caller {
             .extensions
             .get::<Peer>()
             .ok_or_else(|| ApiError::Internal("the listener attached no peer".into()))?;
-        identify(app, peer, &parts.headers)
+        identify(app, peer, parts.headers.get(header::AUTHORIZATION))
     }
 }
 
@@ -384,16 +384,13 @@ pub(super) fn token_body(token: TokenView<'_>, wants_text: bool) -> Vec<u8> {
     }
 }
 
-/// Whether the caller asked for the bare token (`Accept: text/plain`).
-pub(super) fn wants_text(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| {
-            accept
-                .split(',')
-                .any(|part| part.trim().starts_with("text/plain"))
-        })
+/// Whether the caller asked for the bare token (`Accept: text/plain`), from its `Accept`.
+pub(super) fn wants_text(accept: Option<&HeaderValue>) -> bool {
+    accept.and_then(|v| v.to_str().ok()).is_some_and(|accept| {
+        accept
+            .split(',')
+            .any(|part| part.trim().starts_with("text/plain"))
+    })
 }
 
 /// The answer with a token the broker handed out.
@@ -403,7 +400,7 @@ fn served_response(
     served: &ServedToken,
     headers: &HeaderMap,
 ) -> Response {
-    let wants_text = wants_text(headers);
+    let wants_text = wants_text(headers.get(header::ACCEPT));
     let body = token_body(served.into(), wants_text);
     token_response(caller, name, served.expires_in, body, wants_text)
 }

@@ -386,10 +386,11 @@ pub(super) fn token_body(token: TokenView<'_>, wants_text: bool) -> Vec<u8> {
 
 /// Whether the caller asked for the bare token (`Accept: text/plain`), from its `Accept`.
 pub(super) fn wants_text(accept: Option<&HeaderValue>) -> bool {
-    accept.and_then(|v| v.to_str().ok()).is_some_and(|accept| {
+    accept.is_some_and(|accept| {
         accept
-            .split(',')
-            .any(|part| part.trim().starts_with("text/plain"))
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|part| part.trim_ascii_start().starts_with(b"text/plain"))
     })
 }
 

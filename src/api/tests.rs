@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -838,5 +838,28 @@ fn the_kept_token_json_is_never_another_tokens() {
                 humantime::format_rfc3339_seconds(base + Duration::from_secs(at)).to_string()
             );
         }
+    }
+}
+
+#[test]
+fn the_bare_token_is_for_callers_that_accept_text_plain() {
+    let wants = |accept: Option<&'static str>| {
+        handlers::wants_text(accept.map(HeaderValue::from_static).as_ref())
+    };
+    for accept in [
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "application/json;q=0.5, text/plain",
+        "application/json,\ttext/plain;q=0.9",
+    ] {
+        assert!(wants(Some(accept)), "{accept}");
+    }
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("application/json"),
+        Some("text/html"),
+    ] {
+        assert!(!wants(accept), "{accept:?}");
     }
 }

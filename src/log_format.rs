@@ -306,10 +306,10 @@ impl DirectFields<'_> {
         self
     }
 
-    /// `name = %value`: the value's `Display`.
-    pub fn display(&mut self, name: &str, value: &impl fmt::Display) -> &mut Self {
+    /// `name = %value` for a `&str` value: the text as it is.
+    pub fn text(&mut self, name: &str, value: &str) -> &mut Self {
         self.name(name);
-        let _ = write!(self.line, "{value}");
+        self.line.push_str(value);
         self
     }
 

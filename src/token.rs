@@ -25,14 +25,7 @@ impl FromStr for AccountName {
     type Err = InvalidAccountName;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bytes = text.as_bytes();
-        let first_ok = bytes
-            .first()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        let rest_ok = bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
-        if first_ok && rest_ok && bytes.len() <= MAX_NAME_LEN {
+        if Self::is_valid(text) {
             Ok(Self(text.to_owned()))
         } else {
             Err(InvalidAccountName)
@@ -40,7 +33,27 @@ impl FromStr for AccountName {
     }
 }
 
+/// Accounts kept by name can be looked up by a `&str` that [`AccountName::is_valid`] accepts,
+/// without making an `AccountName` of it.
+impl std::borrow::Borrow<str> for AccountName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AccountName {
+    /// Whether `text` is an account name, without keeping it.
+    pub fn is_valid(text: &str) -> bool {
+        let bytes = text.as_bytes();
+        let first_ok = bytes
+            .first()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let rest_ok = bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
+        first_ok && rest_ok && bytes.len() <= MAX_NAME_LEN
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0

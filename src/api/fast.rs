@@ -30,18 +30,18 @@ pub(super) fn token<B>(
     let headers = Headers::of(request.headers());
     browser::check(headers.origin, headers.host, Some(peer), &app.public_url).ok()?;
     let caller = handlers::identify(app, peer, headers.authorization).ok()?;
-    let name = handlers::readable(&caller, account).ok()?;
+    handlers::may_have(&caller, account).ok()?;
     let wants_text = handlers::wants_text(headers.accept);
     // Rendered where the broker keeps the token, without copying it out.
     let (body, expires_in) = app
         .broker
-        .with_cached_token(&name, min_valid, |token, left| {
+        .with_cached_token(account, min_valid, |token, left| {
             (
                 handlers::token_body(TokenView::of(token, left), wants_text),
                 left,
             )
         })?;
-    let response = handlers::token_response(&caller, &name, expires_in, body, wants_text);
+    let response = handlers::token_response(&caller, account, expires_in, body, wants_text);
     Some((response, caller))
 }
 

@@ -286,21 +286,32 @@ impl FromRequestParts<AppState> for Admin {
 /// The account's name, if the caller may have it. Names that cannot exist are answered like
 /// names that do not, so neither tells a restricted caller anything.
 pub(super) fn readable(caller: &Caller, account: &str) -> Result<AccountName, ApiError> {
+    may_have(caller, account)?;
+    existing(account)
+}
+
+/// What [`readable`] checks, without making an `AccountName`: `account` is a valid name the
+/// caller may have.
+pub(super) fn may_have(caller: &Caller, account: &str) -> Result<(), ApiError> {
     if !caller.may_read(account) {
         return Err(forbidden(caller, account));
     }
-    if caller.sees_all() {
-        existing(account)
+    if AccountName::is_valid(account) {
+        Ok(())
+    } else if caller.sees_all() {
+        Err(no_such_account(account))
     } else {
-        account.parse().map_err(|_| forbidden(caller, account))
+        Err(forbidden(caller, account))
     }
 }
 
 /// The name of an account that may exist: one that cannot is 404, like one that does not.
 fn existing(account: &str) -> Result<AccountName, ApiError> {
-    account
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("no account named {account:?}")))
+    account.parse().map_err(|_| no_such_account(account))
+}
+
+fn no_such_account(account: &str) -> ApiError {
+    ApiError::NotFound(format!("no account named {account:?}"))
 }
 
 /// An unknown account is 404 only for callers allowed every account; 403 for the rest.
@@ -320,7 +331,7 @@ fn forbidden(caller: &Caller, account: &str) -> ApiError {
 
 pub(super) fn token_response(
     caller: &Caller,
-    name: &AccountName,
+    name: &str,
     expires_in: std::time::Duration,
     body: Vec<u8>,
     wants_text: bool,
@@ -341,7 +352,7 @@ pub(super) fn token_response(
 /// The info line of every token handed out: who had which account's token (never the token).
 /// Written straight into the log writer where the log format allows (see
 /// `log_format::direct`), through `tracing` otherwise; the same line either way.
-fn log_token_served(caller: &Caller, name: &AccountName, expires_in: std::time::Duration) {
+fn log_token_served(caller: &Caller, name: &str, expires_in: std::time::Duration) {
     if !tracing::enabled!(tracing::Level::INFO) {
         return;
     }
@@ -359,7 +370,7 @@ fn log_token_served(caller: &Caller, name: &AccountName, expires_in: std::time::
                 fields.integer("pid", pid);
             }
             fields
-                .display("account", name)
+                .text("account", name)
                 .integer("expires_in", expires_in);
         },
     );
@@ -403,5 +414,5 @@ fn served_response(
 ) -> Response {
     let wants_text = wants_text(headers.get(header::ACCEPT));
     let body = token_body(served.into(), wants_text);
-    token_response(caller, name, served.expires_in, body, wants_text)
+    token_response(caller, name.as_str(), served.expires_in, body, wants_text)
 }

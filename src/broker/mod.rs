@@ -366,15 +366,16 @@ impl Broker {
         name: &AccountName,
         min_valid: Option<Duration>,
     ) -> Option<ServedToken> {
-        self.with_cached_token(name, min_valid, ServedToken::new)
+        self.with_cached_token(name.as_str(), min_valid, ServedToken::new)
     }
 
     /// What `view` makes of the current token and the time it has left, read where it is
-    /// kept rather than copied out, if `cached_token` would serve it. `view` runs while the
-    /// account is locked: it must be short (the API renders its answer in it).
+    /// kept rather than copied out, if `cached_token` would serve it; `name` is looked up as
+    /// it is, without making an `AccountName` of it. `view` runs while the account is locked:
+    /// it must be short (the API renders its answer in it).
     pub fn with_cached_token<R>(
         &self,
-        name: &AccountName,
+        name: &str,
         min_valid: Option<Duration>,
         view: impl FnOnce(&IssuedToken, Duration) -> R,
     ) -> Option<R> {

@@ -285,7 +285,7 @@ fn direct_lines_are_the_lines_of_the_same_events_through_tracing() {
                     .str("client", "job")
                     .integer("uid", 1000u32)
                     .integer("pid", 4242i32)
-                    .display("account", &"demo")
+                    .text("account", "demo")
                     .integer("expires_in", 3599u64);
             },
             || tracing::info!(target: TARGET, client = "job", uid = Some(1000u32), pid = Some(4242i32), account = %"demo", expires_in = 3599u64, "token served"),
@@ -312,7 +312,7 @@ fn direct_lines_are_the_lines_of_the_same_events_through_tracing() {
                 fields
                     .str("client", client)
                     .str("empty", "")
-                    .display("account", &"a b\u{9b}")
+                    .text("account", "a b\u{9b}")
                     .integer("big", u64::MAX)
                     .integer("small", i32::MIN);
             },

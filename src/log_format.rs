@@ -10,6 +10,10 @@
 //! `tracing-subscriber`'s own visitor. The output is byte for byte what `Format<Full>`,
 //! `DefaultFields` and the `SystemTime` timer write, and the tests hold it to that. With
 //! colours (a terminal) the default format itself is used.
+//!
+//! [`direct`] writes one event the same way without `tracing`'s dispatch, straight into the
+//! log writer: the line every token served writes, where that dispatch cost more than the
+//! rest of serving the token.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
@@ -224,10 +228,11 @@ pub fn write_directly(writer: BatchWriter, timestamps: bool) {
     let _ = DIRECT.set(DirectSink { writer, timestamps });
 }
 
-/// Writes an event (its message a literal) as [`Line`] writes it outside every span, straight into the log writer
-/// (see [`write_directly`]), and returns `true`; or returns `false`, having called nothing,
-/// when lines are written another way (JSON, colours, tests) or the clock is outside the
-/// years 1970 to 9999. The caller then emits the event through `tracing`.
+/// Writes an event (its message a literal) as [`Line`] writes it outside every span,
+/// straight into the log writer (see [`write_directly`]), and returns `true`; or returns
+/// `false`, having called nothing, when lines are written another way (JSON, colours, tests)
+/// or the clock is outside the years 1970 to 9999. The caller then emits the event through
+/// `tracing`.
 ///
 /// For the event written on every token served: `tracing`'s dispatch, field visitors and
 /// formatting layer cost more than the rest of serving the token. The caller checks first

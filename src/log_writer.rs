@@ -35,14 +35,6 @@ struct Shared {
     drained: Condvar,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Buffer> {
-        self.buffer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 /// The `MakeWriter` handed to `tracing_subscriber`.
 #[derive(Debug, Clone)]
 pub struct BatchWriter {
@@ -146,6 +138,12 @@ impl Write for Line<'_> {
 }
 
 impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Buffer> {
+        self.buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Appends whole lines to the batch, waiting while the buffer is full.
     fn append(&self, lines: &[u8]) {
         let mut buffer = self.lock();
@@ -256,6 +254,17 @@ mod tests {
                 .collect();
             assert_eq!(numbers, (0..5_000).collect::<Vec<_>>(), "thread {thread}");
         }
+    }
+
+    #[test]
+    fn appended_lines_and_formatted_ones_arrive_in_order() {
+        let output = Shared::default();
+        let (writer, guard) = batched(output.clone());
+        line(&writer, "formatted 1\n");
+        writer.append(b"appended\n");
+        line(&writer, "formatted 2\n");
+        drop(guard);
+        assert_eq!(output.text(), "formatted 1\nappended\nformatted 2\n");
     }
 
     #[test]

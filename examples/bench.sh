@@ -67,15 +67,36 @@ done
 
 echo "body ${size} bytes, ${CONNECTIONS} connections, ${DURATION} per run, ${ROUNDS} rounds, broker log level ${BROKER_LOG:-info}"
 printf '%-6s %-5s %10s %10s %9s %9s %9s %9s %7s %7s %7s %11s\n' round via bare_rps broker_rps bare_p99 brok_p99 bare_cpu brok_cpu rps_x p99_x cpu_x healthz_rps
+measure_bare() { # round via
+  if [ "$2" = unix ]; then
+    measure "bare-$2-$1" "$bare_pid" --unix-socket "$work/bare.sock" http://localhost/v1/token/demo
+  else
+    measure "bare-$2-$1" "$bare_pid" "http://127.0.0.1:$bare_port/v1/token/demo"
+  fi
+}
+
+measure_broker() { # round via
+  if [ "$2" = unix ]; then
+    measure "broker-$2-$1" "$broker_pid" --unix-socket "$work/tb.sock" http://localhost/v1/token/demo
+  else
+    measure "broker-$2-$1" "$broker_pid" -H 'Authorization: Bearer dev' "http://127.0.0.1:$broker_port/v1/token/demo"
+  fi
+}
+
 for round in $(seq "$ROUNDS"); do
   for via in unix tcp; do
+    # Odd rounds measure the bare server first, even rounds the broker, so that a machine
+    # getting busier or quieter during a round favours neither.
+    if [ $((round % 2)) = 1 ]; then
+      bare=$(measure_bare "$round" "$via")
+      broker=$(measure_broker "$round" "$via")
+    else
+      broker=$(measure_broker "$round" "$via")
+      bare=$(measure_bare "$round" "$via")
+    fi
     if [ "$via" = unix ]; then
-      bare=$(measure "bare-$via-$round" "$bare_pid" --unix-socket "$work/bare.sock" http://localhost/v1/token/demo)
-      broker=$(measure "broker-$via-$round" "$broker_pid" --unix-socket "$work/tb.sock" http://localhost/v1/token/demo)
       healthz=$(measure "healthz-$via-$round" "$broker_pid" --unix-socket "$work/tb.sock" http://localhost/healthz)
     else
-      bare=$(measure "bare-$via-$round" "$bare_pid" "http://127.0.0.1:$bare_port/v1/token/demo")
-      broker=$(measure "broker-$via-$round" "$broker_pid" -H 'Authorization: Bearer dev' "http://127.0.0.1:$broker_port/v1/token/demo")
       healthz=$(measure "healthz-$via-$round" "$broker_pid" "http://127.0.0.1:$broker_port/healthz")
     fi
     read -r bare_rps bare_p99 bare_cpu <<<"$bare"

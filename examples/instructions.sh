@@ -58,7 +58,8 @@ count() { # name pid then oha's target: instructions per request over REQUESTS r
 }
 
 if [ "$VIA" = tcp ]; then
-  bare=$(count bare "$bare_pid" "http://127.0.0.1:$bare_port/v1/token/demo")
+  # The same request as the broker's, API key included: both parse the same bytes.
+  bare=$(count bare "$bare_pid" -H 'Authorization: Bearer dev' "http://127.0.0.1:$bare_port/v1/token/demo")
   broker=$(count broker "$broker_pid" -H 'Authorization: Bearer dev' "http://127.0.0.1:$broker_port/v1/token/demo")
 else
   bare=$(count bare "$bare_pid" --unix-socket "$work/bare.sock" http://localhost/v1/token/demo)

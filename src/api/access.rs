@@ -4,7 +4,6 @@
 //! key whose SHA-256 is compared in constant time. Admins are uid 0, the daemon's own uid,
 //! `server.admin_uids`, and clients marked `admin`.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -119,15 +118,18 @@ impl Caller {
 /// The rules for identifying callers.
 #[derive(Debug, Clone)]
 pub struct Access {
-    admin_uids: HashSet<u32>,
+    /// Sorted, without repeats: a handful, searched on every socket request (a scan of a
+    /// few numbers costs less than hashing one).
+    admin_uids: Vec<u32>,
     clients: Vec<Arc<Client>>,
 }
 
 impl Access {
     /// Rules from configuration; uid 0 and `own_uid` are always admins.
     pub fn new(admin_uids: &[u32], own_uid: u32, clients: Vec<Client>) -> Self {
-        let mut admin_uids: HashSet<u32> = admin_uids.iter().copied().collect();
-        admin_uids.extend([0, own_uid]);
+        let mut admin_uids: Vec<u32> = admin_uids.iter().copied().chain([0, own_uid]).collect();
+        admin_uids.sort_unstable();
+        admin_uids.dedup();
         Self {
             admin_uids,
             clients: clients.into_iter().map(Arc::new).collect(),

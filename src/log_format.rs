@@ -47,13 +47,6 @@ impl Line {
     }
 }
 
-impl<T: FormatTime> Line<T> {
-    /// Lines stamped by `timer`.
-    pub fn with_timer(timer: T) -> Self {
-        Self { timer: Some(timer) }
-    }
-}
-
 impl<S, N, T> FormatEvent<S, N> for Line<T>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,

@@ -121,20 +121,13 @@ fn render_line(timestamps: bool, line: bool) -> String {
         .with_ansi(false)
         .with_max_level(tracing::Level::TRACE);
     match (timestamps, line) {
-        (true, true) => tracing::subscriber::with_default(
-            builder
-                .fmt_fields(Fields)
-                .event_format(Line::with_timer(Fixed))
-                .finish(),
-            nested_events,
-        ),
-        (false, true) => tracing::subscriber::with_default(
-            builder
-                .fmt_fields(Fields)
-                .event_format(Line::new(false))
-                .finish(),
-            nested_events,
-        ),
+        (_, true) => {
+            let line = Line {
+                timer: timestamps.then_some(Fixed),
+            };
+            let subscriber = builder.fmt_fields(Fields).event_format(line).finish();
+            tracing::subscriber::with_default(subscriber, nested_events);
+        }
         (true, false) => {
             tracing::subscriber::with_default(builder.with_timer(Fixed).finish(), nested_events);
         }

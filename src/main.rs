@@ -100,8 +100,8 @@ fn init_logging(
     let (writer, guard) = log_writer::batched(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer.clone());
-    let builder = builder.with_timer(log_format::Timestamp);
+        .with_writer(writer.clone())
+        .with_timer(log_format::Timestamp);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Human if is_terminal && !under_journald => builder.with_ansi(true).init(),

@@ -198,6 +198,9 @@ pub(super) async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Hea
         }
         _ => {}
     }
+    if let Some(problem) = app.broker.store_problem() {
+        problems.push(format!("the store cannot be written: {problem}"));
+    }
     for name in &readiness.required {
         if !app.broker.has_valid_token(name) {
             problems.push(format!("required account {name} has no valid token"));

@@ -5,14 +5,18 @@
 //! clap or signals. It does spawn one short task per refresh attempt: a caller that hangs up
 //! must not cut an attempt off between the provider's answer and the store write (that would
 //! lose a rotated refresh token), so attempts run detached and callers only wait for them.
+//! Every such task is tracked, and `shut_down` waits for them: a refresh in flight at
+//! SIGTERM is finished and stored, never dropped.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 mod connect;
 
@@ -23,7 +27,7 @@ pub use self::connect::{
 use crate::clock::SharedClock;
 use crate::provider::{FailureKind, Provider, ProviderError, Revocation, TokenResponse};
 use crate::secret::{AccessToken, RefreshToken};
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Store, StoreError, Writer};
 use crate::token::{AccountName, AccountRecord, IssuedToken, RefreshPolicy};
 
 /// A caller that presents a rejected token may force a refresh at most this often.
@@ -127,6 +131,19 @@ pub struct AccountView {
     pub next_refresh: Option<SystemTime>,
 }
 
+/// What `Broker::shut_down` could not finish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Accounts whose refresh was still in flight when the wait ran out: if the provider
+    /// rotated their refresh token, the new one may never have reached the store.
+    pub abandoned: Vec<AccountName>,
+    /// Accounts holding a grant in memory that could not be stored.
+    pub unsaved: Vec<AccountName>,
+    /// Some task (a refresh, or an import or removal of an account named in neither list)
+    /// was still running when the wait ran out.
+    pub unfinished: bool,
+}
+
 /// A token handed to a client.
 #[derive(Debug, Clone)]
 pub struct ServedToken {
@@ -219,7 +236,13 @@ pub struct Broker {
 type RandomSource = Arc<dyn Fn() -> f64 + Send + Sync>;
 
 struct Inner {
-    store: Arc<dyn Store>,
+    store: Writer,
+    /// Why the last store write failed, until one succeeds again.
+    store_problem: Mutex<Option<String>>,
+    /// Every task the broker spawns (refresh attempts, imports, removals, store retries).
+    tasks: TaskTracker,
+    /// Set by `shut_down`: no new call to a provider is started.
+    closing: AtomicBool,
     clock: SharedClock,
     providers: RwLock<HashMap<String, Arc<Provider>>>,
     /// Read for every token served, changed only by a reload: an `ArcSwap`, whose reads
@@ -313,7 +336,10 @@ impl Broker {
     ) -> Result<Self, StoreError> {
         let records = store.load_all()?;
         let inner = Inner {
-            store,
+            store: Writer::start(store),
+            store_problem: Mutex::new(None),
+            tasks: TaskTracker::new(),
+            closing: AtomicBool::new(false),
             clock,
             providers: RwLock::new(by_name(providers)),
             policy: ArcSwap::from_pointee(config.policy),
@@ -476,7 +502,7 @@ impl Broker {
         let broker = self.clone();
         let provider = provider.to_owned();
         // Detached for the same reason as refreshes: a rotated token must reach the store.
-        detached(async move {
+        self.detached(async move {
             let answer = {
                 let _permit = broker
                     .inner
@@ -572,16 +598,14 @@ impl Broker {
         let slot = self.slot(name)?;
         let broker = self.clone();
         let name = name.clone();
-        detached(async move {
+        self.detached(async move {
             let _flight = slot.flight.lock().await;
             if revoke {
                 broker.revoke_locked(&slot).await?;
             }
-            let store = broker.inner.store.clone();
-            let key = name.clone();
-            tokio::task::spawn_blocking(move || store.remove(&key))
+            broker
+                .write(Change::Remove(name.clone()))
                 .await
-                .map_err(|_| BrokerError::Store("store task failed".into()))?
                 .map_err(|e| BrokerError::Store(e.to_string()))?;
             write(&broker.inner.accounts).remove(&name);
             tracing::info!(account = %name, revoked = revoke, "account removed");
@@ -636,28 +660,49 @@ impl Broker {
             .last_tick
             .lock()
             .expect("tick lock is never poisoned") = Some(now);
+        if self.closing() {
+            return Vec::new();
+        }
+        // While the store cannot be written, a refresh that rotates the grant would leave the
+        // only copy of the new refresh token in memory: hold scheduled refreshes back until
+        // the store is writable again, unless the token would otherwise run out.
+        let store_ok = self.store_problem().is_none();
+        let policy = self.policy();
         let slots: Vec<Arc<Slot>> = read(&self.inner.accounts).values().cloned().collect();
         let mut started = Vec::new();
         for slot in slots {
             let (due, unsaved) = {
                 let state = slot.state();
+                let running_out = state
+                    .record
+                    .token
+                    .as_ref()
+                    .is_none_or(|t| t.remaining(now) <= policy.min_valid.max(policy.ahead / 2));
                 let due = !state.record.needs_reauth
                     && now >= state.due_at
-                    && state.not_before.is_none_or(|t| now >= t);
+                    && state.not_before.is_none_or(|t| now >= t)
+                    && (store_ok || running_out);
                 (due, state.unsaved.then(|| state.record.clone()))
             };
             if let Some(record) = unsaved {
                 let broker = self.clone();
                 let slot = slot.clone();
-                started.push(tokio::spawn(async move {
-                    if broker.persist(record).await.is_ok() {
-                        slot.state().unsaved = false;
+                started.push(self.inner.tasks.spawn(async move {
+                    let _flight = slot.flight.lock().await;
+                    // A newer record may have been saved meanwhile; write only what is current.
+                    let current = slot.state().record.clone();
+                    let record = if current == record { record } else { current };
+                    if broker.persist(record.clone()).await.is_ok() {
+                        let mut state = slot.state();
+                        if state.record == record {
+                            state.unsaved = false;
+                        }
                     }
                 }));
             }
             if due && slot.flight.try_lock().is_ok() {
                 let broker = self.clone();
-                started.push(tokio::spawn(async move {
+                started.push(self.inner.tasks.spawn(async move {
                     let still_due =
                         |broker: &Broker, state: &SlotState| broker.now() < state.due_at;
                     // Failures are recorded in the account's state; nobody else waits here.
@@ -713,7 +758,7 @@ impl Broker {
     /// # Errors
     /// The key is not managed by tokenbroker, or the store failed.
     pub async fn rekey(&self) -> Result<usize, BrokerError> {
-        let store = self.inner.store.clone();
+        let store = self.inner.store.store().clone();
         // A blocking task runs to its end even if the caller goes away.
         tokio::task::spawn_blocking(move || store.rekey())
             .await
@@ -726,7 +771,52 @@ impl Broker {
     /// # Errors
     /// The flush failed.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.store.flush()
+        self.inner.store.store().flush()
+    }
+
+    /// Why the store cannot be written, if the last write failed.
+    pub fn store_problem(&self) -> Option<String> {
+        self.inner
+            .store_problem
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Stops starting calls to providers, waits up to `limit` for the refreshes, imports and
+    /// removals in flight to finish and store their results, tries once more to store what
+    /// could not be stored, and says what is left.
+    pub async fn shut_down(&self, limit: Duration) -> ShutdownReport {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        self.inner.tasks.close();
+        let finished = tokio::time::timeout(limit, self.inner.tasks.wait())
+            .await
+            .is_ok();
+        let slots: Vec<Arc<Slot>> = read(&self.inner.accounts).values().cloned().collect();
+        let mut report = ShutdownReport::default();
+        for slot in slots {
+            let Ok(_flight) = slot.flight.try_lock() else {
+                report.abandoned.push(slot.state().record.name.clone());
+                continue;
+            };
+            let unsaved = {
+                let state = slot.state();
+                state.unsaved.then(|| state.record.clone())
+            };
+            if let Some(record) = unsaved {
+                let name = record.name.clone();
+                match self.persist(record).await {
+                    Ok(()) => slot.state().unsaved = false,
+                    Err(_) => report.unsaved.push(name),
+                }
+            }
+        }
+        report.unfinished = !finished;
+        report
+    }
+
+    fn closing(&self) -> bool {
+        self.inner.closing.load(Ordering::SeqCst)
     }
 
     // === the refresh machinery ===
@@ -758,7 +848,10 @@ impl Broker {
         }
         let broker = self.clone();
         let detached_slot = slot.clone();
-        let attempt = tokio::spawn(async move { broker.attempt(&detached_slot, guard).await });
+        let attempt = self
+            .inner
+            .tasks
+            .spawn(async move { broker.attempt(&detached_slot, guard).await });
         let succeeded = attempt
             .await
             .map_err(|_| BrokerError::Internal("a refresh task failed".into()))?;
@@ -772,6 +865,13 @@ impl Broker {
     /// Refuses a provider call that the account's state forbids.
     fn may_call_provider(&self, state: &SlotState, trigger: Trigger) -> Result<(), BrokerError> {
         let now = self.now();
+        if self.closing() {
+            return Err(BrokerError::Unavailable {
+                name: state.record.name.clone(),
+                message: "tokenbroker is shutting down".into(),
+                retry_after: Duration::from_secs(5),
+            });
+        }
         if state.record.needs_reauth {
             return Err(BrokerError::NeedsReauth(state.record.name.clone()));
         }
@@ -803,6 +903,10 @@ impl Broker {
                     .acquire()
                     .await
                     .expect("the semaphore is never closed");
+                if self.closing() {
+                    // Shutdown began while this attempt waited for a permit: no new call.
+                    return false;
+                }
                 tracing::debug!(account = %name, provider = provider_name, "refreshing");
                 provider.refresh(&refresh_token).await.map_err(Into::into)
             }
@@ -811,6 +915,10 @@ impl Broker {
         let took = started.elapsed();
         let now = self.now();
         let outcome = match answer {
+            Ok(response) if response.lifetime.is_zero() => {
+                self.on_lifeless(slot, response, now).await;
+                Outcome::Transient
+            }
             Ok(response) => {
                 self.on_success(slot, response, now).await;
                 Outcome::Refreshed
@@ -869,6 +977,24 @@ impl Broker {
         }
     }
 
+    /// The provider answered with a token but gave it no lifetime (`expires_in` zero,
+    /// negative or not a number). A rotated refresh token in it is kept like any other; the
+    /// access token is never served (its lifetime is zero), and the account is retried after
+    /// a backoff, as after a transient failure, rather than refreshed on every tick.
+    async fn on_lifeless(&self, slot: &Slot, response: TokenResponse, now: SystemTime) {
+        let record = with_response(slot.state().record.clone(), response, now);
+        let saved = self.persist(record.clone()).await;
+        let mut state = slot.state();
+        let policy = self.policy();
+        state.failures = state.failures.saturating_add(1);
+        state.due_at = now + policy.backoff(state.failures, None, (self.inner.random)());
+        state.record = record;
+        state.unsaved = saved.is_err();
+        let message = "the provider's answer gave the access token no lifetime (expires_in zero, negative or not a number); it is not served";
+        state.record.last_error = Some(message.into());
+        tracing::warn!(account = %state.record.name, failures = state.failures, "{message}; will retry");
+    }
+
     async fn on_failure(&self, slot: &Slot, error: AttemptError, now: SystemTime) {
         let (kind, message) = (error.kind(), error.to_string());
         let record = {
@@ -900,9 +1026,14 @@ impl Broker {
             }
             state.record.clone()
         };
-        // Best effort: the status survives a restart if the disk allows.
-        if let Err(store_error) = self.persist(record).await {
-            tracing::warn!(error = %store_error, "could not record the failure in the store");
+        // Best effort: the status survives a restart if the disk allows. The record may hold
+        // a rotation that is not stored yet, so a failed write leaves it unsaved (retried).
+        match self.persist(record).await {
+            Ok(()) => slot.state().unsaved = false,
+            Err(store_error) => {
+                slot.state().unsaved = true;
+                tracing::warn!(error = %store_error, "could not record the failure in the store");
+            }
         }
     }
 
@@ -1020,15 +1151,32 @@ impl Broker {
     }
 
     async fn persist(&self, record: AccountRecord) -> Result<(), StoreError> {
-        let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || store.put(&record))
+        self.write(Change::Put(record)).await
+    }
+
+    /// Writes through the store's writer, keeping note of whether the store is writable.
+    async fn write(&self, change: Change) -> Result<(), StoreError> {
+        let written = self.inner.store.write(change).await;
+        let mut problem = self
+            .inner
+            .store_problem
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *problem = written.as_ref().err().map(ToString::to_string);
+        written
+    }
+
+    /// Runs `work` as its own tracked task and waits for it, so that the caller hanging up
+    /// cannot stop it halfway (between a provider's answer and the store write, say).
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        self.inner
+            .tasks
+            .spawn(work)
             .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Engine {
-                    operation: "write",
-                    reason: "the store task panicked".into(),
-                })
-            })
+            .map_err(|_| BrokerError::Internal("a broker task failed".into()))
     }
 
     fn slot(&self, name: &AccountName) -> Result<Arc<Slot>, BrokerError> {
@@ -1137,16 +1285,6 @@ impl Slot {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// Runs `work` as its own task and waits for it, so that the caller hanging up cannot stop
-/// it halfway (between a provider's answer and the store write, say).
-async fn detached<T: Send + 'static>(
-    work: impl std::future::Future<Output = T> + Send + 'static,
-) -> Result<T, BrokerError> {
-    tokio::spawn(work)
-        .await
-        .map_err(|_| BrokerError::Store("a broker task failed".into()))
 }
 
 fn by_name(providers: Vec<Arc<Provider>>) -> HashMap<String, Arc<Provider>> {

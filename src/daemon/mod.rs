@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use self::reload::Live;
 pub use self::reload::Loader;
 use crate::api::{self, listen, Access, AppState, Readiness};
-use crate::broker::Broker;
+use crate::broker::{Broker, ShutdownReport};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{DeclaredAccount, Settings};
 use crate::metrics::Metrics;
@@ -164,20 +164,69 @@ pub async fn run(
     cancel.cancel();
     scheduler.shutdown().await;
     tasks.close();
-    if tokio::time::timeout(listen::DRAIN_TIMEOUT + SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not finish in time");
+    // Refreshes in flight are waited for (each is bounded by its provider's timeout), so
+    // that a rotated refresh token reaches the store; meanwhile the listeners drain.
+    let wait = refresh_wait(&live.settings);
+    let (report, drained) = tokio::join!(
+        broker.shut_down(wait),
+        tokio::time::timeout(listen::DRAIN_TIMEOUT + SHUTDOWN_GRACE, tasks.wait()),
+    );
+    if drained.is_err() {
+        tracing::warn!("some connections or sinks did not finish in time");
     }
-    // Refresh attempts write before they acknowledge; this only flushes sled's own state.
-    let flushed = tokio::task::spawn_blocking(move || broker.flush()).await;
+    let flushed = tokio::task::spawn_blocking({
+        let broker = broker.clone();
+        move || broker.flush()
+    })
+    .await;
     if !matches!(flushed, Ok(Ok(()))) {
         tracing::warn!("final store flush failed");
     }
     drop(socket);
-    tracing::info!("stopped");
-    Ok(())
+    shutdown_outcome(&report, wait)
+}
+
+/// How long shutdown waits for refreshes in flight: the slowest provider's timeout, and a
+/// little for the store write after it. `TimeoutStopSec` in the unit leaves room for this.
+fn refresh_wait(settings: &Settings) -> Duration {
+    let slowest = settings
+        .providers
+        .iter()
+        .map(|p| p.timeout)
+        .max()
+        .unwrap_or_default();
+    slowest + SHUTDOWN_GRACE
+}
+
+/// Logs what shutdown could not finish; any grant left only in memory makes the exit a
+/// failure, so that an operator (and systemd) see it.
+fn shutdown_outcome(report: &ShutdownReport, wait: Duration) -> anyhow::Result<()> {
+    for name in &report.abandoned {
+        tracing::error!(account = %name, waited_s = wait.as_secs(), "shutdown abandoned a refresh still in flight; if the provider rotated the refresh token, the grant may need to be connected again");
+    }
+    if report.unfinished && report.abandoned.is_empty() {
+        tracing::error!(
+            waited_s = wait.as_secs(),
+            "shutdown abandoned an import or removal still in flight"
+        );
+    }
+    for name in &report.unsaved {
+        tracing::error!(account = %name, "shutdown with a grant that could not be stored: its newest refresh token is lost with this process; free the store's disk before restarting, and connect the account again if the provider rotates refresh tokens");
+    }
+    if report.unsaved.is_empty() && report.abandoned.is_empty() && !report.unfinished {
+        tracing::info!("stopped");
+        return Ok(());
+    }
+    let mut names: Vec<String> = report.unsaved.iter().map(ToString::to_string).collect();
+    names.extend(report.abandoned.iter().map(ToString::to_string));
+    bail!(
+        "stopped without storing every grant (accounts: {})",
+        if names.is_empty() {
+            "an import in flight".to_owned()
+        } else {
+            names.join(", ")
+        }
+    )
 }
 
 /// The configured providers, ready to call.

@@ -20,7 +20,9 @@ use url::Url;
 pub use self::error::{FailureKind, ProviderError};
 pub use self::flow::{random_token, DeviceAuthorization, Pkce};
 pub use self::preset::{Preset, Revocation};
-pub use self::response::{parse as parse_token_response, Headers as AnswerHeaders, TokenResponse};
+pub use self::response::{
+    parse as parse_token_response, Headers as AnswerHeaders, TokenResponse, MAX_LIFETIME,
+};
 use crate::secret::{ClientSecret, RefreshToken};
 
 /// The most we read of any provider answer.

@@ -10,8 +10,9 @@ use serde_json::{Map, Value};
 use super::error::ProviderError;
 use crate::secret::{AccessToken, RefreshToken};
 
-/// The longest lifetime we believe (a year); larger values are clamped.
-const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest `expires_in` we believe (a day); larger values are clamped, so a hostile or
+/// garbled answer cannot stop an account from being refreshed for a year.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The longest `Retry-After` we honour; a hostile value cannot silence an account for longer.
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The longest token we accept.
@@ -52,7 +53,9 @@ pub struct TokenResponse {
     pub access_token: AccessToken,
     /// `Bearer`, normalised; other types as sent.
     pub token_type: String,
-    /// `expires_in`, or the provider's default lifetime when absent, zero, negative or garbled.
+    /// `expires_in` (at most [`MAX_LIFETIME`]), or the provider's default lifetime when absent.
+    /// Zero when `expires_in` is zero, negative or not a number: the token is then never
+    /// served, and the account is refreshed again after a backoff.
     pub lifetime: Duration,
     /// A new refresh token (rotation), when the provider sent one.
     pub refresh_token: Option<RefreshToken>,
@@ -137,9 +140,10 @@ fn success(
         Some(Value::String(_)) | Some(Value::Null) | None => None,
         Some(_) => return Err(malformed("refresh_token is not a string")),
     };
-    let lifetime = expires_in(object.get("expires_in"))
-        .unwrap_or(default_lifetime)
-        .min(MAX_LIFETIME);
+    let lifetime = match object.get("expires_in") {
+        None | Some(Value::Null) => default_lifetime,
+        Some(value) => expires_in(value),
+    };
     let scope = match object.get("scope") {
         Some(Value::String(scope)) if is_plain(scope, 4096) || scope.is_empty() => {
             Some(scope.clone())
@@ -168,16 +172,20 @@ fn success(
     })
 }
 
-/// `expires_in` as a positive number of seconds (number or numeric string); anything else
-/// (absent, zero, negative, garbage) means "unknown".
-fn expires_in(value: Option<&Value>) -> Option<Duration> {
-    let seconds = match value? {
-        Value::Number(number) => number.as_f64()?,
-        Value::String(text) => text.trim().parse::<f64>().ok()?,
-        _ => return None,
+/// `expires_in` (a number, or a numeric string as some providers send) as whole seconds,
+/// clamped to [`MAX_LIFETIME`]; zero for anything below one second or not a number.
+fn expires_in(value: &Value) -> Duration {
+    let seconds = match value {
+        Value::Number(number) => number.as_f64(),
+        Value::String(text) => text.trim().parse::<f64>().ok(),
+        _ => None,
     };
-    (seconds.is_finite() && seconds >= 1.0)
-        .then(|| Duration::from_secs_f64(seconds.min(MAX_LIFETIME.as_secs_f64())))
+    match seconds {
+        Some(seconds) if seconds.is_finite() && seconds >= 1.0 => {
+            Duration::from_secs(seconds.min(MAX_LIFETIME.as_secs_f64()) as u64)
+        }
+        _ => Duration::ZERO,
+    }
 }
 
 /// Tokens go into HTTP headers and environment variables: printable ASCII only.
@@ -353,14 +361,19 @@ mod tests {
     }
 
     #[test]
-    fn odd_expires_in_values_fall_back_without_a_loop() {
+    fn odd_expires_in_values_are_clamped_or_mean_no_lifetime() {
         for (value, expected) in [
             ("\"14400\"", Duration::from_secs(14400)),
-            ("0", HOUR),
-            ("-5", HOUR),
+            ("3599.9", Duration::from_secs(3599)),
+            ("0", Duration::ZERO),
+            ("-5", Duration::ZERO),
+            ("0.5", Duration::ZERO),
             ("null", HOUR),
-            ("\"soon\"", HOUR),
+            ("\"soon\"", Duration::ZERO),
+            ("true", Duration::ZERO),
             ("1e300", MAX_LIFETIME),
+            ("\"1e300\"", MAX_LIFETIME),
+            ("864000", MAX_LIFETIME),
         ] {
             let body = format!(
                 r#"{{"access_token": "a", "token_type": "bearer", "expires_in": {value}}}"#

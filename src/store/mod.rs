@@ -1,18 +1,34 @@
 //! Durable storage of account records, behind a small trait.
 //!
-//! `Store` is what the broker sees; `SledStore` is the embedded backend. Each account is one
-//! value (so an update is atomic), a write returns only once it is on disk, and every change
-//! also rewrites an independent snapshot file from which a damaged store can be rebuilt.
-//! A shared multi-host backend can implement the same trait later.
+//! `Store` is what a backend implements; `SledStore` is the embedded one. Each account is one
+//! value (so an update is atomic) that carries its write version, and a batch of changes
+//! returns only once it is on disk. `Writer` is what the broker holds: one thread that takes
+//! changes from a bounded queue and hands them to the backend in batches (group commit).
 
+mod journal;
+mod merge;
 mod schema;
 pub mod seal;
 mod sled;
+mod writer;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use self::sled::SledStore;
+pub use self::writer::Writer;
 use crate::token::{AccountName, AccountRecord};
+
+/// One change to the store.
+// Values live briefly (a queue, a merge); boxing the record would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Insert or replace an account.
+    Put(AccountRecord),
+    /// Forget an account (nothing happens if there is none).
+    Remove(AccountName),
+}
 
 /// Where and how the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +48,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A read failure or an undecodable value.
     fn load_all(&self) -> Result<Vec<AccountRecord>, StoreError>;
 
-    /// Inserts or replaces one account; returns once the write is durable.
+    /// Applies `changes` in order and returns once all of them are durable: one sync for
+    /// the whole batch. After a failure the backend recovers by itself (reopens, say) on a
+    /// later call, once writing is possible again.
     ///
     /// # Errors
-    /// A write or flush failure (a full disk, say); nothing is acknowledged then.
-    fn put(&self, record: &AccountRecord) -> Result<(), StoreError>;
-
-    /// Deletes one account durably; `false` when there was none.
-    ///
-    /// # Errors
-    /// A write or flush failure.
-    fn remove(&self, name: &AccountName) -> Result<bool, StoreError>;
+    /// A write or sync failure (a full disk, say); none of the batch is acknowledged then.
+    fn write(&self, changes: &[Change]) -> Result<(), StoreError>;
 
     /// Re-seals every value under a new key and makes it the key; returns how many values.
     /// Interrupted at any point, every value stays readable (the next open finishes the job).
@@ -59,16 +71,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// What went wrong with the store. Messages name the path, never a value.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The directory could not be created or given its permissions.
-    #[error("cannot prepare store directory {path}")]
+    #[error("cannot prepare store directory {path}: {cause}")]
     PrepareDir {
         /// The directory.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: Arc<std::io::Error>,
     },
     /// Another process holds the database.
     #[error("store {path} is locked by another process (is another tokenbroker running? use the CLI, which goes through the daemon)")]
@@ -120,14 +131,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
-    /// A read, write or flush failed.
-    #[error("store {operation} failed")]
+    /// A read, write or flush failed. The message carries the cause ("No space left on
+    /// device"): it is what the operator must act on, and it ends up in the account's status.
+    #[error("store {operation} failed: {cause}")]
     Io {
         /// What was being done.
         operation: &'static str,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: Arc<std::io::Error>,
     },
     /// The database engine failed in some other way.
     #[error("store {operation} failed: {reason}")]

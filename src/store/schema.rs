@@ -1,8 +1,11 @@
 //! The on-disk form of an account record: a format byte, then the serialized row.
 //!
 //! Format 2 (written): the key id, then the JSON row sealed with that key (`seal.rs`).
+//! Format 3 (written): a removal (tombstone), sealed the same way; it holds only a version.
 //! Format 1 (read only, from before encryption): the JSON row in the clear; such a value is
-//! sealed on its next write. Domain types never derive `Serialize`.
+//! sealed on its next write. Every sealed value carries its write version (the store's
+//! counter, 0 in values from before versions), so of two copies the newer is known and
+//! cannot be forged. Domain types never derive `Serialize`.
 
 use std::time::{Duration, SystemTime};
 
@@ -20,10 +23,15 @@ pub(super) const SCHEMA_VERSION: u32 = 1;
 const FORMAT_JSON_V1: u8 = 1;
 /// Value format 2: version byte, key id, then `nonce || sealed JSON row`.
 const FORMAT_SEALED_V2: u8 = 2;
+/// Value format 3: a removal: version byte, key id, then `nonce || sealed JSON tombstone`.
+const FORMAT_REMOVED_V3: u8 = 3;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Row {
+    /// The store's write counter when this value was written (absent before versions).
+    #[serde(default)]
+    version: u64,
     provider: String,
     refresh_token: String,
     token: Option<TokenRow>,
@@ -43,9 +51,36 @@ struct TokenRow {
     scope: Option<String>,
 }
 
-/// Serializes and seals a record into its stored form.
-pub(super) fn encode(record: &AccountRecord, key: &StoreKey) -> Vec<u8> {
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tombstone {
+    version: u64,
+}
+
+/// What one stored value says about its account.
+// Values live briefly (a queue, a merge); boxing the record would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Entry {
+    /// The account as it was written.
+    Put(AccountRecord),
+    /// The account was removed.
+    Removed,
+}
+
+/// A decoded value with its write version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Versioned {
+    /// The store's write counter when the value was written.
+    pub(super) version: u64,
+    /// What it says.
+    pub(super) entry: Entry,
+}
+
+/// Serializes and seals a record, written as version `version`, into its stored form.
+pub(super) fn encode(record: &AccountRecord, version: u64, key: &StoreKey) -> Vec<u8> {
     let row = Row {
+        version,
         provider: record.provider.clone(),
         refresh_token: record.refresh_token.expose().to_owned(),
         token: record.token.as_ref().map(|token| TokenRow {
@@ -63,12 +98,19 @@ pub(super) fn encode(record: &AccountRecord, key: &StoreKey) -> Vec<u8> {
     let plaintext = zeroize::Zeroizing::new(
         serde_json::to_vec(&row).expect("a row of strings and numbers always serializes"),
     );
-    let mut header = vec![FORMAT_SEALED_V2];
+    seal_value(FORMAT_SEALED_V2, record.name.as_str(), &plaintext, key)
+}
+
+/// The stored form of `name`'s removal, written as version `version`.
+pub(super) fn encode_removal(name: &AccountName, version: u64, key: &StoreKey) -> Vec<u8> {
+    let plaintext = serde_json::to_vec(&Tombstone { version }).expect("a number always serializes");
+    seal_value(FORMAT_REMOVED_V3, name.as_str(), &plaintext, key)
+}
+
+fn seal_value(format: u8, name: &str, plaintext: &[u8], key: &StoreKey) -> Vec<u8> {
+    let mut header = vec![format];
     header.extend_from_slice(&key.id());
-    let sealed = key.seal(
-        &associated(&header, record.name.as_str().as_bytes()),
-        &plaintext,
-    );
+    let sealed = key.seal(&associated(&header, name.as_bytes()), plaintext);
     header.extend_from_slice(&sealed);
     header
 }
@@ -83,17 +125,32 @@ fn associated(header: &[u8], name: &[u8]) -> Vec<u8> {
 /// The id of the key that sealed a value, if it is sealed.
 pub(super) fn key_id(bytes: &[u8]) -> Option<&[u8]> {
     match bytes.split_first() {
-        Some((&FORMAT_SEALED_V2, rest)) => rest.get(..KEY_ID_LEN),
+        Some((&(FORMAT_SEALED_V2 | FORMAT_REMOVED_V3), rest)) => rest.get(..KEY_ID_LEN),
         _ => None,
     }
 }
 
-/// Opens and parses a stored value back into a record.
+/// Opens and parses a stored account value back into a record.
 pub(super) fn decode(
     key: &[u8],
     bytes: &[u8],
     keyring: &Keyring,
 ) -> Result<AccountRecord, StoreError> {
+    match decode_versioned(key, bytes, keyring)?.entry {
+        Entry::Put(record) => Ok(record),
+        Entry::Removed => Err(StoreError::Decode {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "a removal where an account was expected".into(),
+        }),
+    }
+}
+
+/// Opens and parses a stored value (an account or a removal) with its version.
+pub(super) fn decode_versioned(
+    key: &[u8],
+    bytes: &[u8],
+    keyring: &Keyring,
+) -> Result<Versioned, StoreError> {
     let key_text = String::from_utf8_lossy(key).into_owned();
     let fail = |reason: String| StoreError::Decode {
         key: key_text.clone(),
@@ -107,7 +164,7 @@ pub(super) fn decode(
         .ok_or_else(|| fail("empty value".into()))?;
     let plaintext = match *format {
         FORMAT_JSON_V1 => zeroize::Zeroizing::new(body.to_vec()),
-        FORMAT_SEALED_V2 => {
+        FORMAT_SEALED_V2 | FORMAT_REMOVED_V3 => {
             let (id, sealed) = body
                 .split_at_checked(KEY_ID_LEN)
                 .ok_or_else(|| fail("truncated".into()))?;
@@ -127,8 +184,17 @@ pub(super) fn decode(
         other => return Err(fail(format!("unknown value format {other}"))),
     };
     // serde_json's messages quote no input text beyond a type name, so they carry no secret.
+    if *format == FORMAT_REMOVED_V3 {
+        let tombstone: Tombstone =
+            serde_json::from_slice(&plaintext).map_err(|error| fail(format!("{error}")))?;
+        return Ok(Versioned {
+            version: tombstone.version,
+            entry: Entry::Removed,
+        });
+    }
     let row: Row = serde_json::from_slice(&plaintext).map_err(|error| fail(format!("{error}")))?;
-    Ok(AccountRecord {
+    let version = row.version;
+    let record = AccountRecord {
         name,
         provider: row.provider,
         refresh_token: RefreshToken::new(row.refresh_token),
@@ -143,6 +209,10 @@ pub(super) fn decode(
         needs_reauth: row.needs_reauth,
         last_refresh: row.last_refresh_ms.map(from_millis),
         last_error: row.last_error,
+    };
+    Ok(Versioned {
+        version,
+        entry: Entry::Put(record),
     })
 }
 
@@ -187,16 +257,47 @@ mod tests {
     #[test]
     fn round_trips_every_field_sealed() {
         let record = sample();
-        let bytes = encode(&record, &keyring().current);
+        let bytes = encode(&record, 41, &keyring().current);
         assert_eq!(bytes[0], FORMAT_SEALED_V2);
         assert_eq!(key_id(&bytes), Some(&keyring().current.id()[..]));
         assert_eq!(decode(b"dropbox-main", &bytes, &keyring()).unwrap(), record);
+        assert_eq!(
+            decode_versioned(b"dropbox-main", &bytes, &keyring()).unwrap(),
+            Versioned {
+                version: 41,
+                entry: Entry::Put(record.clone())
+            }
+        );
         for secret in ["rt-secret", "sl.at-secret"] {
             assert!(
                 !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "{secret} in the clear"
             );
         }
+    }
+
+    #[test]
+    fn a_removal_carries_its_version_and_is_bound_to_its_account() {
+        let name: AccountName = "dropbox-main".parse().unwrap();
+        let bytes = encode_removal(&name, 7, &keyring().current);
+        assert_eq!(
+            decode_versioned(b"dropbox-main", &bytes, &keyring()).unwrap(),
+            Versioned {
+                version: 7,
+                entry: Entry::Removed
+            }
+        );
+        assert!(decode_versioned(b"dropbox-other", &bytes, &keyring()).is_err());
+        assert!(
+            decode(b"dropbox-main", &bytes, &keyring()).is_err(),
+            "not an account"
+        );
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(
+            decode_versioned(b"dropbox-main", &flipped, &keyring()).is_err(),
+            "a flipped bit does not authenticate"
+        );
     }
 
     #[test]
@@ -215,7 +316,7 @@ mod tests {
 
     #[test]
     fn the_wrong_key_or_account_or_garbage_is_refused() {
-        let bytes = encode(&sample(), &keyring().current);
+        let bytes = encode(&sample(), 1, &keyring().current);
         let other = Keyring::new(StoreKey::from_bytes(&[2; 32]));
         assert!(matches!(
             decode(b"dropbox-main", &bytes, &other),

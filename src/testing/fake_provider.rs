@@ -42,6 +42,9 @@ pub enum Reply {
     },
     /// Wait, then answer with the inner reply.
     Delay(Duration, Box<Reply>),
+    /// Issue (and rotate) at once, as a provider commits its answer, then take this long to
+    /// deliver it: the old refresh token is spent even if the client goes away meanwhile.
+    IssueSlowly(Duration),
 }
 
 impl Reply {
@@ -530,6 +533,11 @@ async fn answer(
                 reply = *inner;
             }
             Reply::Hang => std::future::pending::<()>().await,
+            Reply::IssueSlowly(wait) => {
+                let response = issue(shared, form, has_basic);
+                tokio::time::sleep(wait).await;
+                return response;
+            }
             Reply::Json(status, body, headers) => {
                 let mut response = (status_code(status), Json(body)).into_response();
                 for (name, value) in headers {

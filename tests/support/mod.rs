@@ -380,3 +380,60 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A small tmpfs mounted for one test (a disk that can be filled); unmounted when dropped.
+/// Mounting needs root: outside CI a test without it is skipped, in CI it fails.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts `size` (e.g. "16m") at `path`; `None` (the test skips) where that is impossible.
+    pub fn mount(path: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .stderr(Stdio::piped())
+            .output();
+        match mounted {
+            Ok(output) if output.status.success() => Some(Self {
+                path: path.to_owned(),
+            }),
+            other => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI runs as root and must be able to mount a tmpfs: {other:?}"
+                );
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("skipped: cannot mount a tmpfs here (needs root): {other:?}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Fills the file system with `filler` until the disk is full; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

@@ -1,0 +1,268 @@
+//! Newest wins: which copy of each account the store keeps when its copies disagree.
+//!
+//! The database, the journal and (from stores written before the journal) the old snapshot
+//! each hold a copy of every account. After a crash, a torn write or a damaged log they can
+//! disagree; every copy carries the version it was written as, sealed with it, so the newest
+//! valid one is known. This module only decides; `sled.rs` applies the decision.
+
+use std::collections::BTreeMap;
+
+use super::schema::{self, Entry};
+use super::seal::Keyring;
+use super::StoreError;
+
+/// Where a copy was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// The sled database.
+    Database,
+    /// The journal.
+    Journal,
+    /// `accounts.snapshot`, from before the journal.
+    Snapshot,
+}
+
+/// The newest copy of one account found so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Newest {
+    /// Its version.
+    pub(super) version: u64,
+    /// The sealed value as stored (an account, or a removal).
+    pub(super) value: Vec<u8>,
+    /// Whether it is a removal.
+    pub(super) removed: bool,
+    /// Where it came from.
+    pub(super) source: Source,
+    /// The database's version of this account, if it holds one that could be read.
+    pub(super) in_database: Option<u64>,
+    /// The database holds a value for this account that cannot be read.
+    pub(super) database_unreadable: bool,
+    /// The newest version of this account the journal holds.
+    pub(super) in_journal: Option<u64>,
+}
+
+/// Every copy offered, reduced to the newest per account.
+#[derive(Debug, Default)]
+pub(super) struct Merge {
+    /// The newest copy of each account, by name.
+    pub(super) newest: BTreeMap<String, Newest>,
+    /// The highest version seen anywhere: the next write takes the one after it.
+    pub(super) max_version: u64,
+    /// Copies that could not be opened, as "name in source" (never their contents).
+    pub(super) unreadable: Vec<String>,
+}
+
+impl Merge {
+    /// Considers one stored value. A value sealed with a key we do not have is an error (the
+    /// wrong key file, not damage); any other unreadable value is noted and passed over, for
+    /// a copy elsewhere may stand in for it (`finish` decides).
+    ///
+    /// # Errors
+    /// `StoreError::WrongKey`.
+    pub(super) fn offer(
+        &mut self,
+        source: Source,
+        name: &[u8],
+        value: &[u8],
+        keyring: &Keyring,
+    ) -> Result<(), StoreError> {
+        let text = String::from_utf8_lossy(name).into_owned();
+        let decoded = match schema::decode_versioned(name, value, keyring) {
+            Ok(decoded) => decoded,
+            Err(error @ StoreError::WrongKey { .. }) => return Err(error),
+            Err(_) => {
+                self.unreadable
+                    .push(format!("{text} in the {}", source.file()));
+                return Ok(());
+            }
+        };
+        let version = decoded.version;
+        self.max_version = self.max_version.max(version);
+        let removed = decoded.entry == Entry::Removed;
+        let slot = self.newest.entry(text);
+        let candidate = Newest {
+            version,
+            value: value.to_vec(),
+            removed,
+            source,
+            in_database: (source == Source::Database).then_some(version),
+            database_unreadable: false,
+            in_journal: (source == Source::Journal).then_some(version),
+        };
+        match slot {
+            std::collections::btree_map::Entry::Vacant(vacant) => {
+                vacant.insert(candidate);
+            }
+            std::collections::btree_map::Entry::Occupied(mut occupied) => {
+                let held = occupied.get_mut();
+                if source == Source::Database {
+                    held.in_database = Some(version);
+                }
+                if source == Source::Journal {
+                    held.in_journal = held.in_journal.max(Some(version));
+                }
+                // Ties go to the copy offered first (the database is offered first), so a
+                // store whose copies agree needs no repair.
+                if version > held.version {
+                    *held = Newest {
+                        in_database: held.in_database,
+                        database_unreadable: held.database_unreadable,
+                        in_journal: held.in_journal,
+                        ..candidate
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every account the database could not read has a copy elsewhere.
+    ///
+    /// # Errors
+    /// `StoreError::Decode` naming an account whose only copy is unreadable.
+    pub(super) fn finish(mut self) -> Result<Self, StoreError> {
+        for entry in &self.unreadable {
+            let Some(name) = entry.strip_suffix(" in the database") else {
+                continue;
+            };
+            if let Some(newest) = self.newest.get_mut(name) {
+                newest.database_unreadable = true;
+            } else {
+                return Err(StoreError::Decode {
+                    key: name.to_owned(),
+                    reason: "the database's value does not authenticate and neither the journal nor a snapshot holds a copy; restore the store directory from a backup, or remove the account and connect it again".into(),
+                });
+            }
+        }
+        Ok(self)
+    }
+
+    /// The accounts whose database copy is older than the newest one (or missing, or a
+    /// removal the database never saw): the database must be brought up to date for these.
+    pub(super) fn database_behind(&self) -> impl Iterator<Item = (&str, &Newest)> {
+        self.newest
+            .iter()
+            .filter(|(_, newest)| match newest.in_database {
+                Some(version) => version < newest.version,
+                None => !newest.removed || newest.database_unreadable,
+            })
+            .map(|(name, newest)| (name.as_str(), newest))
+    }
+}
+
+impl Merge {
+    /// Whether the journal holds the newest copy of every account and removal.
+    pub(super) fn journal_complete(&self) -> bool {
+        self.newest
+            .values()
+            .all(|newest| newest.in_journal == Some(newest.version))
+    }
+}
+
+impl Source {
+    /// The file it names in messages.
+    pub(super) fn file(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::Journal => "journal",
+            Self::Snapshot => "snapshot",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::RefreshToken;
+    use crate::store::seal::StoreKey;
+    use crate::token::AccountRecord;
+
+    fn keyring() -> Keyring {
+        Keyring::new(StoreKey::from_bytes(&[3; 32]))
+    }
+
+    fn value(name: &str, refresh: &str, version: u64) -> Vec<u8> {
+        let record = AccountRecord::new(
+            name.parse().unwrap(),
+            "dropbox".into(),
+            RefreshToken::new(refresh),
+        );
+        schema::encode(&record, version, &keyring().current)
+    }
+
+    #[test]
+    fn the_newest_copy_wins_wherever_it_is() {
+        let keys = keyring();
+        let mut merge = Merge::default();
+        merge
+            .offer(Source::Database, b"a", &value("a", "rt-3", 3), &keys)
+            .unwrap();
+        merge
+            .offer(Source::Database, b"b", &value("b", "rt-9", 9), &keys)
+            .unwrap();
+        merge
+            .offer(Source::Journal, b"a", &value("a", "rt-2", 2), &keys)
+            .unwrap();
+        merge
+            .offer(Source::Journal, b"a", &value("a", "rt-5", 5), &keys)
+            .unwrap();
+        merge
+            .offer(Source::Journal, b"b", &value("b", "rt-9", 9), &keys)
+            .unwrap();
+        let removal = schema::encode_removal(&"c".parse().unwrap(), 7, &keys.current);
+        merge.offer(Source::Journal, b"c", &removal, &keys).unwrap();
+        let merge = merge.finish().unwrap();
+        assert_eq!(merge.max_version, 9);
+        assert_eq!(merge.newest["a"].version, 5);
+        assert_eq!(merge.newest["a"].source, Source::Journal);
+        assert_eq!(merge.newest["a"].in_database, Some(3));
+        assert_eq!(
+            merge.newest["b"].source,
+            Source::Database,
+            "a tie keeps the database's"
+        );
+        assert!(merge.newest["c"].removed);
+        let behind: Vec<_> = merge.database_behind().map(|(name, _)| name).collect();
+        assert_eq!(
+            behind,
+            ["a"],
+            "a removal the database never held needs nothing"
+        );
+        assert_eq!(merge.newest["a"].in_journal, Some(5));
+        assert!(merge.journal_complete());
+    }
+
+    #[test]
+    fn an_unreadable_value_is_passed_over_if_a_copy_exists_elsewhere() {
+        let keys = keyring();
+        let mut damaged = value("a", "rt-1", 1);
+        *damaged.last_mut().unwrap() ^= 0x40;
+        let mut merge = Merge::default();
+        merge
+            .offer(Source::Database, b"a", &damaged, &keys)
+            .unwrap();
+        merge
+            .offer(Source::Journal, b"a", &value("a", "rt-1", 1), &keys)
+            .unwrap();
+        let merge = merge.finish().unwrap();
+        assert_eq!(merge.unreadable, ["a in the database"]);
+        assert_eq!(merge.database_behind().count(), 1);
+
+        let mut alone = Merge::default();
+        alone
+            .offer(Source::Database, b"a", &damaged, &keys)
+            .unwrap();
+        let error = alone.finish().unwrap_err();
+        assert!(error.to_string().contains("account \"a\""), "{error}");
+    }
+
+    #[test]
+    fn a_value_under_another_key_is_an_error_not_damage() {
+        let other = Keyring::new(StoreKey::from_bytes(&[4; 32]));
+        let mut merge = Merge::default();
+        let error = merge
+            .offer(Source::Journal, b"a", &value("a", "rt", 1), &other)
+            .unwrap_err();
+        assert!(matches!(error, StoreError::WrongKey { .. }));
+    }
+}

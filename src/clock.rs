@@ -1,16 +1,23 @@
-//! The one place that reads wall-clock time.
+//! The one place that reads wall-clock time, and the monotonic clock beside it.
 //!
 //! Expiry and due times are wall-clock instants (so a machine that slept catches up when it
-//! wakes); everything that needs "now" takes a `Clock`, and tests hand in a `ManualClock`.
+//! wakes); the monotonic clock keeps a backward step of the wall clock from stretching them
+//! (a token is valid for the lesser of the two readings). Everything that needs "now" takes a
+//! `Clock`, and tests hand in a `ManualClock`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// A source of wall-clock time.
+use tokio::time::Instant;
+
+/// A source of wall-clock and monotonic time.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current wall-clock time.
     fn now(&self) -> SystemTime;
+
+    /// The current monotonic time: never steps back, does not count a suspended machine.
+    fn monotonic(&self) -> Instant;
 }
 
 /// Shared handle to a clock.
@@ -25,36 +32,65 @@ impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
+
+    fn monotonic(&self) -> Instant {
+        Instant::now()
+    }
 }
 
 /// A clock that moves only when told to; for tests.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
-    now: Arc<Mutex<SystemTime>>,
+    now: Arc<Mutex<Readings>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Readings {
+    wall: SystemTime,
+    monotonic: Instant,
 }
 
 impl ManualClock {
     /// A clock standing at `start`.
     pub fn new(start: SystemTime) -> Self {
         Self {
-            now: Arc::new(Mutex::new(start)),
+            now: Arc::new(Mutex::new(Readings {
+                wall: start,
+                monotonic: Instant::now(),
+            })),
         }
     }
 
-    /// Moves the clock forward (a wall-clock jump, or time passing).
+    /// Lets time pass: both clocks move forward.
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().expect("clock lock is never poisoned");
-        *now += by;
+        let mut now = self.readings();
+        now.wall += by;
+        now.monotonic += by;
     }
 
-    /// Sets the clock to an arbitrary instant, backwards included.
+    /// Steps the wall clock to an arbitrary instant, backwards included (as an operator or
+    /// NTP would); the monotonic clock does not move.
     pub fn set(&self, to: SystemTime) {
-        *self.now.lock().expect("clock lock is never poisoned") = to;
+        self.readings().wall = to;
+    }
+
+    /// Moves only the wall clock forward: a machine that was suspended (the monotonic
+    /// clock does not count a suspension), or a forward step.
+    pub fn jump(&self, by: Duration) {
+        self.readings().wall += by;
+    }
+
+    fn readings(&self) -> std::sync::MutexGuard<'_, Readings> {
+        self.now.lock().expect("clock lock is never poisoned")
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        *self.now.lock().expect("clock lock is never poisoned")
+        self.readings().wall
+    }
+
+    fn monotonic(&self) -> Instant {
+        self.readings().monotonic
     }
 }

@@ -3,11 +3,15 @@
 //! A cron-expression job (not `new_repeated`, which stops firing after running late), guarded
 //! against overlap. The scheduler owns timing only; which accounts are due is the broker's
 //! wall-clock comparison, so a machine that slept catches up on the first tick after waking.
+//! tokio-cron-scheduler computes its next tick from the wall clock, so a backward step of
+//! the clock stops its ticks for as long as the step: a guard on the monotonic clock notices
+//! missing ticks and sweeps itself until they return.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::broker::Broker;
@@ -54,15 +58,44 @@ pub fn cron_expression(interval: Duration) -> Result<String, SchedulerError> {
     }
 }
 
-/// A running sweep job.
+/// A running sweep job and its guard.
 #[allow(missing_debug_implementations)] // JobScheduler has no Debug
 pub struct Scheduler {
     inner: JobScheduler,
+    guard: JoinHandle<()>,
+}
+
+/// What a tick does, shared by the cron job and the guard: one sweep at a time, then
+/// `on_tick` (the watchdog ping), and a count the guard watches.
+struct Runner {
+    sweep: Arc<dyn Fn() -> usize + Send + Sync>,
+    on_tick: Arc<dyn Fn() + Send + Sync>,
+    running: AtomicBool,
+    ticks: AtomicU64,
+}
+
+impl Runner {
+    fn tick(&self) {
+        // Cron runs are spawned and may overlap if one is slow; let only one sweep at a time.
+        if self.running.swap(true, Ordering::AcqRel) {
+            tracing::debug!("previous sweep still running; skipping this tick");
+            return;
+        }
+        let started = (self.sweep)();
+        self.running.store(false, Ordering::Release);
+        self.ticks.fetch_add(1, Ordering::AcqRel);
+        (self.on_tick)();
+        tracing::trace!(refreshes = started, "sweep");
+    }
+
+    fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Acquire)
+    }
 }
 
 impl Scheduler {
     /// Starts sweeping every `config.check_interval`; `on_tick` runs after each sweep (the
-    /// daemon pings the systemd watchdog there, so the pings stop if the ticks do).
+    /// daemon pings the systemd watchdog there, so the pings stop if the sweeps do).
     ///
     /// # Errors
     /// A bad interval, or the scheduler failed to start.
@@ -83,34 +116,58 @@ impl Scheduler {
         on_tick: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<Self, SchedulerError> {
         let expression = cron_expression(config.check_interval)?;
-        let running = Arc::new(AtomicBool::new(false));
-        let job = Job::new_async(expression.as_str(), move |_id, _scheduler| {
-            let sweep = sweep.clone();
-            let running = running.clone();
-            let on_tick = on_tick.clone();
-            Box::pin(async move {
-                // Runs are spawned and may overlap if one is slow; let only one sweep at a time.
-                if running.swap(true, Ordering::AcqRel) {
-                    tracing::debug!("previous sweep still running; skipping this tick");
-                    return;
-                }
-                let started = sweep();
-                running.store(false, Ordering::Release);
-                on_tick();
-                tracing::trace!(refreshes = started, "sweep");
-            })
+        let runner = Arc::new(Runner {
+            sweep,
+            on_tick,
+            running: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+        });
+        let job = Job::new_async(expression.as_str(), {
+            let runner = runner.clone();
+            move |_id, _scheduler| {
+                let runner = runner.clone();
+                Box::pin(async move { runner.tick() })
+            }
         })?;
         let inner = JobScheduler::new().await?;
         inner.add(job).await?;
         inner.start().await?;
-        Ok(Self { inner })
+        let guard = tokio::spawn(guard(runner, config.check_interval));
+        Ok(Self { inner, guard })
     }
 
     /// Stops ticking.
     pub async fn shutdown(mut self) {
+        self.guard.abort();
         if let Err(error) = self.inner.shutdown().await {
             tracing::warn!(error = %error, "scheduler did not shut down cleanly");
         }
+    }
+}
+
+/// Every two intervals of the monotonic clock, sweeps if no tick came in that time.
+async fn guard(runner: Arc<Runner>, interval: Duration) {
+    let mut timer = tokio::time::interval(interval * 2);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer.tick().await; // the first tick is immediate
+    let mut seen = runner.ticks();
+    let mut covering = false;
+    loop {
+        timer.tick().await;
+        let ticks = runner.ticks();
+        if ticks == seen {
+            if !covering {
+                tracing::warn!(
+                    "the scheduler's ticks stopped (did the wall clock step back?); sweeping on the monotonic clock until they return"
+                );
+                covering = true;
+            }
+            runner.tick();
+        } else if covering {
+            tracing::info!("the scheduler's ticks are back");
+            covering = false;
+        }
+        seen = runner.ticks();
     }
 }
 
@@ -136,6 +193,48 @@ mod tests {
             assert!(cron_expression(Duration::from_secs(bad)).is_err(), "{bad}");
         }
         assert!(cron_expression(Duration::from_millis(1500)).is_err());
+    }
+
+    fn counting_runner(sweeps: &Arc<std::sync::atomic::AtomicUsize>) -> Arc<Runner> {
+        let counted = sweeps.clone();
+        Arc::new(Runner {
+            sweep: Arc::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                0
+            }),
+            on_tick: Arc::new(|| {}),
+            running: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+        })
+    }
+
+    /// The cron job's ticks stop (its next tick is computed from a wall clock that stepped
+    /// back); the guard, on tokio's monotonic clock (paused here), sweeps in their place.
+    #[tokio::test(start_paused = true)]
+    async fn the_guard_sweeps_when_the_wall_clock_ticks_stop_and_not_otherwise() {
+        use std::sync::atomic::AtomicUsize;
+        let sweeps = Arc::new(AtomicUsize::new(0));
+        let runner = counting_runner(&sweeps);
+        let interval = Duration::from_secs(30);
+        let guard = tokio::spawn(guard(runner.clone(), interval));
+        // Ticks come every interval, as they should: the guard leaves them alone.
+        for _ in 0..10 {
+            tokio::time::sleep(interval).await;
+            runner.tick();
+        }
+        assert_eq!(
+            sweeps.load(Ordering::SeqCst),
+            10,
+            "only the cron ticks swept"
+        );
+        // Ticks stop for ten minutes: the guard sweeps every two intervals meanwhile.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let covered = sweeps.load(Ordering::SeqCst) - 10;
+        assert!(
+            (9..=10).contains(&covered),
+            "{covered} guard sweeps in 600 s"
+        );
+        guard.abort();
     }
 
     /// A sweep that never returns (a deadlock, a hung store) stops the ticks' `on_tick`, and

@@ -113,7 +113,7 @@ async fn a_full_disk_is_reported_recovers_without_a_restart_and_loses_no_grant()
         daemon.request("GET", "/readyz", None).await.0 == 200
     })
     .await;
-    assert!(daemon.logs().contains("the store is writable again"));
+    daemon.logged("the store is writable again").await;
     let stopped = daemon.terminate();
     assert!(stopped.success(), "{stopped}\n{}", daemon.logs());
     let daemon = home.start(&config, &[]).await;

@@ -183,17 +183,22 @@ pub(super) async fn healthz() -> Json<HealthBody> {
 }
 
 pub(super) async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<HealthBody>) {
-    let now = app.clock.now();
     let readiness = app.readiness.load();
     let mut problems = Vec::new();
     let stall_limit = readiness.check_interval * 3 + std::time::Duration::from_secs(5);
-    let since = |t: std::time::SystemTime| now.duration_since(t).unwrap_or_default();
-    match app.broker.last_tick() {
-        Some(tick) if since(tick) > stall_limit => problems.push(format!(
+    // Measured on the monotonic clock, so a step of the wall clock can neither hide a
+    // stalled scheduler nor make a tick look as if it happened in the future.
+    match app.broker.since_last_tick() {
+        Some(since) if since > stall_limit => problems.push(format!(
             "the scheduler has not ticked for {}s",
-            since(tick).as_secs()
+            since.as_secs()
         )),
-        None if since(readiness.started_at) > stall_limit => {
+        None if app
+            .clock
+            .monotonic()
+            .saturating_duration_since(readiness.started_at)
+            > stall_limit =>
+        {
             problems.push("the scheduler has never ticked".into())
         }
         _ => {}

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
@@ -67,8 +67,8 @@ pub struct Readiness {
     pub required: Vec<AccountName>,
     /// The scheduler's tick interval; a tick older than three of these means it has stalled.
     pub check_interval: Duration,
-    /// When the daemon started.
-    pub started_at: SystemTime,
+    /// When the daemon started, by the monotonic clock.
+    pub started_at: tokio::time::Instant,
 }
 
 /// Everything the handlers need.

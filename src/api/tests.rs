@@ -87,7 +87,7 @@ pub(super) async fn api() -> Api {
     let readiness = Arc::new(ArcSwap::from_pointee(Readiness {
         required: vec!["corp".parse().unwrap()],
         check_interval: Duration::from_secs(30),
-        started_at: clock.now(),
+        started_at: clock.monotonic(),
     }));
     let state = AppState {
         broker,
@@ -465,7 +465,7 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
     let readiness = Arc::new(ArcSwap::from_pointee(Readiness {
         required: vec![],
         check_interval: Duration::from_secs(30),
-        started_at: clock.now(),
+        started_at: clock.monotonic(),
     }));
     let state = AppState {
         broker: broker.clone(),
@@ -493,6 +493,12 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
         api.json(TCP, "GET", "/readyz", None, None).await.0,
         StatusCode::OK
     );
+    // The wall clock steps back an hour: the last tick now lies in the wall clock's future,
+    // which must not pass for a fresh one once the scheduler stops.
+    clock.set(clock.now() - Duration::from_secs(3600));
+    clock.advance(Duration::from_secs(96));
+    let (status, body) = api.json(TCP, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 }
 
 #[tokio::test]

@@ -30,6 +30,8 @@ use crate::secret::{AccessToken, RefreshToken};
 use crate::store::{Change, Store, StoreError, Writer};
 use crate::token::{AccountName, AccountRecord, IssuedToken, RefreshPolicy};
 
+/// A wall clock ahead of the monotonic one by less than this is not taken for a step.
+const CLOCK_STEP_TOLERANCE: Duration = Duration::from_secs(1);
 /// A caller that presents a rejected token may force a refresh at most this often.
 pub const REJECTED_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// What we tell a caller to wait when an account needs to be connected again.
@@ -252,7 +254,8 @@ struct Inner {
     accounts: RwLock<BTreeMap<AccountName, Arc<Slot>>>,
     permits: Semaphore,
     random: RandomSource,
-    last_tick: Mutex<Option<SystemTime>>,
+    /// The last sweep, by the wall clock (for metrics) and the monotonic one (for staleness).
+    last_tick: Mutex<Option<(SystemTime, tokio::time::Instant)>>,
     flows: Mutex<connect::Flows>,
 }
 
@@ -290,6 +293,8 @@ struct SlotState {
     last_forced: Option<SystemTime>,
     /// The latest record could not be written; the next sweep tries again.
     unsaved: bool,
+    /// When the token expires by the monotonic clock, for a token issued since start.
+    expires_mono: Option<tokio::time::Instant>,
 }
 
 /// Why a refresh is wanted; decides whether backoff may be skipped.
@@ -528,6 +533,8 @@ impl Broker {
         answer: Result<TokenResponse, ProviderError>,
     ) -> Result<AccountView, BrokerError> {
         let now = self.now();
+        let monotonic = self.inner.clock.monotonic();
+        let lifetime = answer.as_ref().map(|r| r.lifetime).unwrap_or_default();
         let mut record = AccountRecord::new(name.clone(), provider.to_owned(), refresh_token);
         let failure = match answer {
             Ok(response) => {
@@ -551,9 +558,12 @@ impl Broker {
             .map_err(|e| BrokerError::Store(e.to_string()))?;
         tracing::info!(account = %name, provider, "grant stored");
         let slot = self.new_slot(record);
-        if let Some(error) = failure {
+        {
             let mut state = slot.state();
-            self.note_failure(&mut state, &error, now);
+            match failure {
+                Some(error) => self.note_failure(&mut state, &error, now),
+                None => state.expires_mono = Some(monotonic + lifetime),
+            }
         }
         let has_token = slot.state().record.token.is_some();
         write(&self.inner.accounts).insert(name.clone(), slot);
@@ -655,11 +665,12 @@ impl Broker {
     /// retries unsaved records. Returns at once; the handles finish with the attempts.
     pub fn sweep(&self) -> Vec<JoinHandle<()>> {
         let now = self.now();
+        let monotonic = self.inner.clock.monotonic();
         *self
             .inner
             .last_tick
             .lock()
-            .expect("tick lock is never poisoned") = Some(now);
+            .expect("tick lock is never poisoned") = Some((now, monotonic));
         if self.closing() {
             return Vec::new();
         }
@@ -670,14 +681,16 @@ impl Broker {
         let policy = self.policy();
         let slots: Vec<Arc<Slot>> = read(&self.inner.accounts).values().cloned().collect();
         let mut started = Vec::new();
+        let mut corrected = 0;
         for slot in slots {
             let (due, unsaved) = {
-                let state = slot.state();
-                let running_out = state
-                    .record
-                    .token
-                    .as_ref()
-                    .is_none_or(|t| t.remaining(now) <= policy.min_valid.max(policy.ahead / 2));
+                let mut state = slot.state();
+                if self.correct_stepped_expiry(&mut state, now, monotonic) {
+                    corrected += 1;
+                }
+                let running_out = self
+                    .time_left(&state)
+                    .is_none_or(|left| left <= policy.min_valid.max(policy.ahead / 2));
                 let due = !state.record.needs_reauth
                     && now >= state.due_at
                     && state.not_before.is_none_or(|t| now >= t)
@@ -712,11 +725,52 @@ impl Broker {
                 }));
             }
         }
+        if corrected > 0 {
+            tracing::warn!(
+                accounts = corrected,
+                "the wall clock stepped back: token expiry and refresh times were moved to where the monotonic clock puts them"
+            );
+        }
         started
     }
 
-    /// When the scheduler last swept.
+    /// After a backward step of the wall clock, a token's wall-clock expiry claims time the
+    /// provider will not give. Moves it (and the refresh due with it) to where the monotonic
+    /// clock says it is; returns whether it did.
+    fn correct_stepped_expiry(
+        &self,
+        state: &mut SlotState,
+        now: SystemTime,
+        monotonic: tokio::time::Instant,
+    ) -> bool {
+        let (Some(token), Some(deadline)) = (state.record.token.as_mut(), state.expires_mono)
+        else {
+            return false;
+        };
+        let left = deadline.saturating_duration_since(monotonic);
+        if token.remaining(now) <= left + CLOCK_STEP_TOLERANCE {
+            return false;
+        }
+        token.expires_at = now + left;
+        if state.failures == 0 {
+            state.due_at = self.policy().due_at(token, (self.inner.random)());
+        }
+        true
+    }
+
+    /// When the scheduler last swept, by the wall clock.
     pub fn last_tick(&self) -> Option<SystemTime> {
+        self.ticked().map(|(wall, _)| wall)
+    }
+
+    /// How long ago the scheduler last swept, by the monotonic clock: a wall-clock step
+    /// cannot make a stalled scheduler look fresh.
+    pub fn since_last_tick(&self) -> Option<Duration> {
+        let (_, at) = self.ticked()?;
+        Some(self.inner.clock.monotonic().saturating_duration_since(at))
+    }
+
+    fn ticked(&self) -> Option<(SystemTime, tokio::time::Instant)> {
         *self
             .inner
             .last_tick
@@ -745,12 +799,7 @@ impl Broker {
             return false;
         };
         let state = slot.state();
-        !state.record.needs_reauth
-            && state
-                .record
-                .token
-                .as_ref()
-                .is_some_and(|t| t.remaining(self.now()) > Duration::ZERO)
+        !state.record.needs_reauth && self.time_left(&state).is_some_and(|left| !left.is_zero())
     }
 
     /// Re-seals every stored account under a new store key; returns how many.
@@ -949,6 +998,7 @@ impl Broker {
     async fn on_success(&self, slot: &Slot, response: TokenResponse, now: SystemTime) {
         let rotated = response.refresh_token.is_some();
         let lifetime = response.lifetime;
+        let expires_mono = self.inner.clock.monotonic() + lifetime;
         let record = with_response(slot.state().record.clone(), response, now);
         // The new grant reaches the disk before its access token can be served.
         let saved = self.persist(record.clone()).await;
@@ -961,6 +1011,7 @@ impl Broker {
         state.not_before = None;
         state.failures = 0;
         state.record = record;
+        state.expires_mono = Some(expires_mono);
         match saved {
             Ok(()) => {
                 state.unsaved = false;
@@ -985,6 +1036,7 @@ impl Broker {
         let record = with_response(slot.state().record.clone(), response, now);
         let saved = self.persist(record.clone()).await;
         let mut state = slot.state();
+        state.expires_mono = Some(self.inner.clock.monotonic());
         let policy = self.policy();
         state.failures = state.failures.saturating_add(1);
         state.due_at = now + policy.backoff(state.failures, None, (self.inner.random)());
@@ -1099,11 +1151,24 @@ impl Broker {
         if state.record.needs_reauth {
             return Err(BrokerError::NeedsReauth(state.record.name.clone()));
         }
-        let Some(token) = &state.record.token else {
+        let (Some(token), Some(left)) = (&state.record.token, self.time_left(state)) else {
             return Ok(None);
         };
-        let left = token.remaining(self.now());
         Ok((left >= wanted && left > Duration::ZERO).then_some((token, left)))
+    }
+
+    /// Time the held token has left: the lesser of its wall-clock expiry and, for a token
+    /// issued since this process started, its monotonic one (which a step of the wall clock
+    /// cannot stretch).
+    fn time_left(&self, state: &SlotState) -> Option<Duration> {
+        let token = state.record.token.as_ref()?;
+        let by_wall = token.remaining(self.now());
+        Some(match state.expires_mono {
+            Some(deadline) => {
+                by_wall.min(deadline.saturating_duration_since(self.inner.clock.monotonic()))
+            }
+            None => by_wall,
+        })
     }
 
     fn unavailable(&self, state: &SlotState) -> BrokerError {
@@ -1145,6 +1210,7 @@ impl Broker {
                 last_attempt_ok: true,
                 last_forced: None,
                 unsaved: false,
+                expires_mono: None,
             }),
             flight: Arc::new(tokio::sync::Mutex::new(())),
         })

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 
 use super::*;
-use crate::clock::ManualClock;
+use crate::clock::{Clock, ManualClock};
 use crate::store::{self, SledStore};
 use crate::testing::{FakeProvider, Reply};
 
@@ -800,4 +800,85 @@ async fn observers_hear_of_refreshes_and_new_tokens_but_not_of_failures_as_token
             "a needs_reauth"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_token_dead_by_the_monotonic_clock_is_not_served_after_the_wall_clock_steps_back() {
+    let h = harness().await;
+    h.import().await;
+    // The wall clock steps back an hour, then four hours pass: by the wall clock the token
+    // still has an hour, but the provider issued it four hours ago and it is dead.
+    h.clock.set(h.clock.now() - HOUR);
+    h.clock.advance(HOUR * 4);
+    h.fake
+        .push([Reply::oauth_error(503, "temporarily_unavailable", "down")]);
+    let served = h.broker.token(&name("a"), None).await;
+    assert!(
+        matches!(served, Err(BrokerError::Unavailable { .. })),
+        "served a dead token: {served:?}"
+    );
+    assert_eq!(h.fake.token_calls(), 2, "it tried to refresh instead");
+    assert!(
+        h.broker.cached_token(&name("a"), None).is_none(),
+        "nor is it served from memory"
+    );
+    assert!(!h.broker.has_valid_token(&name("a")));
+}
+
+#[tokio::test]
+async fn after_a_backward_step_the_expiry_and_the_refresh_follow_the_monotonic_clock() {
+    let h = harness().await;
+    h.import().await;
+    h.clock.set(h.clock.now() - HOUR);
+    h.clock.advance(Duration::from_secs(60));
+    let served = h.broker.token(&name("a"), None).await.unwrap();
+    assert_eq!(served.expires_in, HOUR * 4 - Duration::from_secs(60));
+    h.sweep().await;
+    let view = h.broker.account(&name("a")).unwrap();
+    assert_eq!(
+        view.expires_at,
+        Some(h.clock.now() + HOUR * 4 - Duration::from_secs(60)),
+        "the wall-clock expiry was moved back with the clock"
+    );
+    // Due 3 h after issue by the monotonic clock, though the wall clock says 2 h.
+    h.clock.advance(HOUR * 3 - Duration::from_secs(60));
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 2, "refreshed on time");
+}
+
+#[tokio::test]
+async fn an_answer_without_a_lifetime_is_not_served_and_is_retried_after_a_backoff() {
+    let h = harness().await;
+    h.fake.set_rotation(true);
+    h.fake.set_expires_in(json!(0));
+    let grant = h.fake.grant("a");
+    h.broker
+        .import(name("a"), "fake", RefreshToken::new(&grant))
+        .await
+        .unwrap();
+    h.clock.advance(HOUR * 3);
+    h.fake.set_expires_in(json!(-5));
+    let answer = h.broker.token(&name("a"), None).await;
+    assert!(
+        matches!(answer, Err(BrokerError::Unavailable { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(h.fake.token_calls(), 2);
+    let view = h.broker.account(&name("a")).unwrap();
+    assert_eq!(view.status, Status::Degraded);
+    assert!(view.last_error.unwrap().contains("no lifetime"));
+    // The rotated grant was kept; no call until the backoff has passed, then a good one.
+    assert!(h.fake.is_valid(&h.stored_refresh_token()));
+    h.sweep().await;
+    assert_eq!(
+        h.fake.token_calls(),
+        2,
+        "backing off, not refreshing every tick"
+    );
+    h.fake.set_expires_in(json!(3600));
+    h.clock.advance(Duration::from_secs(10));
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 3);
+    let served = h.broker.token(&name("a"), None).await.unwrap();
+    assert_eq!(served.expires_in, HOUR);
 }

@@ -68,7 +68,7 @@ pub async fn run(
     let access = Arc::new(ArcSwap::from_pointee(access_rules(&settings, own_uid)));
     let readiness = Arc::new(ArcSwap::from_pointee(readiness_rules(
         &settings,
-        clock.now(),
+        clock.monotonic(),
     )));
     let state = AppState {
         broker: broker.clone(),
@@ -249,7 +249,7 @@ fn access_rules(settings: &Settings, own_uid: u32) -> Access {
 }
 
 /// What `/readyz` checks, from the configuration.
-fn readiness_rules(settings: &Settings, started_at: std::time::SystemTime) -> Readiness {
+fn readiness_rules(settings: &Settings, started_at: tokio::time::Instant) -> Readiness {
     Readiness {
         required: settings
             .accounts

@@ -1,7 +1,8 @@
 //! Wiring and lifecycle: open the store, bind, spawn, notify systemd, wait (reloading on
 //! `SIGHUP`), drain.
 //!
-//! The only module that spawns long-lived tasks and handles signals. `run` takes the
+//! The only module that handles signals, and where the listeners and sinks are spawned
+//! (the scheduler and the store keep their own guard task and writer thread). `run` takes the
 //! shutdown future as an argument, so tests (and the dev mode) can stop it any way they like.
 
 use std::future::Future;

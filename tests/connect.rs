@@ -300,6 +300,44 @@ async fn a_callback_naming_another_issuer_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn explicit_urls_accept_the_authorize_servers_own_iss_or_the_configured_issuer() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let other = FakeProvider::start().await;
+    // No issuer configured: an `iss` from the authorize URL's origin is genuine (Keycloak,
+    // panva oidc-provider send one); any other is a mix-up.
+    let providers = format!(
+        "{}[providers.stated]\npreset = \"generic\"\nclient_id = \"cli\"\nauth_method = \"none\"\ntoken_url = \"{}\"\nauthorize_url = \"{}\"\nissuer = \"{}/realms/x\"\n",
+        public_provider("explicit", &fake),
+        fake.token_url(),
+        fake.authorize_url(),
+        fake.base_url()
+    );
+    let (daemon, _) = daemon_with(&home, &providers).await;
+    let connect = |provider: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let started = start(daemon, "acct", provider, "redirect").await;
+            callback(&approve(started["start_url"].as_str().unwrap(), true).await).await
+        }
+    };
+    fake.set_callback_iss(Some(fake.base_url()));
+    let (status, page) = connect("explicit").await;
+    assert_eq!(status, 200, "{page}");
+    fake.set_callback_iss(Some(other.base_url()));
+    let (status, page) = connect("explicit").await;
+    assert_eq!(status, 400);
+    assert!(page.contains("mix-up"), "{page}");
+    // An issuer beside explicit URLs is what `iss` must equal.
+    fake.set_callback_iss(Some(format!("{}/realms/x", fake.base_url())));
+    let (status, page) = connect("stated").await;
+    assert_eq!(status, 200, "{page}");
+    fake.set_callback_iss(Some(fake.base_url()));
+    let (status, _) = connect("stated").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn reconnecting_replaces_the_grant_only_once_the_new_one_works() {
     let fake = FakeProvider::start().await;
     let home = Home::new();

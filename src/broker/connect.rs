@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use url::Url;
 
 use super::{AccountView, Broker, BrokerError};
-use crate::provider::{random_token, Pkce, Provider, ProviderError, TokenResponse};
+use crate::provider::{random_token, Pkce, Preset, Provider, ProviderError, TokenResponse};
 use crate::secret::{AuthorizationCode, PkceVerifier, REDACTED};
 use crate::token::AccountName;
 
@@ -107,8 +107,8 @@ pub enum ConnectError {
     #[error("exchanging the code failed: {0}")]
     Exchange(String),
     /// The provider gave no refresh token.
-    #[error("the provider issued no refresh token, so the account could not be kept fresh (for Dropbox the flow must ask for token_access_type=offline)")]
-    NoRefreshToken,
+    #[error("the provider issued no refresh token, so the account could not be kept fresh: {0}")]
+    NoRefreshToken(&'static str),
     /// The flow is not of the kind this call needs.
     #[error("this connection is not a {0} flow")]
     WrongMode(&'static str),
@@ -337,12 +337,23 @@ impl Broker {
         }
         let handle = self.provider(&provider)?;
         if let Some(iss) = &callback.iss {
-            let expected = handle
-                .config()
-                .issuer
-                .as_deref()
-                .map(|i| i.trim_end_matches('/'));
-            if expected != Some(iss.trim_end_matches('/')) {
+            // RFC 9207: the issuer we know (discovered, a preset's, or configured beside
+            // explicit URLs); without one, the origin of the authorization endpoint the
+            // flow was sent to, which is where a genuine answer comes from.
+            let config = handle.config();
+            let accepted = match (&config.issuer, &config.endpoints) {
+                (Some(expected), _) => expected.trim_end_matches('/') == iss.trim_end_matches('/'),
+                (None, crate::provider::EndpointSource::Fixed(endpoints)) => {
+                    let origin = |url: &Url| url.origin().ascii_serialization();
+                    endpoints
+                        .authorize
+                        .as_ref()
+                        .zip(Url::parse(iss).ok())
+                        .is_some_and(|(authorize, iss)| origin(authorize) == origin(&iss))
+                }
+                (None, crate::provider::EndpointSource::Discover { .. }) => false,
+            };
+            if !accepted {
                 return Err(self.fail(
                     &ticket,
                     ConnectError::WrongIssuer {
@@ -445,7 +456,8 @@ impl Broker {
         };
         let broker = self.clone();
         let ticket = ticket.to_owned();
-        tokio::spawn(async move {
+        // Tracked, so that shutdown waits for a code exchange in flight to store its grant.
+        self.detached(async move {
             let answer = provider
                 .exchange_code(&code, verifier.as_ref(), redirect_uri.as_ref())
                 .await;
@@ -463,7 +475,18 @@ impl Broker {
     ) -> Result<AccountView, ConnectError> {
         let response = match answer {
             Ok(response) if response.refresh_token.is_some() => response,
-            Ok(_) => return Err(self.fail(ticket, ConnectError::NoRefreshToken)),
+            Ok(_) => {
+                let provider = self
+                    .flows()
+                    .by_ticket
+                    .get(ticket)
+                    .map(|f| f.provider.clone());
+                let hint = provider
+                    .and_then(|name| self.provider(&name).ok())
+                    .map_or(Preset::Generic, |p| p.config().preset)
+                    .no_refresh_token_hint();
+                return Err(self.fail(ticket, ConnectError::NoRefreshToken(hint)));
+            }
             Err(error) => return Err(self.fail(ticket, ConnectError::Exchange(error.to_string()))),
         };
         let (account, provider) = {

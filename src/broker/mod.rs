@@ -25,7 +25,7 @@ pub use self::connect::{
     Started as ConnectStarted, FLOW_LIFETIME,
 };
 use crate::clock::SharedClock;
-use crate::provider::{FailureKind, Provider, ProviderError, Revocation, TokenResponse};
+use crate::provider::{FailureKind, Provider, ProviderError, TokenResponse};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::store::{Change, Store, StoreError, Writer};
 use crate::token::{AccountName, AccountRecord, IssuedToken, RefreshPolicy};
@@ -636,8 +636,8 @@ impl Broker {
             .as_ref()
             .filter(|t| t.remaining(self.now()) > Duration::from_secs(60))
             .map(|t| t.access_token.clone());
-        if style == Revocation::DropboxBearer && access_token.is_none() {
-            // Dropbox revokes through an access token: get a fresh one first.
+        if style.needs_access_token() && access_token.is_none() {
+            // Dropbox and GitHub revoke through an access token: get a fresh one first.
             match provider.refresh(&record.refresh_token).await {
                 Ok(response) => {
                     let refreshed = with_response(record.clone(), response, self.now());

@@ -218,6 +218,9 @@ fn provider(
         (None, None) => None,
     };
     let auth_method = match raw.auth_method.as_deref() {
+        None if client_secret.is_some() && preset.is_some_and(Preset::secret_auth_in_body) => {
+            AuthMethod::Post
+        }
         None if client_secret.is_some() => AuthMethod::Basic,
         None => AuthMethod::None,
         Some("basic") => AuthMethod::Basic,
@@ -264,6 +267,8 @@ fn provider(
     let device_url = url("device_url", &raw.device_url, problems);
     let issuer = url("issuer", &raw.issuer, problems);
     let preset = preset?;
+    // An `issuer` beside explicit URLs is not discovered: it is what callbacks must name.
+    let mut stated_issuer = None;
     let endpoints = match (preset.endpoints(&tenant), issuer, token_url) {
         // A preset: its endpoints, each of which may be overridden (a proxy, a test server).
         (Some(fixed), issuer, token) => {
@@ -281,12 +286,14 @@ fn provider(
                 device: device_url.or(fixed.device),
             })
         }
-        (None, Some(_), Some(_)) => {
-            problems.push(format!(
-                "{}: give issuer (discovery) or token_url, not both",
-                key("issuer")
-            ));
-            return None;
+        (None, Some(issuer), Some(token)) => {
+            stated_issuer = Some(issuer.as_str().trim_end_matches('/').to_owned());
+            EndpointSource::Fixed(Endpoints {
+                token,
+                authorize: authorize_url,
+                revoke: revoke_url,
+                device: device_url,
+            })
         }
         (None, Some(issuer), None) => EndpointSource::Discover { issuer },
         (None, None, Some(token)) => EndpointSource::Fixed(Endpoints {
@@ -309,7 +316,7 @@ fn provider(
         EndpointSource::Discover { issuer } => {
             Some(issuer.as_str().trim_end_matches('/').to_owned())
         }
-        EndpointSource::Fixed(_) => preset.issuer(&tenant),
+        EndpointSource::Fixed(_) => stated_issuer.or_else(|| preset.issuer(&tenant)),
     };
     let timeout = raw.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let connect_timeout = raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);

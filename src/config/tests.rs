@@ -248,7 +248,6 @@ fn every_error_names_its_key() {
         ("[providers.d]\npreset = \"magic\"\nclient_id = \"x\"", &[], "providers.d.preset"),
         ("[providers.g]\npreset = \"generic\"\nclient_id = \"x\"", &[], "providers.g.token_url"),
         ("[providers.g]\npreset = \"generic\"\nclient_id = \"x\"\ntoken_url = \"http://example.com/t\"", &[], "providers.g.token_url"),
-        ("[providers.g]\npreset = \"generic\"\nclient_id = \"x\"\nissuer = \"https://a\"\ntoken_url = \"https://a/t\"", &[], "providers.g.issuer"),
         ("[providers.g]\npreset = \"generic\"\nclient_id = \"x\"\ntoken_url = \"https://a/t\"\nfoo = 1", &[], "providers.g"),
         ("[[clients]]\nname = \"c\"\naccounts = [\"*\"]", &[], "clients[0]"),
         ("[[clients]]\nname = \"c\"\napi_key_sha256 = \"abc\"", &[], "clients[0].api_key_sha256"),
@@ -391,4 +390,46 @@ fn the_store_key_is_found_in_the_credentials_directory_first() {
         .unwrap_err()
         .to_string()
         .contains("server.socket_group"));
+}
+
+#[test]
+fn each_preset_authenticates_with_a_secret_as_its_provider_documents() {
+    let files = Files::new();
+    for (preset, expected) in [
+        ("dropbox", AuthMethod::Basic),
+        ("google", AuthMethod::Basic),
+        ("microsoft", AuthMethod::Post),
+        ("github", AuthMethod::Post),
+        ("box", AuthMethod::Post),
+    ] {
+        let toml = format!(
+            "[providers.p]\npreset = \"{preset}\"\nclient_id = \"x\"\nclient_secret = \"s\"\n"
+        );
+        let settings = files.load(&toml, &[]).unwrap();
+        assert_eq!(settings.providers[0].auth_method, expected, "{preset}");
+    }
+    let explicit = files
+        .load(
+            "[providers.p]\npreset = \"box\"\nclient_id = \"x\"\nclient_secret = \"s\"\nauth_method = \"basic\"\n",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(explicit.providers[0].auth_method, AuthMethod::Basic);
+}
+
+#[test]
+fn an_issuer_beside_explicit_urls_is_the_expected_iss_and_is_not_discovered() {
+    let files = Files::new();
+    let settings = files
+        .load(
+            "[providers.g]\npreset = \"generic\"\nclient_id = \"x\"\nauth_method = \"none\"\nissuer = \"https://login.example.com/realms/x/\"\ntoken_url = \"https://login.example.com/t\"\n",
+            &[],
+        )
+        .unwrap();
+    let provider = &settings.providers[0];
+    assert!(matches!(provider.endpoints, EndpointSource::Fixed(_)));
+    assert_eq!(
+        provider.issuer.as_deref(),
+        Some("https://login.example.com/realms/x")
+    );
 }

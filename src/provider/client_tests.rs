@@ -166,20 +166,11 @@ async fn authorize_urls_carry_each_presets_offline_parameters_and_pkce() {
         (Preset::Box, Some("s"), false, vec![]),
         (Preset::Github, Some("s"), true, vec![]),
     ] {
-        let mut config = fake.provider_config("p");
-        config.preset = preset;
+        let mut config = preset_config(&fake, preset, None);
         config.client_secret = secret.map(ClientSecret::new);
-        config.auth_method = if secret.is_some() {
-            AuthMethod::Basic
-        } else {
-            AuthMethod::None
-        };
-        config.endpoints = EndpointSource::Fixed(Endpoints {
-            token: fake.token_url().parse().unwrap(),
-            authorize: Some(fake.authorize_url().parse().unwrap()),
-            revoke: None,
-            device: None,
-        });
+        if secret.is_none() {
+            config.auth_method = AuthMethod::None;
+        }
         let provider = Provider::new(config).unwrap();
         assert_eq!(provider.uses_pkce(), expect_pkce, "{preset:?}");
         let url = provider
@@ -232,4 +223,112 @@ async fn device_flow_errors_are_classified_like_token_errors() {
         provider.start_device().await.unwrap_err().oauth_code(),
         Some("access_denied")
     );
+}
+
+/// The configuration of a provider of `preset` with a secret, pointed at the fake,
+/// authenticating as the configuration would choose by default for that preset.
+fn preset_config(fake: &FakeProvider, preset: Preset, revoke: Option<String>) -> Config {
+    let mut config = fake.provider_config("p");
+    config.preset = preset;
+    config.client_secret = Some(ClientSecret::new("s3cret"));
+    config.auth_method = if preset.secret_auth_in_body() {
+        AuthMethod::Post
+    } else {
+        AuthMethod::Basic
+    };
+    config.endpoints = EndpointSource::Fixed(Endpoints {
+        token: fake.token_url().parse().unwrap(),
+        authorize: Some(fake.authorize_url().parse().unwrap()),
+        revoke: revoke.map(|url| url.parse().unwrap()),
+        device: None,
+    });
+    config
+}
+
+fn preset_at(fake: &FakeProvider, preset: Preset, revoke: Option<String>) -> Provider {
+    Provider::new(preset_config(fake, preset, revoke)).unwrap()
+}
+
+#[tokio::test]
+async fn box_gets_its_credentials_in_the_body_for_refresh_and_revocation() {
+    let fake = FakeProvider::start().await;
+    fake.set_body_credentials_only(true);
+    let refresh = RefreshToken::new(fake.grant("a"));
+    let provider = preset_at(&fake, Preset::Box, Some(fake.revoke_url()));
+    provider.refresh(&refresh).await.unwrap();
+    provider.revoke(&refresh, None).await.unwrap();
+    assert!(!fake.is_valid(refresh.expose()), "revoked at the provider");
+    let request = &fake.requests()[0];
+    assert_eq!(request.authorization, None);
+    assert_eq!(request.form["client_secret"], "s3cret");
+    // Basic, as before, is what Box refuses.
+    let basic = with_auth(&fake, AuthMethod::Basic, Some("s3cret"));
+    let refused = basic
+        .refresh(&RefreshToken::new(fake.grant("b")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.oauth_code(), Some("invalid_client"));
+}
+
+#[tokio::test]
+async fn github_revokes_the_grant_through_its_applications_endpoint() {
+    let fake = FakeProvider::start().await;
+    let refresh = RefreshToken::new(fake.grant("a"));
+    let provider = preset_at(&fake, Preset::Github, Some(fake.github_revoke_url()));
+    let token = provider.refresh(&refresh).await.unwrap().access_token;
+    provider.revoke(&refresh, Some(&token)).await.unwrap();
+    assert!(!fake.is_valid(refresh.expose()));
+    assert_eq!(
+        fake.revocations(),
+        [(
+            "/applications/client/grant".into(),
+            token.expose().to_owned()
+        )]
+    );
+    // A grant that is already gone (404) counts as revoked.
+    provider.revoke(&refresh, Some(&token)).await.unwrap();
+    let error = provider.revoke(&refresh, None).await.unwrap_err();
+    assert!(error.to_string().contains("access token"), "{error}");
+}
+
+#[tokio::test]
+async fn revoking_a_grant_that_is_already_dead_counts_as_revoked() {
+    let fake = FakeProvider::start().await;
+    let dead = RefreshToken::new("never-issued");
+    // Dropbox: 401 invalid_access_token for a token it no longer knows.
+    let dropbox = preset_at(&fake, Preset::Dropbox, Some(fake.dropbox_revoke_url()));
+    dropbox
+        .revoke(&dead, Some(&crate::secret::AccessToken::new("sl.gone")))
+        .await
+        .unwrap();
+    // Google: 400 invalid_token, "Token expired or revoked".
+    let google = preset_at(&fake, Preset::Google, Some(fake.revoke_url()));
+    google.revoke(&dead, None).await.unwrap();
+    // A refusal for another reason is still an error, and says what the provider said.
+    fake.set_body_credentials_only(true);
+    let error = google.revoke(&dead, None).await.unwrap_err();
+    assert_eq!(error.oauth_code(), Some("invalid_client"));
+}
+
+#[tokio::test]
+async fn microsoft_asks_for_offline_access_and_each_preset_has_its_own_hint() {
+    let fake = FakeProvider::start().await;
+    let mut config = preset_config(&fake, Preset::Microsoft, None);
+    config.scopes = vec!["Files.Read".into()];
+    let provider = Provider::new(config).unwrap();
+    let url = provider.authorize_url("st", None, None).await.unwrap();
+    let scope = url
+        .query_pairs()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.into_owned());
+    assert_eq!(scope.as_deref(), Some("Files.Read offline_access"));
+    assert!(Preset::Microsoft
+        .no_refresh_token_hint()
+        .contains("offline_access"));
+    assert!(!Preset::Google
+        .no_refresh_token_hint()
+        .contains("token_access_type"));
+    assert!(Preset::Dropbox
+        .no_refresh_token_hint()
+        .contains("token_access_type"));
 }

@@ -109,6 +109,9 @@ pub enum ProviderError {
     Client(#[source] reqwest::Error),
 }
 
+/// Codes that mean a person must sign in again (OpenID Connect Core §3.1.2.6).
+const SIGN_IN_CODES: &[&str] = &["interaction_required", "consent_required", "login_required"];
+
 fn describe(description: &Option<String>) -> String {
     description
         .as_deref()
@@ -128,6 +131,11 @@ impl ProviderError {
             // Discovery fails mostly because the server is down or unreachable; retry it.
             Self::Discovery { .. } => FailureKind::Transient,
             Self::InvalidGrant { .. } => FailureKind::Reauth,
+            // Microsoft's answer when a new MFA or consent policy applies: only a person
+            // signing in again can satisfy it, however often we retry.
+            Self::Rejected { code, .. } if SIGN_IN_CODES.contains(&code.as_str()) => {
+                FailureKind::Reauth
+            }
             Self::ClientRejected { .. }
             | Self::Rejected { .. }
             | Self::UnexpectedStatus { .. }

@@ -104,8 +104,9 @@ impl Provider {
                     .append_pair("code_challenge", &pkce.challenge)
                     .append_pair("code_challenge_method", "S256");
             }
-            if !self.config.scopes.is_empty() {
-                query.append_pair("scope", &self.config.scopes.join(" "));
+            let scope = self.requested_scopes();
+            if !scope.is_empty() {
+                query.append_pair("scope", &scope);
             }
             for (key, value) in self.config.preset.offline_parameters() {
                 query.append_pair(key, value);
@@ -151,7 +152,7 @@ impl Provider {
             .device
             .clone()
             .ok_or_else(|| self.missing("a device authorization endpoint"))?;
-        let scope = self.config.scopes.join(" ");
+        let scope = self.requested_scopes();
         let mut form = Vec::new();
         if !scope.is_empty() {
             form.push(("scope", scope.as_str()));
@@ -219,9 +220,11 @@ impl Provider {
         self.token_request(form, &[device_code.expose()]).await
     }
 
-    /// Revokes a grant at the provider. Dropbox revokes through an access token (which
-    /// also kills its refresh token); RFC 7009 providers take the refresh token itself.
-    /// An `invalid_grant` answer means the grant is already dead, which is success here.
+    /// Revokes a grant at the provider. Dropbox and GitHub revoke through a current access
+    /// token (which kills the whole grant); RFC 7009 providers take the refresh token itself.
+    /// An answer saying the grant or token is already dead counts as success: Dropbox's 401
+    /// `invalid_access_token`/`expired_access_token`, Google's `invalid_token`, `invalid_grant`
+    /// anywhere, Box's 400, GitHub's 404/422.
     ///
     /// # Errors
     /// The provider cannot revoke, or did not confirm.
@@ -240,11 +243,13 @@ impl Provider {
             .preset
             .revocation()
             .ok_or_else(|| self.missing("a way to revoke grants"))?;
+        let needs_access_token = || {
+            access_token
+                .ok_or_else(|| malformed("this provider revokes through a current access token"))
+        };
         let answer = match style {
             Revocation::DropboxBearer => {
-                let access_token = access_token
-                    .ok_or_else(|| malformed("Dropbox revocation needs a current access token"))?;
-                let bearer = format!("Bearer {}", access_token.expose());
+                let bearer = format!("Bearer {}", needs_access_token()?.expose());
                 self.http
                     .post(url)
                     .header(AUTHORIZATION, bearer)
@@ -262,11 +267,38 @@ impl Provider {
                     .send()
                     .await
             }
+            Revocation::GithubGrant => {
+                let access_token = needs_access_token()?;
+                let encoded_id: String =
+                    url::form_urlencoded::byte_serialize(self.config.client_id.as_bytes())
+                        .collect();
+                // The placeholder is percent-encoded inside a parsed URL.
+                let url = url
+                    .as_str()
+                    .replace("%7Bclient_id%7D", &encoded_id)
+                    .replace(super::CLIENT_ID_PLACEHOLDER, &encoded_id);
+                let secret = self.config.client_secret.as_ref().map(|s| s.expose());
+                self.http
+                    .delete(url)
+                    .header(ACCEPT, "application/vnd.github+json")
+                    .basic_auth(&self.config.client_id, secret)
+                    .json(&serde_json::json!({ "access_token": access_token.expose() }))
+                    .send()
+                    .await
+            }
         }
         .map_err(|e| request_error("revocation", e))?;
         let status = answer.status().as_u16();
         let body = read_capped(answer, "revocation").await?;
-        if status == 200 {
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let already_dead = match (style, status) {
+            (Revocation::GithubGrant, 404 | 422) => true,
+            (Revocation::Rfc7009, 400) => self.config.preset == super::Preset::Box,
+            _ => false,
+        };
+        if already_dead {
             return Ok(());
         }
         let mut secrets = vec![refresh_token.expose()];
@@ -279,12 +311,32 @@ impl Provider {
             &secrets,
         ) {
             Err(ProviderError::InvalidGrant { .. }) => Ok(()),
+            Err(error)
+                if matches!(
+                    error.oauth_code(),
+                    Some("invalid_token" | "invalid_access_token" | "expired_access_token")
+                ) =>
+            {
+                Ok(())
+            }
             Err(error) => Err(error),
             Ok(_) => Err(ProviderError::UnexpectedStatus {
                 endpoint: "revocation",
                 status,
             }),
         }
+    }
+
+    /// The scopes a connect flow asks for: the configured ones, and those without which the
+    /// provider issues no refresh token (Microsoft's `offline_access`).
+    fn requested_scopes(&self) -> String {
+        let mut scopes: Vec<&str> = self.config.scopes.iter().map(String::as_str).collect();
+        for needed in self.config.preset.offline_scopes() {
+            if !scopes.contains(needed) {
+                scopes.push(needed);
+            }
+        }
+        scopes.join(" ")
     }
 
     fn missing(&self, what: &str) -> ProviderError {

@@ -19,7 +19,7 @@ use url::Url;
 
 pub use self::error::{FailureKind, ProviderError};
 pub use self::flow::{random_token, DeviceAuthorization, Pkce};
-pub use self::preset::{Preset, Revocation};
+pub use self::preset::{Preset, Revocation, CLIENT_ID_PLACEHOLDER};
 pub use self::response::{
     parse as parse_token_response, Headers as AnswerHeaders, TokenResponse, MAX_LIFETIME,
 };

@@ -32,7 +32,20 @@ pub enum Revocation {
     DropboxBearer,
     /// RFC 7009: `token=<refresh token>&token_type_hint=refresh_token` with client authentication.
     Rfc7009,
+    /// GitHub `DELETE /applications/{client_id}/grant`, Basic `client_id:client_secret`, with
+    /// a current access token in a JSON body (it revokes the whole grant).
+    GithubGrant,
 }
+
+impl Revocation {
+    /// Whether revoking needs a current access token (refreshed first if none is held).
+    pub fn needs_access_token(self) -> bool {
+        matches!(self, Self::DropboxBearer | Self::GithubGrant)
+    }
+}
+
+/// Where `{client_id}` stands in GitHub's revocation URL.
+pub const CLIENT_ID_PLACEHOLDER: &str = "{client_id}";
 
 impl Preset {
     /// The preset named in a configuration.
@@ -76,7 +89,7 @@ impl Preset {
             Self::Github => (
                 "https://github.com/login/oauth/authorize",
                 "https://github.com/login/oauth/access_token",
-                None,
+                Some("https://api.github.com/applications/{client_id}/grant"),
                 Some("https://github.com/login/device/code"),
             ),
             Self::Box => (
@@ -113,6 +126,33 @@ impl Preset {
         }
     }
 
+    /// How a client with a secret authenticates by default, as each provider documents it:
+    /// Box, GitHub and Microsoft take the credentials in the request body (Box refuses
+    /// HTTP Basic); Dropbox, Google and RFC 6749 servers take Basic.
+    pub fn secret_auth_in_body(self) -> bool {
+        matches!(self, Self::Box | Self::Github | Self::Microsoft)
+    }
+
+    /// Scopes that must be requested for the provider to issue a refresh token at all.
+    pub fn offline_scopes(self) -> &'static [&'static str] {
+        match self {
+            Self::Microsoft => &["offline_access"],
+            _ => &[],
+        }
+    }
+
+    /// What to change when a provider issued no refresh token.
+    pub fn no_refresh_token_hint(self) -> &'static str {
+        match self {
+            Self::Dropbox => "the flow must ask for token_access_type=offline (a scoped app)",
+            Self::Google => "the flow must ask for access_type=offline with prompt=consent; check the OAuth consent screen",
+            Self::Microsoft => "the offline_access scope must be requested and granted",
+            Self::Github => "enable \"Expire user authorization tokens\" in the GitHub App's settings",
+            Self::Box => "Box issues one with every code; check the app's OAuth 2.0 settings",
+            Self::Generic => "the server must be configured to issue refresh tokens to this client (often through the offline_access scope)",
+        }
+    }
+
     /// Extra authorize parameters that make the provider hand out a refresh token.
     pub fn offline_parameters(self) -> &'static [(&'static str, &'static str)] {
         match self {
@@ -134,7 +174,8 @@ impl Preset {
         match self {
             Self::Dropbox => Some(Revocation::DropboxBearer),
             Self::Google | Self::Box | Self::Generic => Some(Revocation::Rfc7009),
-            Self::Microsoft | Self::Github => None,
+            Self::Github => Some(Revocation::GithubGrant),
+            Self::Microsoft => None,
         }
     }
 }

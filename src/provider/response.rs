@@ -201,6 +201,15 @@ fn checked_token(token: &str, field: &str) -> Result<AccessToken, ProviderError>
     Ok(AccessToken::new(token))
 }
 
+/// Lowercase words joined by underscores, at most 64 characters: the shape of every error
+/// code a provider documents, and not of a token (no digits, no mixed case).
+fn is_code_shaped(code: &str) -> bool {
+    code.len() <= 64
+        && code.contains('_')
+        && !code.starts_with('_')
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
 fn is_plain(text: &str, max: usize) -> bool {
     !text.is_empty() && text.len() <= max && text.chars().all(|c| !c.is_control())
 }
@@ -228,8 +237,10 @@ fn oauth_error(error: &Value, description: Option<&Value>, secrets: &[&str]) -> 
         .map(str::to_owned)
         .or(folded)
         .map(|text| clean(&text, secrets));
-    // Codes from the OAuth vocabularies are kept as sent; anything else is provider text.
-    let code = if KNOWN_CODES.contains(&code.as_str()) {
+    // Error codes are vocabulary, not secrets: those of the OAuth standards, and any that
+    // is shaped like one (lowercase words joined by `_`, as Dropbox's
+    // `expired_access_token`), are kept as sent; anything else is provider text.
+    let code = if KNOWN_CODES.contains(&code.as_str()) || is_code_shaped(&code) {
         code
     } else {
         clean(&code, secrets)
@@ -440,6 +451,32 @@ mod tests {
         assert_eq!(pending.oauth_code(), Some("authorization_pending"));
         let odd = err(400, None, r#"{"error": "sl.AbCdEf0123456789xyzQwerty"}"#);
         assert_eq!(odd.oauth_code(), Some("[REDACTED]"));
+        // Dropbox's own codes are longer than a token-like run and are not secrets.
+        let dead = err(
+            401,
+            None,
+            r#"{"error_summary": "expired_access_token/..", "error": {".tag": "expired_access_token"}}"#,
+        );
+        assert_eq!(dead.oauth_code(), Some("expired_access_token"));
+        assert!(!dead.to_string().contains("REDACTED"), "{dead}");
+        let hexish = err(
+            400,
+            None,
+            r#"{"error": "a3f09c2b7d4e5f60718293a4b5c6d7e8"}"#,
+        );
+        assert_eq!(hexish.oauth_code(), Some("[REDACTED]"));
+    }
+
+    #[test]
+    fn a_new_sign_in_requirement_is_reauth_not_configuration() {
+        for code in ["interaction_required", "consent_required", "login_required"] {
+            let body = format!(
+                r#"{{"error": "{code}", "error_description": "AADSTS50076: multi-factor authentication required"}}"#
+            );
+            assert_eq!(err(400, None, &body).kind(), FailureKind::Reauth, "{code}");
+        }
+        let other = err(400, None, r#"{"error": "invalid_scope"}"#);
+        assert_eq!(other.kind(), FailureKind::Configuration);
     }
 
     #[test]

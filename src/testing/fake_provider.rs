@@ -92,6 +92,8 @@ struct Inner {
     callback_iss: Option<String>,
     /// Require `token_access_type=offline` for a refresh token (Dropbox's rule).
     dropbox_mode: bool,
+    /// Refuse HTTP Basic client authentication with `invalid_client` (Box's rule).
+    body_credentials_only: bool,
     /// Authorize requests seen (their query parameters).
     authorize_requests: Vec<BTreeMap<String, String>>,
     /// Revocation requests seen: (path, form or bearer token).
@@ -147,6 +149,7 @@ impl FakeProvider {
                 device_approved: false,
                 callback_iss: None,
                 dropbox_mode: false,
+                body_credentials_only: false,
                 authorize_requests: Vec::new(),
                 revocations: Vec::new(),
             })),
@@ -163,6 +166,10 @@ impl FakeProvider {
             .route("/oauth2/device", post(device_authorization))
             .route("/oauth2/revoke", post(revoke_rfc7009))
             .route("/2/auth/token/revoke", post(revoke_dropbox))
+            .route(
+                "/applications/{client_id}/grant",
+                axum::routing::delete(revoke_github),
+            )
             .route("/.well-known/openid-configuration", get(discovery))
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
@@ -264,6 +271,17 @@ impl FakeProvider {
     /// The RFC 7009 revocation endpoint.
     pub fn revoke_url(&self) -> String {
         format!("{}/oauth2/revoke", self.shared.base)
+    }
+
+    /// GitHub's revocation URL, with the `{client_id}` placeholder the preset fills in.
+    pub fn github_revoke_url(&self) -> String {
+        format!("{}/applications/{{client_id}}/grant", self.shared.base)
+    }
+
+    /// Behave like Box: credentials only in the request body; HTTP Basic is refused with
+    /// `invalid_client` at the token and revocation endpoints.
+    pub fn set_body_credentials_only(&self, on: bool) {
+        self.lock().body_credentials_only = on;
     }
 
     /// The Dropbox-style revocation endpoint (`POST /2/auth/token/revoke`, bearer token).
@@ -448,15 +466,74 @@ async fn device_authorization(State(shared): State<Shared>) -> Json<Value> {
     }))
 }
 
-async fn revoke_rfc7009(State(shared): State<Shared>, body: Bytes) -> Response {
+/// RFC 7009, answering an unknown or dead token as Google does: 400 `invalid_token`.
+async fn revoke_rfc7009(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let form: BTreeMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let token = form.get("token").cloned().unwrap_or_default();
     let mut inner = shared.inner.lock().expect("fake provider lock");
     inner
         .revocations
         .push(("/oauth2/revoke".into(), token.clone()));
-    inner.valid_refresh_tokens.remove(&token);
-    StatusCode::OK.into_response()
+    if inner.body_credentials_only && headers.contains_key("authorization") {
+        return invalid_client();
+    }
+    if inner.valid_refresh_tokens.remove(&token) {
+        StatusCode::OK.into_response()
+    } else {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({"error": "invalid_token", "error_description": "Token expired or revoked"}),
+            ),
+        )
+            .into_response()
+    }
+}
+
+/// GitHub's `DELETE /applications/{client_id}/grant`: Basic credentials of that client, the
+/// access token in a JSON body; 204, or 404 for a token it does not know.
+async fn revoke_github(
+    State(shared): State<Shared>,
+    axum::extract::Path(client_id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v).ok())
+        .and_then(|v| String::from_utf8(v).ok());
+    if basic.is_none_or(|pair| !pair.starts_with(&format!("{client_id}:"))) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "Requires authentication"})),
+        )
+            .into_response();
+    }
+    let token = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("access_token")?.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut inner = shared.inner.lock().expect("fake provider lock");
+    inner
+        .revocations
+        .push((format!("/applications/{client_id}/grant"), token.clone()));
+    match inner.minted_from.get(&token).cloned() {
+        Some(refresh) => {
+            inner.valid_refresh_tokens.remove(&refresh);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))).into_response(),
+    }
+}
+
+fn invalid_client() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": "invalid_client", "error_description": "The client credentials are invalid"})),
+    )
+        .into_response()
 }
 
 async fn revoke_dropbox(State(shared): State<Shared>, headers: HeaderMap) -> Response {
@@ -585,6 +662,9 @@ fn issue(shared: &Shared, form: &BTreeMap<String, String>, has_basic: bool) -> R
         );
     }
     let mut inner = shared.inner.lock().expect("fake provider lock");
+    if has_basic && inner.body_credentials_only {
+        return invalid_client();
+    }
     let mut with_refresh = inner.rotate;
     let presented = match form.get("grant_type").map(String::as_str) {
         Some("refresh_token") => {

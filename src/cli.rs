@@ -130,9 +130,10 @@ pub enum Command {
         /// The variable to put it in (default: the account name in capitals, then `_TOKEN`).
         #[arg(long)]
         env: Option<String>,
-        /// The token must have at least this long left (default 5m).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
-        min_valid: Duration,
+        /// The token must have at least this long left (default: the daemon's
+        /// refresh.min_valid, capped at half the token's lifetime, as for `token`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_valid: Option<Duration>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
@@ -236,11 +237,10 @@ pub async fn exec(command: Command, env: &Env) -> anyhow::Result<u8> {
         bail!("not the exec command");
     };
     let client = Client::new(&daemon, env)?;
-    let path = format!(
-        "/v1/token/{}?min_valid={}",
-        segment(&account),
-        min_valid.as_secs()
-    );
+    let query = min_valid
+        .map(|d| format!("?min_valid={}", d.as_secs()))
+        .unwrap_or_default();
+    let path = format!("/v1/token/{}{query}", segment(&account));
     let token: TokenBody = client.call(reqwest::Method::GET, &path, None).await?;
     let variable = match variable {
         Some(variable) => variable,
@@ -555,12 +555,55 @@ struct Client {
     socket: PathBuf,
 }
 
+/// `configured`, unless no socket is there and a dev daemon's is (`serve --dev` in another
+/// terminal): then the dev socket, saying so.
+fn fall_back_to_dev(configured: PathBuf, env: &Env) -> PathBuf {
+    let dev = config::dev_socket_path(env);
+    let dev_is_there = dev.parent().is_some_and(config::is_private_dir) && dev.exists();
+    if configured.exists() || !dev_is_there {
+        return configured;
+    }
+    eprintln!(
+        "tokenbroker: no socket at {}; using the dev daemon's socket {}",
+        configured.display(),
+        dev.display()
+    );
+    dev
+}
+
+/// Why the daemon's socket could not be reached, with the operating system's error and what
+/// to do about it.
+fn unreachable(socket: &Path, error: &reqwest::Error) -> anyhow::Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let io = std::iter::from_fn(|| {
+        let current = cause?;
+        cause = current.source();
+        Some(current)
+    })
+    .find_map(|e| e.downcast_ref::<std::io::Error>());
+    let socket = socket.display();
+    let Some(io) = io else {
+        return anyhow::anyhow!("cannot talk to tokenbroker at {socket}: {error}");
+    };
+    let advice = match io.kind() {
+        std::io::ErrorKind::NotFound => "no socket there (ENOENT): is the daemon running, and is this its server.socket? (see --socket or TOKENBROKER_SOCKET)",
+        std::io::ErrorKind::PermissionDenied => "permission denied (EACCES): your user must be in the socket's group (server.socket_group), or run as a member of it",
+        std::io::ErrorKind::ConnectionRefused => "connection refused (ECONNREFUSED): a socket file is there but no daemon listens on it; start tokenbroker",
+        _ => "",
+    };
+    if advice.is_empty() {
+        anyhow::anyhow!("cannot reach tokenbroker at {socket}: {io}")
+    } else {
+        anyhow::anyhow!("cannot reach tokenbroker at {socket}: {advice}")
+    }
+}
+
 impl Client {
     fn new(daemon: &Daemon, env: &Env) -> anyhow::Result<Self> {
-        let socket = daemon
-            .socket
-            .clone()
-            .unwrap_or_else(|| config::socket_path(&daemon.config, env));
+        let socket = match &daemon.socket {
+            Some(socket) => socket.clone(),
+            None => fall_back_to_dev(config::socket_path(&daemon.config, env), env),
+        };
         crate::provider::install_crypto_provider();
         let http = reqwest::Client::builder()
             .unix_socket(socket.clone())
@@ -579,13 +622,10 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|error| {
-            anyhow::anyhow!(
-                "cannot reach tokenbroker at {}: {}; is the daemon running? (see --socket or TOKENBROKER_SOCKET)",
-                self.socket.display(),
-                std::error::Error::source(&error).map_or_else(|| error.to_string(), ToString::to_string)
-            )
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|error| unreachable(&self.socket, &error))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -617,7 +657,7 @@ impl Client {
             .get(format!("http://localhost{route}"))
             .send()
             .await
-            .with_context(|| format!("cannot reach tokenbroker at {}", self.socket.display()))?;
+            .map_err(|error| unreachable(&self.socket, &error))?;
         let status = response.status();
         let body: HealthBody = response
             .json()

@@ -1,8 +1,9 @@
 //! `serve --dev`: try tokenbroker with nothing to set up.
 //!
 //! A built-in mock provider named `dev` on an ephemeral loopback port issues 60-second
-//! tokens; an account `demo` is connected to it; the store and socket live in a temporary
-//! directory that disappears on exit. `TOKENBROKER__…` overrides still apply.
+//! tokens; an account `demo` is connected to it; the store lives in a temporary directory
+//! that disappears on exit, and the socket at the per-user path that the client commands
+//! look for (`config::dev_socket_path`). `TOKENBROKER__…` overrides still apply.
 
 use std::path::Path;
 
@@ -56,7 +57,9 @@ pub async fn prepare(env: &Env) -> anyhow::Result<DevEnvironment> {
         let _ = axum::serve(listener, router).await;
     });
     std::fs::write(dir.path().join("demo-refresh-token"), DEV_REFRESH_TOKEN)?;
-    let toml = dev_toml(dir.path(), port);
+    let socket = config::dev_socket_path(env);
+    prepare_socket_dir(&socket)?;
+    let toml = dev_toml(dir.path(), &socket, port);
     let settings = config::load_str(&toml, "the built-in dev configuration", dir.path(), env)?;
     Ok(DevEnvironment {
         settings,
@@ -65,7 +68,33 @@ pub async fn prepare(env: &Env) -> anyhow::Result<DevEnvironment> {
     })
 }
 
-fn dev_toml(dir: &Path, port: u16) -> String {
+/// Makes the dev socket's directory, private to this user, unless it exists; refuses one
+/// that someone else could write to (they could stand in for the daemon).
+fn prepare_socket_dir(socket: &Path) -> anyhow::Result<()> {
+    let Some(parent) = socket.parent() else {
+        return Ok(());
+    };
+    match std::fs::symlink_metadata(parent) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(parent)
+                .with_context(|| format!("while creating {}", parent.display()))
+        }
+        Err(error) => {
+            Err(error).with_context(|| format!("while checking {}", parent.display()))
+        }
+        Ok(_) if config::is_private_dir(parent) => Ok(()),
+        Ok(_) => anyhow::bail!(
+            "{} is not a directory of this user's that only it can write to; remove it, or set TOKENBROKER__SERVER__SOCKET",
+            parent.display()
+        ),
+    }
+}
+
+fn dev_toml(dir: &Path, socket: &Path, port: u16) -> String {
+    let socket = socket.display();
     let dir = dir.display();
     let key_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         DEV_API_KEY.as_bytes(),
@@ -73,7 +102,7 @@ fn dev_toml(dir: &Path, port: u16) -> String {
     format!(
         r#"
 [server]
-socket = "{dir}/tokenbroker.sock"
+socket = "{socket}"
 http = "127.0.0.1:8765"
 
 [store]
@@ -120,7 +149,7 @@ pub fn banner(settings: &Settings) -> String {
         account `demo` (provider `dev`, tokens live {DEV_TOKEN_LIFETIME_SECS}s) is connected. Try:\n\
         \x20 curl --unix-socket {socket} http://localhost/v1/token/demo\n\
         \x20 curl -H 'Authorization: Bearer {DEV_API_KEY}' http://{http}/v1/token/demo\n\
-        \x20 TOKENBROKER_SOCKET={socket} cargo run -- accounts\n"
+        \x20 cargo run -- accounts        (client commands find this socket by themselves)\n"
     )
 }
 

@@ -305,3 +305,50 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+/// `accounts` against `socket`, run as `user` when given; returns its stderr.
+fn accounts_error(socket: &std::path::Path, user: Option<&str>) -> String {
+    let mut command = match user {
+        Some(user) => {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", user, "--", BINARY]);
+            command
+        }
+        None => std::process::Command::new(BINARY),
+    };
+    let output = command
+        .args(["accounts", "--socket"])
+        .arg(socket)
+        .env_remove("TOKENBROKER_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    String::from_utf8(output.stderr).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_errors_name_their_cause_and_what_to_do() {
+    let home = Home::new();
+    let missing = accounts_error(&home.path("none.sock"), None);
+    assert!(
+        missing.contains("ENOENT") && missing.contains("is the daemon running"),
+        "{missing}"
+    );
+    let stale = home.path("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let refused = accounts_error(&stale, None);
+    assert!(refused.contains("ECONNREFUSED"), "{refused}");
+    // Permission denied needs another user than root, who passes every permission check.
+    if rustix::process::getuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let private = home.path("private.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(home.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let denied = accounts_error(&private, Some("nobody"));
+        assert!(
+            denied.contains("EACCES") && denied.contains("socket_group"),
+            "{denied}"
+        );
+    }
+}

@@ -152,6 +152,32 @@ where
 /// The socket path a client command should use: from the configuration file if it is
 /// readable and names one, else the default. Never fails: a client that cannot read the
 /// daemon's configuration may still reach its socket.
+/// Where `serve --dev` puts its socket unless told otherwise, and where client commands
+/// look for a dev daemon: `$XDG_RUNTIME_DIR/tokenbroker-dev.sock` (the user's own 0700
+/// runtime directory), else `/tmp/tokenbroker-dev-<uid>/tokenbroker.sock`.
+pub fn dev_socket_path(env: &Env) -> PathBuf {
+    match env.get("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => Path::new(dir).join("tokenbroker-dev.sock"),
+        None => PathBuf::from(format!(
+            "/tmp/tokenbroker-dev-{}/tokenbroker.sock",
+            rustix::process::getuid().as_raw()
+        )),
+    }
+}
+
+/// Whether the directory holding a dev socket is this user's alone (owned by us, a real
+/// directory, writable by nobody else), so that no other user can stand in for the daemon.
+pub fn is_private_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::symlink_metadata(dir).is_ok_and(|m| {
+        m.is_dir()
+            && m.uid() == rustix::process::getuid().as_raw()
+            && m.permissions().mode() & 0o022 == 0
+    })
+}
+
+/// The socket path the client commands use: `TOKENBROKER__SERVER__SOCKET`, else the
+/// configuration file's `server.socket`, else the default.
 pub fn socket_path(path: &Path, env: &Env) -> PathBuf {
     let from_env = env
         .get(&format!("{ENV_PREFIX}__SERVER__SOCKET"))

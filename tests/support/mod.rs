@@ -108,6 +108,28 @@ timeout = "2s"
         args: &[&std::ffi::OsStr],
         env: &[(&str, &str)],
     ) -> Daemon {
+        self.spawn_serving_at(&self.socket(), wrapper, args, env)
+            .await
+    }
+
+    /// Starts `tokenbroker serve --dev` as a user would, with no socket setting: its socket
+    /// is the per-user dev socket, under `XDG_RUNTIME_DIR` (here, `run/` in this home).
+    pub async fn start_dev_as_documented(&self, env: &[(&str, &str)]) -> Daemon {
+        let runtime = self.path("run").display().to_string();
+        let mut env = env.to_vec();
+        env.push(("XDG_RUNTIME_DIR", &runtime));
+        let socket = self.path("run").join("tokenbroker-dev.sock");
+        self.spawn_serving_at(&socket, &[], &["serve".as_ref(), "--dev".as_ref()], &env)
+            .await
+    }
+
+    async fn spawn_serving_at(
+        &self,
+        socket: &Path,
+        wrapper: &[&std::ffi::OsStr],
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = self.path(&format!("daemon-{}.log", next_log_number()));
         let mut command = match wrapper.split_first() {
             Some((program, wrapper_args)) => {
@@ -122,7 +144,10 @@ timeout = "2s"
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        command.env_remove("RUST_LOG").env_remove("NOTIFY_SOCKET");
+        command
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("XDG_RUNTIME_DIR");
         for (key, value) in env {
             command.env(key, value);
         }
@@ -131,7 +156,7 @@ timeout = "2s"
         // No idle pooling: the daemon closes idle connections after 5 s (its header-read
         // timeout), and reusing a pooled connection could race that close.
         let http = reqwest::Client::builder()
-            .unix_socket(self.socket())
+            .unix_socket(socket.to_owned())
             .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(30))
             .build()
@@ -139,7 +164,7 @@ timeout = "2s"
         let mut daemon = Daemon {
             child: Some(child),
             http,
-            socket: self.socket(),
+            socket: socket.to_owned(),
             log,
         };
         daemon.wait_until_serving().await;

@@ -1,17 +1,21 @@
 //! `serve --dev`: try tokenbroker with nothing to set up.
 //!
 //! A built-in mock provider named `dev` on an ephemeral loopback port issues 60-second
-//! tokens; an account `demo` is connected to it; the store lives in a temporary directory
+//! tokens and has an authorize page that approves at once (so `connect` can be tried end to
+//! end, in a browser or with `--no-redirect`); an account `demo` is connected to it; the store lives in a temporary directory
 //! that disappears on exit, and the socket at the per-user path that the client commands
 //! look for (`config::dev_socket_path`). `TOKENBROKER__…` overrides still apply.
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use axum::extract::Form;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -53,7 +57,10 @@ pub async fn prepare(env: &Env) -> anyhow::Result<DevEnvironment> {
         .context("while starting the mock provider")?;
     let port = listener.local_addr()?.port();
     let mock = tokio::spawn(async move {
-        let router = Router::new().route("/token", post(mock_token));
+        let router = Router::new()
+            .route("/token", post(mock_token))
+            .route("/authorize", get(mock_authorize))
+            .with_state(Codes::default());
         let _ = axum::serve(listener, router).await;
     });
     std::fs::write(dir.path().join("demo-refresh-token"), DEV_REFRESH_TOKEN)?;
@@ -116,6 +123,7 @@ preset = "generic"
 client_id = "tokenbroker-dev"
 auth_method = "none"
 token_url = "http://127.0.0.1:{port}/token"
+authorize_url = "http://127.0.0.1:{port}/authorize"
 
 [[clients]]
 name = "dev"
@@ -153,19 +161,82 @@ pub fn banner(settings: &Settings) -> String {
     )
 }
 
+/// Authorization codes the mock has issued and not yet seen exchanged.
+type Codes = Arc<Mutex<HashSet<String>>>;
+
 #[derive(Debug, serde::Deserialize)]
 struct MockRequest {
     grant_type: String,
     refresh_token: Option<String>,
+    code: Option<String>,
 }
 
-async fn mock_token(Form(request): Form<MockRequest>) -> Response {
-    if request.grant_type != "refresh_token"
-        || request.refresh_token.as_deref() != Some(DEV_REFRESH_TOKEN)
-    {
-        let body = json!({"error": "invalid_grant", "error_description": "the dev provider knows one refresh token"});
-        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+#[derive(Debug, serde::Deserialize)]
+struct AuthorizeQuery {
+    redirect_uri: Option<String>,
+    state: Option<String>,
+}
+
+/// Approves at once: back to a loopback `redirect_uri` with a code, or, without one (the
+/// `--no-redirect` flow), a page that shows the code to paste.
+async fn mock_authorize(
+    State(codes): State<Codes>,
+    Query(query): Query<AuthorizeQuery>,
+) -> Response {
+    let code = format!("dev-code-{:016x}", rand::random::<u64>());
+    codes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(code.clone());
+    let Some(redirect_uri) = query.redirect_uri else {
+        return Html(format!(
+            "<!doctype html><title>tokenbroker dev</title><p>Approved. Your code: <code>{code}</code></p>"
+        ))
+        .into_response();
+    };
+    // Only back to this machine: the mock is no open redirector.
+    let Ok(mut target) = url::Url::parse(&redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "redirect_uri is not a URL").into_response();
+    };
+    if !matches!(target.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the dev provider redirects only to loopback",
+        )
+            .into_response();
     }
+    target
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", query.state.as_deref().unwrap_or_default());
+    Redirect::to(target.as_str()).into_response()
+}
+
+async fn mock_token(State(codes): State<Codes>, Form(request): Form<MockRequest>) -> Response {
+    let refused = |description: &str| {
+        let body = json!({"error": "invalid_grant", "error_description": description});
+        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    };
     let access_token = format!("dev-{:032x}", rand::random::<u128>());
-    Json(json!({"access_token": access_token, "token_type": "bearer", "expires_in": DEV_TOKEN_LIFETIME_SECS})).into_response()
+    let lifetime = DEV_TOKEN_LIFETIME_SECS;
+    match request.grant_type.as_str() {
+        "refresh_token" if request.refresh_token.as_deref() == Some(DEV_REFRESH_TOKEN) => Json(
+            json!({"access_token": access_token, "token_type": "bearer", "expires_in": lifetime}),
+        )
+        .into_response(),
+        "authorization_code" => {
+            let known = request.code.is_some_and(|code| {
+                codes
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(&code)
+            });
+            if !known {
+                return refused("the dev provider issued no such code, or it was used");
+            }
+            Json(json!({"access_token": access_token, "token_type": "bearer", "expires_in": lifetime, "refresh_token": DEV_REFRESH_TOKEN}))
+                .into_response()
+        }
+        _ => refused("the dev provider knows one refresh token"),
+    }
 }

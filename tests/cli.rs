@@ -352,3 +352,67 @@ async fn socket_errors_name_their_cause_and_what_to_do() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_can_be_tried_end_to_end_in_dev_mode() {
+    use std::io::BufRead;
+    let home = Home::new();
+    let http = format!("127.0.0.1:{}", support::free_port());
+    let public_url = format!("http://{http}");
+    let daemon = home
+        .start_dev(&[
+            ("TOKENBROKER__SERVER__HTTP", &http),
+            ("TOKENBROKER__SERVER__PUBLIC_URL", &public_url),
+        ])
+        .await;
+    let mut child = std::process::Command::new(BINARY)
+        .args(["connect", "second", "--provider", "dev"])
+        .env("TOKENBROKER_SOCKET", &daemon.socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let link = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        (line, stdout)
+    });
+    let (link, mut stdout) = link.await.unwrap();
+    // The browser's part: the start link, the dev provider's page that approves at once,
+    // and the daemon's callback.
+    let page = reqwest::get(link.trim()).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("second"));
+    let status = support::wait_bounded(&mut child, std::time::Duration::from_secs(20));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    assert!(rest.contains("connected second"), "{rest}");
+    let (code, body) = daemon.request("GET", "/v1/token/second", None).await;
+    assert_eq!(code, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_stops_with_the_error_when_the_flow_cannot_start() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let daemon = home
+        .start(&home.config(&fake.token_url(), "", ""), &[])
+        .await;
+    // The fake provider of this configuration has no authorization endpoint.
+    let mut child = std::process::Command::new(BINARY)
+        .args(["connect", "x", "--provider", "fake"])
+        .env("TOKENBROKER_SOCKET", &daemon.socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = support::wait_bounded(&mut child, std::time::Duration::from_secs(10));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("authorization endpoint"), "{stderr}");
+}

@@ -232,6 +232,13 @@ impl Broker {
         };
         let next = match mode {
             Mode::Redirect => {
+                // Fail now, where the caller sees it, if the provider cannot be sent to (no
+                // authorization endpoint, discovery failing), rather than in a browser page
+                // while the caller waits.
+                handle
+                    .authorize_url("check", None, Some(callback))
+                    .await
+                    .map_err(|e| ConnectError::Exchange(e.to_string()))?;
                 flow.redirect_uri = Some(callback.clone());
                 Next::Open(
                     start_base
@@ -309,10 +316,14 @@ impl Broker {
                 .insert(state.clone(), ticket.to_owned());
             parts
         };
-        provider
+        // A failure here ends the flow, so that whoever waits for it hears of it.
+        match provider
             .authorize_url(&state, pkce.as_ref(), redirect_uri.as_ref())
             .await
-            .map_err(|e| ConnectError::Exchange(e.to_string()))
+        {
+            Ok(url) => Ok(url),
+            Err(error) => Err(self.fail(ticket, ConnectError::Exchange(error.to_string()))),
+        }
     }
 
     /// `GET /oauth/callback`: checks the state before anything else, then exchanges the code.

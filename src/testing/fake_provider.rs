@@ -204,7 +204,7 @@ impl FakeProvider {
             auth_method: AuthMethod::None,
             endpoints: EndpointSource::Fixed(Endpoints {
                 token: self.token_url().parse().expect("a URL"),
-                authorize: None,
+                authorize: Some(self.authorize_url().parse().expect("a URL")),
                 revoke: None,
                 device: None,
             }),

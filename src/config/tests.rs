@@ -314,10 +314,17 @@ fn the_shipped_example_configurations_are_valid() {
     credentials.write("corp-secret", "s");
     credentials.write("dropbox-client-secret", "s");
     credentials.write("dropbox-main-refresh-token", "r");
-    let env: Env = [(
-        "CREDENTIALS_DIRECTORY".to_owned(),
-        credentials.dir.path().display().to_string(),
-    )]
+    let env: Env = [
+        (
+            "CREDENTIALS_DIRECTORY".to_owned(),
+            credentials.dir.path().display().to_string(),
+        ),
+        // The examples name the group systemd-sysusers creates, which this host may lack.
+        (
+            "TOKENBROKER__SERVER__SOCKET_GROUP".to_owned(),
+            rustix::process::getgid().as_raw().to_string(),
+        ),
+    ]
     .into();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut seen = 0;

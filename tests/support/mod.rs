@@ -123,7 +123,7 @@ timeout = "2s"
             .await
     }
 
-    async fn spawn_serving_at(
+    pub async fn spawn_serving_at(
         &self,
         socket: &Path,
         wrapper: &[&std::ffi::OsStr],

@@ -36,14 +36,36 @@ use crate::log_writer::BatchWriter;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Line<T = Timestamp> {
     timer: Option<T>,
+    /// Start each line with its syslog priority (`<3>` for errors), as journald reads it.
+    priority: bool,
 }
 
 impl Line {
-    /// Lines with a [`Timestamp`], or without one (journald stamps lines itself).
+    /// Lines with a [`Timestamp`], or without one.
     pub fn new(timestamps: bool) -> Self {
         Self {
             timer: timestamps.then_some(Timestamp),
+            priority: false,
         }
+    }
+
+    /// Lines for journald: no timestamp (it stamps lines itself), and each line prefixed
+    /// with its syslog priority, so that `journalctl -p err` finds the errors.
+    pub fn journald() -> Self {
+        Self {
+            timer: None,
+            priority: true,
+        }
+    }
+}
+
+/// The `sd-daemon(3)` prefix journald reads a line's priority from.
+fn priority(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "<3>",
+        Level::WARN => "<4>",
+        Level::INFO => "<6>",
+        Level::DEBUG | Level::TRACE => "<7>",
     }
 }
 
@@ -90,6 +112,9 @@ impl<T: FormatTime> Line<T> {
         // A record from the `log` crate (sled's) carries its real target in its fields.
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        if self.priority {
+            line.push_str(priority(*meta.level()));
+        }
         if let Some(timer) = &self.timer {
             if timer.format_time(&mut Writer::new(line)).is_err() {
                 line.push_str("<unknown time>");
@@ -207,18 +232,18 @@ fn write_cached(w: &mut impl fmt::Write, time: SystemTime) -> Option<fmt::Result
 #[derive(Debug)]
 struct DirectSink {
     writer: BatchWriter,
-    timestamps: bool,
+    style: Line,
 }
 
 static DIRECT: OnceLock<DirectSink> = OnceLock::new();
 
 /// Sends the lines of [`direct`] to `writer`. Call it only where the installed subscriber
-/// writes [`Line::new`]`(timestamps)` lines to `writer`, so that both kinds of line are the
+/// writes `style` lines to `writer`, so that both kinds of line are the
 /// same; with any other format, [`direct`] declines and the event goes through `tracing`. A
 /// second call changes nothing.
-pub fn write_directly(writer: BatchWriter, timestamps: bool) {
+pub fn write_directly(writer: BatchWriter, style: Line) {
     // Only the first call counts: the subscriber, too, is installed once.
-    let _ = DIRECT.set(DirectSink { writer, timestamps });
+    let _ = DIRECT.set(DirectSink { writer, style });
 }
 
 /// Writes an event (its message a literal) as [`Line`] writes it outside every span,
@@ -243,9 +268,12 @@ pub fn direct(
         clippy::disallowed_methods,
         reason = "a log line's time is the wall clock's by definition"
     )]
-    let time = sink.timestamps.then(SystemTime::now);
+    let time = sink.style.timer.is_some().then(SystemTime::now);
     let mut line = LINE.take();
     line.clear();
+    if sink.style.priority {
+        line.push_str(priority(level));
+    }
     let written = write_direct(&mut line, time, level, target, message, fields);
     if written {
         sink.writer.append(line.as_bytes());

@@ -70,8 +70,15 @@ async fn shutdown_signal() {
     }
 }
 
+/// Whether log lines get colours: only on a terminal, never under journald, and not when
+/// `NO_COLOR` is set to anything (no-color.org).
+fn colours(is_terminal: bool, under_journald: bool, no_color: bool) -> bool {
+    is_terminal && !under_journald && !no_color
+}
+
 /// Logs go to stderr (stdout is for command output): human-readable, or flat JSON; no
-/// colours or timestamps of our own under journald, which adds its own. Lines are written by
+/// colours or timestamps of our own under journald, which adds its own, and each line
+/// prefixed with its syslog priority there. Lines are written by
 /// a dedicated thread in batches, so serving a token never waits on a log write; none are
 /// dropped (a full queue makes the logging call wait instead).
 fn init_logging(
@@ -102,19 +109,40 @@ fn init_logging(
         .with_env_filter(filter)
         .with_writer(writer.clone())
         .with_timer(log_format::Timestamp);
+    let no_color = env.get("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let style = || {
+        if under_journald {
+            log_format::Line::journald()
+        } else {
+            log_format::Line::new(true)
+        }
+    };
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Human if is_terminal && !under_journald => builder.with_ansi(true).init(),
+        LogFormat::Human if colours(is_terminal, under_journald, no_color) => {
+            builder.with_ansi(true).init()
+        }
         // Files, pipes and the journal: the same line, written faster (see `log_format`).
         LogFormat::Human => {
             builder
                 .with_ansi(false)
                 .fmt_fields(log_format::Fields)
-                .event_format(log_format::Line::new(!under_journald))
+                .event_format(style())
                 .init();
             // The token-served line, the same as `Line`'s, skips `tracing`'s dispatch.
-            log_format::write_directly(writer, !under_journald);
+            log_format::write_directly(writer, style());
         }
     }
     guard
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colours_only_on_a_terminal_outside_journald_without_no_color() {
+        assert!(super::colours(true, false, false));
+        assert!(!super::colours(true, false, true), "NO_COLOR");
+        assert!(!super::colours(true, true, false), "journald");
+        assert!(!super::colours(false, false, false), "a pipe or file");
+    }
 }

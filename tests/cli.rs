@@ -416,3 +416,36 @@ async fn connect_stops_with_the_error_when_the_flow_cannot_start() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("authorization endpoint"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_journald_each_line_starts_with_its_syslog_priority() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let config = home.config(&fake.token_url(), "", "");
+    let mut daemon = home.start(&config, &[("JOURNAL_STREAM", "8:12345")]).await;
+    daemon.import("files", &fake.grant("files"));
+    // A refused grant logs at error level.
+    fake.push([tokenbroker::testing::Reply::oauth_error(
+        400,
+        "invalid_grant",
+        "revoked",
+    )]);
+    daemon
+        .request("POST", "/v1/accounts/files/refresh", None)
+        .await;
+    daemon.request("GET", "/v1/token/files", None).await;
+    daemon.logged("connected again").await;
+    assert!(daemon.terminate().success());
+    let logs = daemon.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert!(
+            ["<3>ERROR ", "<4> WARN ", "<6> INFO "]
+                .iter()
+                .any(|start| line.starts_with(start)),
+            "{line}"
+        );
+    }
+    assert!(lines.iter().any(|l| l.starts_with("<3>")), "{logs}");
+}

@@ -124,6 +124,7 @@ fn render_line(timestamps: bool, line: bool) -> String {
         (_, true) => {
             let line = Line {
                 timer: timestamps.then_some(Fixed),
+                priority: false,
             };
             let subscriber = builder.fmt_fields(Fields).event_format(line).finish();
             tracing::subscriber::with_default(subscriber, nested_events);
@@ -261,6 +262,7 @@ fn direct_and_traced(
         .with_max_level(tracing::Level::TRACE);
     let line = Line {
         timer: timestamps.then_some(Fixed),
+        priority: false,
     };
     tracing::subscriber::with_default(builder.event_format(line).finish(), event);
     (direct, captured.text())

@@ -156,8 +156,11 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or the page of one command (`tokenbroker man serve`).
+    Man {
+        /// The command whose page to print (tokenbroker-COMMAND(1), which the main page lists).
+        command: Option<String>,
+    },
     /// Re-seal the store under a new key (the key tokenbroker manages in store.dir).
     Rekey {
         /// How to reach the daemon.
@@ -390,16 +393,101 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
             );
             write_stdout(&script)?;
         }
-        Command::Man => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
-            write_stdout(&page)?;
-        }
+        Command::Man { command } => write_stdout(&man_page(command.as_deref())?)?,
         Command::Serve { .. } | Command::CheckConfig { .. } | Command::Exec { .. } => {
             bail!("not a client command")
         }
     }
     Ok(())
+}
+
+/// The sections clap does not know: exit status, environment, files and examples.
+const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+0
+Success.
+.TP
+1
+A runtime failure (the daemon unreachable, a refused request; for \fBserve\fR, a failure
+at start, or a stop that could not store every grant).
+.TP
+2
+A usage error.
+.TP
+78
+A configuration error (EX_CONFIG); the message names the file and key. The systemd unit
+does not restart on it.
+.PP
+\fBexec\fR exits with the command's own status (128 + the signal that ended it).
+.SH ENVIRONMENT
+.TP
+TOKENBROKER__SECTION__KEY
+Overrides any configuration key, e.g. TOKENBROKER__REFRESH__AHEAD=30m.
+.TP
+TOKENBROKER_SOCKET
+The daemon's socket, for the client commands.
+.TP
+CREDENTIALS_DIRECTORY
+Where relative secret files are looked up first (systemd LoadCredential=).
+.TP
+RUST_LOG
+The log filter, as \-\-log\-level.
+.TP
+JOURNAL_STREAM
+Set by systemd: log lines get syslog priorities and no timestamps.
+.TP
+NO_COLOR
+No colours in logs on a terminal.
+.TP
+XDG_RUNTIME_DIR
+Where \fBserve \-\-dev\fR puts its socket (tokenbroker\-dev.sock), and where the client
+commands look for it.
+.SH FILES
+.TP
+/etc/tokenbroker/config.toml
+The configuration.
+.TP
+/run/tokenbroker/tokenbroker.sock
+The API socket (server.socket).
+.TP
+/var/lib/tokenbroker
+The store (store.dir): the database, its journal and the store key.
+.SH EXAMPLES
+.nf
+tokenbroker check\-config
+tokenbroker connect dropbox\-main \-\-provider dropbox
+tokenbroker accounts
+tokenbroker token dropbox\-main
+tokenbroker exec \-\-account dropbox\-main \-\- ./backup.sh
+curl \-\-unix\-socket /run/tokenbroker/tokenbroker.sock http://localhost/v1/token/dropbox\-main
+.fi
+.SH "SEE ALSO"
+\fBtokenbroker man COMMAND\fR prints the page of each command listed above.
+"#;
+
+/// The main man page, or one command's.
+fn man_page(command: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    let mut cli = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
+    cli.build();
+    let mut page = Vec::new();
+    if let Some(name) = command {
+        let sub = cli
+            .find_subcommand(name)
+            .filter(|sub| !sub.is_hide_set())
+            .ok_or_else(|| anyhow::anyhow!("no command {name:?}; `tokenbroker man` lists them"))?;
+        clap_mangen::Man::new(sub.clone()).render(&mut page)?;
+        return Ok(page);
+    }
+    let man = clap_mangen::Man::new(cli);
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_subcommands_section(&mut page)?;
+    page.extend_from_slice(MAN_EXTRA.as_bytes());
+    man.render_version_section(&mut page)?;
+    Ok(page)
 }
 
 /// Runs a connect flow to its end, printing what the person must do.

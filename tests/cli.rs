@@ -449,3 +449,46 @@ async fn under_journald_each_line_starts_with_its_syslog_priority() {
     }
     assert!(lines.iter().any(|l| l.starts_with("<3>")), "{logs}");
 }
+
+#[test]
+fn the_man_page_has_its_sections_and_every_page_it_names_exists() {
+    let man = |args: &[&str]| {
+        let output = std::process::Command::new(BINARY)
+            .arg("man")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap(),
+        )
+    };
+    let (code, page) = man(&[]);
+    assert_eq!(code, Some(0));
+    for section in ["\"EXIT STATUS\"", "ENVIRONMENT", "FILES", "EXAMPLES"] {
+        assert!(page.contains(&format!(".SH {section}")), "{section}");
+    }
+    let named: std::collections::BTreeSet<String> = page
+        .match_indices("tokenbroker\\-")
+        .filter_map(|(at, _)| {
+            let rest = &page[at + "tokenbroker\\-".len()..];
+            let end = rest.find("(1)")?;
+            Some(rest[..end].replace("\\-", "-"))
+        })
+        .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        .collect();
+    assert!(
+        named.contains("serve") && !named.contains("help"),
+        "{named:?}"
+    );
+    for name in &named {
+        let (code, sub) = man(&[name]);
+        assert_eq!(code, Some(0), "{name}");
+        assert!(
+            sub.contains(&format!(".TH tokenbroker-{name} 1")),
+            "{name}: {}",
+            &sub[..200.min(sub.len())]
+        );
+    }
+    assert_eq!(man(&["no-such-command"]).0, Some(1));
+}

@@ -22,8 +22,47 @@ use prometheus_client::registry::Registry;
 use crate::broker::{Broker, Observer, Outcome, Status};
 use crate::token::AccountName;
 
-/// The `Content-Type` of [`Metrics::render`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The text formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0, what Prometheus asks for first.
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4 (`promtool check metrics`, older scrapers,
+    /// a person with curl).
+    Classic,
+}
+
+impl Format {
+    /// The format a scraper's `Accept` header asks for: OpenMetrics when it names it (with a
+    /// non-zero quality), else the classic text format.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        let wants_openmetrics = accept.is_some_and(|accept| {
+            accept.split(',').any(|item| {
+                let mut parts = item.split(';').map(str::trim);
+                let kind = parts.next().unwrap_or_default();
+                let refused = parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                kind.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+            })
+        });
+        if wants_openmetrics {
+            Self::OpenMetrics
+        } else {
+            Self::Classic
+        }
+    }
+
+    /// The `Content-Type` of text in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RefreshLabels {
@@ -39,6 +78,17 @@ struct AccountLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StatusLabel {
     status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AccountStatusLabels {
+    account: String,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -86,6 +136,7 @@ pub struct Metrics {
     refresh_seconds: Family<AccountLabel, Histogram, fn() -> Histogram>,
     expires_in: Family<AccountLabel, Seconds>,
     accounts: Family<StatusLabel, Gauge>,
+    account_status: Family<AccountStatusLabels, Gauge>,
     last_tick: Seconds,
     requests: Family<RequestLabels, Counter>,
     token_requests: Family<TokenRequestLabels, Counter>,
@@ -106,6 +157,7 @@ impl Metrics {
             refresh_seconds: Family::new_with_constructor(latency_histogram),
             expires_in: Family::default(),
             accounts: Family::default(),
+            account_status: Family::default(),
             last_tick: Seconds::default(),
             requests: Family::default(),
             token_requests: Family::default(),
@@ -128,6 +180,18 @@ impl Metrics {
                 metrics.expires_in.clone(),
             );
             registry.register("accounts", "Accounts by status", metrics.accounts.clone());
+            registry.register(
+                "account_status",
+                "1 for each account's current status (active, refreshing, degraded, needs_reauth)",
+                metrics.account_status.clone(),
+            );
+            registry.register(
+                "build",
+                "The running tokenbroker's version",
+                prometheus_client::metrics::info::Info::new(BuildLabels {
+                    version: env!("CARGO_PKG_VERSION"),
+                }),
+            );
             registry.register(
                 "scheduler_last_tick_timestamp_seconds",
                 "Unix time of the last refresh scheduler tick",
@@ -183,12 +247,19 @@ impl Metrics {
         }
     }
 
-    /// The metrics in Prometheus (OpenMetrics) text format, the present read from `broker`.
-    pub fn render(&self, broker: &Broker, now: SystemTime) -> String {
+    /// The metrics in `format`, the present read from `broker`.
+    pub fn render(&self, broker: &Broker, now: SystemTime, format: Format) -> String {
         let registry = self.lock();
         let views = broker.accounts();
         self.expires_in.clear();
+        self.account_status.clear();
         for view in &views {
+            self.account_status
+                .get_or_create(&AccountStatusLabels {
+                    account: view.name.as_str().to_owned(),
+                    status: view.status.as_str(),
+                })
+                .set(1);
             if let Some(expires_at) = view.expires_at {
                 let left = match expires_at.duration_since(now) {
                     Ok(left) => left.as_secs_f64(),
@@ -226,8 +297,61 @@ impl Metrics {
             text.clear();
             let _ = writeln!(text, "# metrics could not be encoded\n# EOF");
         }
-        text
+        match format {
+            Format::OpenMetrics => text,
+            Format::Classic => classic(&text),
+        }
     }
+}
+
+/// The classic text format of what prometheus-client wrote as OpenMetrics. For the metric
+/// types used here (counters, gauges, histograms, one info) the two differ only in that a
+/// counter's family is named with its `_total` suffix and an info's with `_info` (a gauge in
+/// the classic format), and in OpenMetrics' `# UNIT`, `_created` and `# EOF` lines, which
+/// the classic format lacks.
+fn classic(openmetrics: &str) -> String {
+    let typed = |kind: &'static str| {
+        openmetrics
+            .lines()
+            .filter_map(move |line| line.strip_prefix("# TYPE ")?.strip_suffix(kind))
+            .collect::<std::collections::HashSet<&str>>()
+    };
+    let (counters, infos) = (typed(" counter"), typed(" info"));
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        if !line.starts_with('#') && name.ends_with("_created") {
+            continue;
+        }
+        let comment = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match comment {
+            Some((prefix, rest)) => {
+                let (family, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                text.push_str(prefix);
+                text.push_str(family);
+                if counters.contains(family) {
+                    text.push_str("_total");
+                }
+                if infos.contains(family) {
+                    text.push_str("_info");
+                }
+                text.push(' ');
+                text.push_str(if infos.contains(family) && tail == "info" {
+                    "gauge"
+                } else {
+                    tail
+                });
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
 }
 
 impl Observer for Metrics {

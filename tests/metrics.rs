@@ -53,8 +53,13 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
     samples
 }
 
+/// What Prometheus 2.x sends: OpenMetrics preferred, the classic format accepted.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+
 async fn scrape(daemon: &Daemon) -> (BTreeMap<String, f64>, String) {
-    let (status, content_type, text) = daemon.get_text("/metrics").await;
+    let (status, content_type, text) = daemon
+        .get_text_accepting("/metrics", PROMETHEUS_ACCEPT)
+        .await;
     assert_eq!(status, 200);
     assert!(
         content_type.starts_with("application/openmetrics-text"),
@@ -155,4 +160,63 @@ async fn the_scheduler_tick_advances_in_the_metrics() {
         scrape(&daemon).await.0[tick] > first[tick]
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_classic_text_format_passes_promtool_and_names_each_accounts_status() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let daemon = home
+        .start(&home.config(&fake.token_url(), "", ""), &[])
+        .await;
+    daemon.import("files", &fake.grant("files"));
+    daemon.request("GET", "/v1/token/files", None).await;
+    for accept in ["text/plain;version=0.0.4", "*/*"] {
+        let (status, content_type, text) = daemon.get_text_accepting("/metrics", accept).await;
+        assert_eq!(status, 200);
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains("# TYPE tokenbroker_http_requests_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tokenbroker_account_status{account=\"files\",status=\"active\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "tokenbroker_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        let promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut promtool) = promtool else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must install promtool (Debian package prometheus; .ci/run does)"
+            );
+            continue;
+        };
+        use std::io::Write as _;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let checked = promtool.wait_with_output().unwrap();
+        assert!(
+            checked.status.success(),
+            "promtool: {}{}\n{text}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
 }

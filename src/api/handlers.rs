@@ -170,9 +170,13 @@ pub(super) async fn rekey(
     Ok(Json(serde_json::json!({ "resealed": count })))
 }
 
-pub(super) async fn metrics(State(app): State<AppState>) -> Response {
-    let text = app.metrics.render(&app.broker, app.clock.now());
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+pub(super) async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = crate::metrics::Format::from_accept(accept);
+    let text = app.metrics.render(&app.broker, app.clock.now(), format);
+    ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 
 pub(super) async fn healthz() -> Json<HealthBody> {

@@ -775,10 +775,11 @@ async fn token_requests_are_counted_by_client_whichever_path_answers() {
     let (status, _, _) = api.call(ADMIN, "GET", too_long, &[], None).await;
     assert!(status.is_client_error());
 
-    let text = api
-        .state
-        .metrics
-        .render(&api.state.broker, api.state.clock.now());
+    let text = api.state.metrics.render(
+        &api.state.broker,
+        api.state.clock.now(),
+        crate::metrics::Format::OpenMetrics,
+    );
     let count = |series: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))

@@ -278,9 +278,15 @@ impl Daemon {
 
     /// A GET over the socket, answered as text (`/metrics`).
     pub async fn get_text(&self, path: &str) -> (u16, String, String) {
+        self.get_text_accepting(path, "*/*").await
+    }
+
+    /// As `get_text`, with an `Accept` header.
+    pub async fn get_text_accepting(&self, path: &str, accept: &str) -> (u16, String, String) {
         let response = self
             .http
             .get(format!("http://localhost{path}"))
+            .header("accept", accept)
             .send()
             .await
             .unwrap();

@@ -192,11 +192,16 @@ fn the_kubernetes_sidecar_agrees_with_the_code() {
         assert!(pod.contains(&format!("--from-file={name}=")), "{name}");
     }
 
-    // Liveness asks /healthz, readiness /readyz, through the probe command.
-    assert_eq!(probe_routes_are_real(&pod), ["/healthz", "/readyz"]);
+    // Startup and readiness ask /readyz, liveness /healthz, through the probe command.
     assert_eq!(
-        after(&pod, "livenessProbe:", "exec").len() + after(&pod, "readinessProbe:", "exec").len(),
-        2
+        probe_routes_are_real(&pod),
+        ["/readyz", "/healthz", "/readyz"]
+    );
+    assert_eq!(
+        after(&pod, "startupProbe:", "exec").len()
+            + after(&pod, "livenessProbe:", "exec").len()
+            + after(&pod, "readinessProbe:", "exec").len(),
+        3
     );
     assert!(pod.find("livenessProbe").unwrap() < pod.find("readinessProbe").unwrap());
     let args = values(&pod, "args:");
@@ -310,4 +315,114 @@ fn the_credentials_drop_in_loads_what_the_example_configuration_reads() {
         names("LoadCredential").len() + names("LoadCredentialEncrypted").len(),
         2
     );
+}
+
+/// The Kubernetes examples, each with the kind of its workload.
+const KUBERNETES: [(&str, &str); 3] = [
+    ("deploy/kubernetes/sidecar.yaml", "Deployment"),
+    ("deploy/kubernetes/sidecar-native.yaml", "Deployment"),
+    ("deploy/kubernetes/cronjob.yaml", "CronJob"),
+];
+
+#[test]
+fn every_kubernetes_example_passes_pod_security_restricted() {
+    for (file, kind) in KUBERNETES {
+        let text = read(file);
+        assert!(text.contains(&format!("kind: {kind}")), "{file}");
+        // Pod level: non-root, and the runtime's default seccomp profile.
+        assert_eq!(values(&text, "type: RuntimeDefault").len(), 1, "{file}");
+        assert!(text.contains("seccompProfile:"), "{file}");
+        // Every container (one `image:` each): non-root, no privilege escalation, and every
+        // capability dropped.
+        let containers = values(&text, "image:").len();
+        assert_eq!(containers, 2, "{file}");
+        let pod_level = 1;
+        for (rule, expected) in [
+            ("runAsNonRoot: true", containers + pod_level),
+            ("allowPrivilegeEscalation: false", containers),
+            ("drop: [\"ALL\"]", containers),
+        ] {
+            let found = text.lines().filter(|l| l.trim() == rule).count();
+            assert_eq!(found, expected, "{file}: {rule}");
+        }
+        assert!(
+            !text.contains("privileged: true") && !text.contains("hostPath"),
+            "{file}"
+        );
+        probe_routes_are_real(&text);
+        assert!(text.contains("startupProbe:"), "{file}");
+    }
+}
+
+#[test]
+fn the_kubernetes_configuration_is_the_container_configuration_from_a_configmap() {
+    let container = read("config/container.toml");
+    for (file, _) in KUBERNETES {
+        let text = read(file);
+        let block = text
+            .split("config.toml: |\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{file} has a ConfigMap with config.toml"));
+        let embedded: String = block
+            .split("\n---")
+            .next()
+            .unwrap()
+            .lines()
+            .map(|line| line.strip_prefix("    ").unwrap_or(line))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_eq!(embedded, container, "{file} embeds config/container.toml");
+        assert_eq!(
+            after(&text, "- name: tokenbroker-config", "mountPath"),
+            [Path::new(DEFAULT_PATH).parent().unwrap().to_str().unwrap()],
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn the_native_sidecar_and_the_cronjob_start_tokenbroker_as_an_init_container_that_keeps_running() {
+    for file in [
+        "deploy/kubernetes/sidecar-native.yaml",
+        "deploy/kubernetes/cronjob.yaml",
+    ] {
+        let text = read(file);
+        let init = text.find("initContainers:").unwrap();
+        let main = text
+            .find("\n          containers:")
+            .or_else(|| text.find("      containers:"))
+            .unwrap();
+        assert!(init < main, "{file}: the sidecar comes first");
+        let sidecar = &text[init..main];
+        assert!(sidecar.contains("name: tokenbroker"), "{file}");
+        assert!(
+            values(sidecar, "restartPolicy:")
+                .iter()
+                .any(|v| v.starts_with("Always")),
+            "{file}: a native sidecar"
+        );
+    }
+    // The job's pod may end (its container's exit completes the Job); one run at a time,
+    // since the store has a single writer.
+    let cron = read("deploy/kubernetes/cronjob.yaml");
+    assert!(values(&cron, "restartPolicy:").contains(&"OnFailure"));
+    assert_eq!(
+        values(&cron, "concurrencyPolicy:")[0]
+            .split_whitespace()
+            .next(),
+        Some("Forbid")
+    );
+}
+
+#[test]
+fn the_dockerfile_builds_dependencies_in_their_own_layer_and_ships_a_stripped_binary() {
+    let dockerfile = read("deploy/Dockerfile");
+    let manifests = dockerfile.find("COPY Cargo.toml Cargo.lock").unwrap();
+    let sources = dockerfile.find("COPY . .").unwrap();
+    let first_build = dockerfile.find("cargo build --release --locked").unwrap();
+    assert!(
+        manifests < first_build && first_build < sources,
+        "dependencies before sources"
+    );
+    assert!(dockerfile.contains("install -D -s -m 0755 target/release/tokenbroker"));
 }

@@ -24,16 +24,24 @@ fn block_after(marker: &str, language: &str) -> String {
 /// Runs one README command line with `sh`, the way a person would, but with this build's
 /// binary for `cargo run --release --` (the same program, without a second build).
 fn run_line(line: &str, home: &Home) -> Output {
+    run_line_with(line, home, None)
+}
+
+/// As `run_line`, with `TOKENBROKER_SOCKET` set to `socket` when given.
+fn run_line_with(line: &str, home: &Home, socket: Option<&std::path::Path>) -> Output {
     let line = line.replace("cargo run --release --", BINARY);
-    Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(&line)
         .env("XDG_RUNTIME_DIR", home.path("run"))
         .env_remove("TOKENBROKER_SOCKET")
         .env_remove("RUST_LOG")
-        .current_dir(home.dir.path())
-        .output()
-        .unwrap()
+        .current_dir(home.dir.path());
+    if let Some(socket) = socket {
+        command.env("TOKENBROKER_SOCKET", socket);
+    }
+    command.output().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,4 +104,42 @@ async fn the_python_snippet_gets_a_token_and_reports_an_error_without_a_tracebac
     assert!(!output.status.success());
     assert!(stderr.contains("no token:"), "{stderr}");
     assert!(!stderr.contains("Traceback"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fetching_examples_work_against_serve_dev_with_its_socket_and_account() {
+    let home = Home::new();
+    let daemon = home.start_dev(&[("TOKENBROKER__SERVER__HTTP", "")]).await;
+    let socket = daemon.socket.display().to_string();
+    // The job the exec line runs: it must see the token in its variable.
+    let job = home.write(
+        "backup.sh",
+        "#!/bin/sh\ntest -n \"$DEMO_TOKEN\" && echo backed up\n",
+    );
+    std::fs::set_permissions(&job, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let block = block_after("## Fetching a token", "sh");
+    // Lines ending in a backslash continue on the next one, as in sh.
+    let joined = block.replace("\\\n", " ");
+    let commands: Vec<&str> = joined
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect();
+    assert_eq!(commands.len(), 4, "{block}");
+    for line in commands {
+        let line = line
+            .replace("/run/tokenbroker/tokenbroker.sock", &socket)
+            .replace("dropbox-main", "demo")
+            .replace("DROPBOX_MAIN_TOKEN", "DEMO_TOKEN")
+            .replace("tokenbroker ", &format!("{BINARY} "));
+        let output = run_line_with(&line, &home, Some(&daemon.socket));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && !stdout.trim().is_empty(),
+            "{line}\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if line.contains("exec") {
+            assert!(stdout.contains("backed up"), "{stdout}");
+        }
+    }
 }

@@ -70,6 +70,15 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only accounts in this status (active, refreshing, degraded, needs_reauth).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only accounts whose name matches this glob pattern (e.g. 'dropbox-*').
+        #[arg(long)]
+        name: Option<String>,
+        /// At most this many accounts (default: every one, fetched a page at a time).
+        #[arg(long)]
+        limit: Option<usize>,
         /// How to reach the daemon.
         #[command(flatten)]
         daemon: Daemon,
@@ -273,11 +282,15 @@ pub async fn exec(command: Command, env: &Env) -> anyhow::Result<u8> {
 /// The daemon cannot be reached or answered with an error.
 pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
     match command {
-        Command::Accounts { json, daemon } => {
+        Command::Accounts {
+            json,
+            status,
+            name,
+            limit,
+            daemon,
+        } => {
             let client = Client::new(&daemon, env)?;
-            let body: AccountsBody = client
-                .call(reqwest::Method::GET, "/v1/accounts", None)
-                .await?;
+            let body = list_accounts(&client, status, name, limit).await?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&body)?);
             } else {
@@ -759,6 +772,44 @@ impl Client {
 
     async fn call_empty(&self, method: reqwest::Method, path: &str) -> anyhow::Result<()> {
         self.send(method, path, None).await.map(drop)
+    }
+}
+
+/// Every account the filters select (up to `limit`), following the daemon's pages.
+async fn list_accounts(
+    client: &Client,
+    status: Option<String>,
+    name: Option<String>,
+    limit: Option<usize>,
+) -> anyhow::Result<AccountsBody> {
+    let mut accounts = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(status) = &status {
+            query.append_pair("status", status);
+        }
+        if let Some(name) = &name {
+            query.append_pair("name", name);
+        }
+        if let Some(limit) = limit {
+            query.append_pair("limit", &(limit - accounts.len()).min(1000).to_string());
+        }
+        if let Some(after) = &after {
+            query.append_pair("after", after);
+        }
+        let path = format!("/v1/accounts?{}", query.finish());
+        let page: AccountsBody = client.call(reqwest::Method::GET, &path, None).await?;
+        accounts.extend(page.accounts);
+        match page.next {
+            Some(next) if limit.is_none_or(|limit| accounts.len() < limit) => after = Some(next),
+            _ => {
+                return Ok(AccountsBody {
+                    accounts,
+                    next: None,
+                })
+            }
+        }
     }
 }
 

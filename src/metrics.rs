@@ -272,12 +272,7 @@ impl Metrics {
                     .set(left);
             }
         }
-        for status in [
-            Status::Active,
-            Status::Refreshing,
-            Status::Degraded,
-            Status::NeedsReauth,
-        ] {
+        for status in Status::ALL {
             let count = views.iter().filter(|v| v.status == status).count();
             self.accounts
                 .get_or_create(&StatusLabel {

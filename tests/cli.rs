@@ -492,3 +492,100 @@ fn the_man_page_has_its_sections_and_every_page_it_names_exists() {
     }
     assert_eq!(man(&["no-such-command"]).0, Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_are_listed_in_pages_and_filtered_by_status_and_name() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let daemon = home
+        .start(&home.config(&fake.token_url(), "", ""), &[])
+        .await;
+    for name in ["a1", "a2", "a3", "a4", "b5"] {
+        daemon.import(name, &fake.grant(name));
+    }
+    fake.push([tokenbroker::testing::Reply::oauth_error(
+        400,
+        "invalid_grant",
+        "revoked",
+    )]);
+    daemon
+        .request("POST", "/v1/accounts/a3/refresh", None)
+        .await;
+    let names = |body: &Value| -> Vec<String> {
+        body["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, first) = daemon.request("GET", "/v1/accounts?limit=2", None).await;
+    assert_eq!(
+        (names(&first), first["next"].as_str()),
+        (vec!["a1".into(), "a2".into()], Some("a2"))
+    );
+    let (_, second) = daemon
+        .request("GET", "/v1/accounts?limit=2&after=a2", None)
+        .await;
+    assert_eq!(names(&second), ["a3", "a4"]);
+    let (_, last) = daemon
+        .request("GET", "/v1/accounts?limit=2&after=a4", None)
+        .await;
+    assert_eq!((names(&last), last.get("next")), (vec!["b5".into()], None));
+    let (_, reauth) = daemon
+        .request("GET", "/v1/accounts?status=needs_reauth", None)
+        .await;
+    assert_eq!(names(&reauth), ["a3"]);
+    let (_, pattern) = daemon
+        .request("GET", "/v1/accounts?name=a*&status=active&limit=10", None)
+        .await;
+    assert_eq!(names(&pattern), ["a1", "a2", "a4"]);
+    for bad in [
+        "status=bogus",
+        "limit=0",
+        "limit=5000",
+        "name=%5B",
+        "sort=name",
+    ] {
+        let (code, body) = daemon
+            .request("GET", &format!("/v1/accounts?{bad}"), None)
+            .await;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    let table = stdout(&daemon.cli(&["accounts", "--status", "needs_reauth"], None));
+    assert!(table.contains("a3") && !table.contains("a1"), "{table}");
+    let limited = stdout(&daemon.cli(
+        &["accounts", "--name", "a*", "--limit", "2", "--json"],
+        None,
+    ));
+    let limited: Value = serde_json::from_str(&limited).unwrap();
+    assert_eq!(names(&limited), ["a1", "a2"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_follows_pages_past_a_thousand_accounts() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let daemon = home
+        .start(&home.config(&fake.token_url(), "", ""), &[])
+        .await;
+    let imports = (0..1003).map(|n| {
+        let body =
+            serde_json::json!({"provider": "fake", "refresh_token": fake.grant(&format!("g{n}"))});
+        let daemon = &daemon;
+        async move {
+            daemon
+                .request("PUT", &format!("/v1/accounts/acct-{n:04}"), Some(body))
+                .await
+                .0
+        }
+    });
+    let codes = futures_util::future::join_all(imports).await;
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    let (_, first) = daemon.request("GET", "/v1/accounts", None).await;
+    assert_eq!(first["accounts"].as_array().unwrap().len(), 1000);
+    assert_eq!(first["next"], "acct-0999");
+    let listed = stdout(&daemon.cli(&["accounts", "--json"], None));
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["accounts"].as_array().unwrap().len(), 1003);
+}

@@ -25,6 +25,22 @@ pub(super) struct TokenQuery {
     min_valid: Option<u64>,
 }
 
+/// Most accounts in one answer of `GET /v1/accounts`, and the default page size.
+pub(super) const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// Only accounts in this status.
+    status: Option<String>,
+    /// Only accounts whose name matches this glob pattern.
+    name: Option<String>,
+    /// At most this many (1 to `MAX_PAGE`, default `MAX_PAGE`).
+    limit: Option<usize>,
+    /// Start after this name (a page's `next`).
+    after: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DeleteQuery {
@@ -91,16 +107,44 @@ async fn labelled(
 pub(super) async fn list_accounts(
     State(app): State<AppState>,
     caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<AccountsBody>, ApiError> {
+    let Query(query) = query?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(crate::broker::Status::from_name(text).ok_or_else(|| {
+            ApiError::BadRequest(
+                "bad_query",
+                "status is one of active, refreshing, degraded, needs_reauth".into(),
+            )
+        })?),
+    };
+    let pattern = match query.name.as_deref() {
+        None => None,
+        Some(text) => Some(glob::Pattern::new(text).map_err(|e| {
+            ApiError::BadRequest("bad_query", format!("name is not a glob pattern: {e}"))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "bad_query",
+            format!("limit is 1 to {MAX_PAGE}"),
+        ));
+    }
     let now = app.clock.now();
-    let accounts = app
+    let (page, more) = app
         .broker
-        .accounts()
-        .iter()
-        .filter(|v| caller.may_read(v.name.as_str()))
-        .map(|v| AccountBody::new(v, now))
-        .collect();
-    Ok(Json(AccountsBody { accounts }))
+        .accounts_page(query.after.as_deref(), limit, |v| {
+            caller.may_read(v.name.as_str())
+                && status.is_none_or(|s| v.status == s)
+                && pattern.as_ref().is_none_or(|p| p.matches(v.name.as_str()))
+        });
+    let next = more
+        .then(|| page.last().map(|v| v.name.as_str().to_owned()))
+        .flatten();
+    let accounts = page.iter().map(|v| AccountBody::new(v, now)).collect();
+    Ok(Json(AccountsBody { accounts, next }))
 }
 
 pub(super) async fn get_account(

@@ -248,8 +248,11 @@ impl AccountBody {
 /// `GET /v1/accounts`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccountsBody {
-    /// The accounts the caller may see.
+    /// The accounts the caller may see (one page of them).
     pub accounts: Vec<AccountBody>,
+    /// Where the next page starts (`?after=` this), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// Every error answer.

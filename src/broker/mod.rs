@@ -99,6 +99,19 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order they are listed.
+    pub const ALL: [Self; 4] = [
+        Self::Active,
+        Self::Refreshing,
+        Self::Degraded,
+        Self::NeedsReauth,
+    ];
+
+    /// The status of this name (`as_str`), if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// The name used by the API and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -776,6 +789,34 @@ impl Broker {
             .last_tick
             .lock()
             .expect("tick lock is never poisoned")
+    }
+
+    /// Up to `limit` accounts that `keep` accepts, in name order, starting after the name
+    /// `after`; and whether more follow. Only the accounts looked at are viewed, so a page
+    /// costs its own size (and the ones skipped over), not the whole store.
+    pub fn accounts_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        mut keep: impl FnMut(&AccountView) -> bool,
+    ) -> (Vec<AccountView>, bool) {
+        use std::ops::Bound;
+        let accounts = read(&self.inner.accounts);
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = Vec::new();
+        for slot in accounts
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(_, s)| s)
+        {
+            let view = view(slot);
+            if keep(&view) {
+                if page.len() == limit {
+                    return (page, true);
+                }
+                page.push(view);
+            }
+        }
+        (page, false)
     }
 
     /// Every account, by name.

@@ -3,6 +3,8 @@
 //! own sync, as a lone refresh is) and in batches (as the writer thread groups a storm of
 //! refreshes). A cost that grows with N would show here; per write it should not.
 //!
+//! `open_ms` is what the daemon does at start: open the store and load every account.
+//!
 //! `cargo run --release --example store_scale -- [N…]` (default 1000 10000 100000), on the
 //! disk the temporary directory is on (`TMPDIR`).
 #![allow(
@@ -83,6 +85,8 @@ fn main() {
                 Err(error) => panic!("{error}"),
             }
         };
+        // What the daemon does at start: open, then load every account.
+        assert_eq!(store.load_all().unwrap().len(), n);
         let open = started.elapsed();
         // Rewrites spread over the store, as refreshes are.
         let pick = |k: usize| (k * 7919) % n;

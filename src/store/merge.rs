@@ -27,8 +27,15 @@ pub(super) enum Source {
 pub(super) struct Newest {
     /// Its version.
     pub(super) version: u64,
-    /// The sealed value as stored (an account, or a removal).
+    /// The sealed value as stored (an account, or a removal); empty for the database's own
+    /// copy, which never needs writing back.
     pub(super) value: Vec<u8>,
+    /// What identifies this sealed value: its length and header (format, key id and random
+    /// nonce). Two copies with the same fingerprint are the same write, so the second need
+    /// not be opened.
+    fingerprint: (usize, Vec<u8>),
+    /// The account as decoded (`None` for a removal).
+    pub(super) record: Option<crate::token::AccountRecord>,
     /// Whether it is a removal.
     pub(super) removed: bool,
     /// Where it came from.
@@ -66,6 +73,18 @@ impl Merge {
         value: &[u8],
         keyring: &Keyring,
     ) -> Result<(), StoreError> {
+        let fingerprint = fingerprint(value);
+        if let Some(held) = self.newest.get_mut(&*String::from_utf8_lossy(name)) {
+            if held.fingerprint == fingerprint {
+                // The very write already held: same version, nothing to open.
+                match source {
+                    Source::Database => held.in_database = Some(held.version),
+                    Source::Journal => held.in_journal = held.in_journal.max(Some(held.version)),
+                    Source::Snapshot => {}
+                }
+                return Ok(());
+            }
+        }
         let text = String::from_utf8_lossy(name).into_owned();
         let decoded = match schema::decode_versioned(name, value, keyring) {
             Ok(decoded) => decoded,
@@ -79,10 +98,20 @@ impl Merge {
         let version = decoded.version;
         self.max_version = self.max_version.max(version);
         let removed = decoded.entry == Entry::Removed;
+        let record = match decoded.entry {
+            Entry::Put(record) => Some(record),
+            Entry::Removed => None,
+        };
         let slot = self.newest.entry(text);
         let candidate = Newest {
             version,
-            value: value.to_vec(),
+            value: if source == Source::Database {
+                Vec::new()
+            } else {
+                value.to_vec()
+            },
+            fingerprint,
+            record,
             removed,
             source,
             in_database: (source == Source::Database).then_some(version),
@@ -148,6 +177,12 @@ impl Merge {
             })
             .map(|(name, newest)| (name.as_str(), newest))
     }
+}
+
+/// The length and header of a sealed value (`Newest::fingerprint`).
+fn fingerprint(value: &[u8]) -> (usize, Vec<u8>) {
+    const HEADER: usize = 1 + 8 + 24;
+    (value.len(), value[..value.len().min(HEADER)].to_vec())
 }
 
 impl Merge {

@@ -51,6 +51,9 @@ struct State {
     open: Option<Open>,
     /// The last write version handed out.
     version: u64,
+    /// The accounts as the last reconciliation decoded them, for the first `load_all`
+    /// after it (the broker's, at start), which then need not open every value again.
+    decoded: Option<Vec<AccountRecord>>,
 }
 
 /// The database and journal while they are usable.
@@ -197,6 +200,13 @@ impl SledStore {
             .filter(|(_, newest)| newest.removed)
             .map(|(name, newest)| (name.clone(), newest.version))
             .collect();
+        state.decoded = Some(
+            merge
+                .newest
+                .values()
+                .filter_map(|newest| newest.record.clone())
+                .collect(),
+        );
         let frames = journal.frames.len() as u64;
         let mut open = Open {
             journal: if journal_found && journal.damage.is_none() {
@@ -242,6 +252,8 @@ impl SledStore {
         };
         let open = self.reconcile(state, db, accounts, journal, Vec::new())?;
         state.open = Some(open);
+        // The broker holds every account already; the decoded copies are not wanted.
+        state.decoded = None;
         tracing::info!(store = %self.dir.display(), "the store is writable again");
         Ok(())
     }
@@ -252,7 +264,7 @@ impl SledStore {
         if state.open.is_none() {
             self.reopen(state)?;
         }
-        let State { open, version } = state;
+        let State { open, version, .. } = state;
         Ok((open.as_mut().expect("reopened above"), version))
     }
 
@@ -411,6 +423,9 @@ impl Store for SledStore {
     fn load_all(&self) -> Result<Vec<AccountRecord>, StoreError> {
         let keyring = self.keyring();
         let mut state = self.lock();
+        if let Some(decoded) = state.decoded.take() {
+            return Ok(decoded);
+        }
         let (open, _) = self.usable(&mut state)?;
         open.accounts
             .iter()
@@ -423,6 +438,7 @@ impl Store for SledStore {
 
     fn write(&self, changes: &[Change]) -> Result<(), StoreError> {
         let mut state = self.lock();
+        state.decoded = None;
         let applied = self.apply(&mut state, changes);
         if let Err(error) = &applied {
             if state.open.take().is_some() {

@@ -22,6 +22,30 @@ use prometheus_client::registry::Registry;
 use crate::broker::{Broker, Observer, Outcome, Status};
 use crate::token::AccountName;
 
+/// What `/metrics` shows of each account (`server.metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Detail {
+    /// Series per account: refreshes, refresh time, seconds to expiry, status (the default;
+    /// about 1 KB per account and scrape).
+    #[default]
+    PerAccount,
+    /// For many accounts: totals, a count of accounts by time to expiry, and by name only
+    /// the accounts that are not `active`.
+    Aggregate,
+}
+
+/// The thresholds of `accounts_expiring_within_seconds`: expired, a minute, five minutes,
+/// a quarter of an hour, an hour, four hours, and every account.
+const EXPIRY_THRESHOLDS: [(&str, f64); 7] = [
+    ("0", 0.0),
+    ("60", 60.0),
+    ("300", 300.0),
+    ("900", 900.0),
+    ("3600", 3600.0),
+    ("14400", 14400.0),
+    ("+Inf", f64::INFINITY),
+];
+
 /// The text formats `/metrics` speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -87,6 +111,16 @@ struct AccountStatusLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WithinLabel {
+    within: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -132,8 +166,12 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
+    detail: Detail,
     refreshes: Family<RefreshLabels, Counter>,
     refresh_seconds: Family<AccountLabel, Histogram, fn() -> Histogram>,
+    refreshes_by_outcome: Family<OutcomeLabel, Counter>,
+    refresh_seconds_all: Histogram,
+    expiring_within: Family<WithinLabel, Gauge>,
     expires_in: Family<AccountLabel, Seconds>,
     accounts: Family<StatusLabel, Gauge>,
     account_status: Family<AccountStatusLabels, Gauge>,
@@ -142,19 +180,17 @@ pub struct Metrics {
     token_requests: Family<TokenRequestLabels, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    /// Every metric, registered and at zero.
-    pub fn new() -> Self {
+    /// Every metric, registered and at zero, showing accounts as `detail` says.
+    pub fn new(detail: Detail) -> Self {
         let metrics = Self {
             registry: Mutex::new(Registry::with_prefix("tokenbroker")),
+            detail,
             refreshes: Family::default(),
             refresh_seconds: Family::new_with_constructor(latency_histogram),
+            refreshes_by_outcome: Family::default(),
+            refresh_seconds_all: latency_histogram(),
+            expiring_within: Family::default(),
             expires_in: Family::default(),
             accounts: Family::default(),
             account_status: Family::default(),
@@ -164,25 +200,50 @@ impl Metrics {
         };
         {
             let mut registry = metrics.lock();
-            registry.register(
-                "refreshes",
-                "Refresh attempts by account and outcome",
-                metrics.refreshes.clone(),
-            );
-            registry.register(
-                "refresh_duration_seconds",
-                "Time a refresh took, provider call and store write included",
-                metrics.refresh_seconds.clone(),
-            );
-            registry.register(
-                "token_expiry_seconds",
-                "Seconds until the account's current access token expires (negative: expired)",
-                metrics.expires_in.clone(),
-            );
+            let took = "Time a refresh took, provider call and store write included";
+            match detail {
+                Detail::PerAccount => {
+                    registry.register(
+                        "refreshes",
+                        "Refresh attempts by account and outcome",
+                        metrics.refreshes.clone(),
+                    );
+                    registry.register(
+                        "refresh_duration_seconds",
+                        took,
+                        metrics.refresh_seconds.clone(),
+                    );
+                    registry.register(
+                        "token_expiry_seconds",
+                        "Seconds until the account's current access token expires (negative: expired)",
+                        metrics.expires_in.clone(),
+                    );
+                }
+                Detail::Aggregate => {
+                    registry.register(
+                        "refreshes",
+                        "Refresh attempts by outcome",
+                        metrics.refreshes_by_outcome.clone(),
+                    );
+                    registry.register(
+                        "refresh_duration_seconds",
+                        took,
+                        metrics.refresh_seconds_all.clone(),
+                    );
+                    registry.register(
+                        "accounts_expiring_within_seconds",
+                        "Accounts whose access token expires within this many seconds (0: expired; +Inf: every account with a token)",
+                        metrics.expiring_within.clone(),
+                    );
+                }
+            }
             registry.register("accounts", "Accounts by status", metrics.accounts.clone());
             registry.register(
                 "account_status",
-                "1 for each account's current status (active, refreshing, degraded, needs_reauth)",
+                match detail {
+                    Detail::PerAccount => "1 for each account's current status (active, refreshing, degraded, needs_reauth)",
+                    Detail::Aggregate => "1 for each account that is not active, by its status (refreshing, degraded, needs_reauth)",
+                },
                 metrics.account_status.clone(),
             );
             registry.register(
@@ -253,23 +314,39 @@ impl Metrics {
         let views = broker.accounts();
         self.expires_in.clear();
         self.account_status.clear();
+        let mut within = [0i64; EXPIRY_THRESHOLDS.len()];
+        let per_account = self.detail == Detail::PerAccount;
         for view in &views {
-            self.account_status
-                .get_or_create(&AccountStatusLabels {
-                    account: view.name.as_str().to_owned(),
-                    status: view.status.as_str(),
-                })
-                .set(1);
+            if per_account || view.status != Status::Active {
+                self.account_status
+                    .get_or_create(&AccountStatusLabels {
+                        account: view.name.as_str().to_owned(),
+                        status: view.status.as_str(),
+                    })
+                    .set(1);
+            }
             if let Some(expires_at) = view.expires_at {
                 let left = match expires_at.duration_since(now) {
                     Ok(left) => left.as_secs_f64(),
                     Err(past) => -past.duration().as_secs_f64(),
                 };
-                self.expires_in
-                    .get_or_create(&AccountLabel {
-                        account: view.name.as_str().to_owned(),
-                    })
-                    .set(left);
+                if per_account {
+                    self.expires_in
+                        .get_or_create(&AccountLabel {
+                            account: view.name.as_str().to_owned(),
+                        })
+                        .set(left);
+                }
+                for (count, (_, threshold)) in within.iter_mut().zip(EXPIRY_THRESHOLDS) {
+                    *count += i64::from(left <= threshold);
+                }
+            }
+        }
+        if !per_account {
+            for ((label, _), count) in EXPIRY_THRESHOLDS.into_iter().zip(within) {
+                self.expiring_within
+                    .get_or_create(&WithinLabel { within: label })
+                    .set(count);
             }
         }
         for status in Status::ALL {
@@ -351,6 +428,15 @@ fn classic(openmetrics: &str) -> String {
 
 impl Observer for Metrics {
     fn refresh_finished(&self, account: &AccountName, outcome: Outcome, took: Duration) {
+        if self.detail == Detail::Aggregate {
+            self.refreshes_by_outcome
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.as_str(),
+                })
+                .inc();
+            self.refresh_seconds_all.observe(took.as_secs_f64());
+            return;
+        }
         let account = account.as_str().to_owned();
         self.refreshes
             .get_or_create(&RefreshLabels {

@@ -191,32 +191,85 @@ async fn the_classic_text_format_passes_promtool_and_names_each_accounts_status(
             "tokenbroker_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         )));
-        let promtool = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn();
-        let Ok(mut promtool) = promtool else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must install promtool (Debian package prometheus; .ci/run does)"
-            );
-            continue;
-        };
-        use std::io::Write as _;
-        promtool
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let checked = promtool.wait_with_output().unwrap();
-        assert!(
-            checked.status.success(),
-            "promtool: {}{}\n{text}",
-            String::from_utf8_lossy(&checked.stdout),
-            String::from_utf8_lossy(&checked.stderr)
-        );
+        promtool_accepts(&text);
     }
+}
+
+/// `promtool check metrics` accepts `text` (outside CI, without promtool, nothing is checked).
+fn promtool_accepts(text: &str) {
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut promtool) = promtool else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install promtool (Debian package prometheus; .ci/run does)"
+        );
+        return;
+    };
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregate_metrics_count_accounts_and_name_only_those_in_trouble() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let config = home.config(&fake.token_url(), "", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[server]\n", "[server]\nmetrics = \"aggregate\"\n");
+    let config = home.write("aggregate.toml", &text);
+    let daemon = home.start(&config, &[]).await;
+    daemon.import("fine", &fake.grant("fine"));
+    daemon.import("broken", &fake.grant("broken"));
+    fake.push([Reply::oauth_error(400, "invalid_grant", "revoked")]);
+    daemon
+        .request("POST", "/v1/accounts/broken/refresh", None)
+        .await;
+    let (_, _, text) = daemon.get_text_accepting("/metrics", "text/plain").await;
+    promtool_accepts(&text);
+    assert!(
+        !text.contains("account=\"fine\""),
+        "no series for an active account:\n{text}"
+    );
+    assert!(
+        text.contains("tokenbroker_account_status{account=\"broken\",status=\"needs_reauth\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tokenbroker_refreshes_total{outcome=\"needs_reauth\"} 1"),
+        "{text}"
+    );
+    for (within, count) in [("3600", 0), ("14400", 2), ("+Inf", 2)] {
+        let line =
+            format!("tokenbroker_accounts_expiring_within_seconds{{within=\"{within}\"}} {count}");
+        assert!(text.contains(&line), "{line}\n{text}");
+    }
+    let bad = home.write(
+        "bad.toml",
+        &text_with(&config, "metrics = \"aggregate\"", "metrics = \"lots\""),
+    );
+    let output = home.serve_fails(&bad);
+    assert_eq!(output.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("server.metrics"));
+}
+
+fn text_with(path: &std::path::Path, from: &str, to: &str) -> String {
+    std::fs::read_to_string(path).unwrap().replace(from, to)
 }

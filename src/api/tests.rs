@@ -95,7 +95,9 @@ pub(super) async fn api() -> Api {
         readiness,
         clock,
         public_url: "http://127.0.0.1:8765".parse().unwrap(),
-        metrics: Arc::new(crate::metrics::Metrics::new()),
+        metrics: Arc::new(crate::metrics::Metrics::new(
+            crate::metrics::Detail::PerAccount,
+        )),
     };
     Api::new(fake, state, dir)
 }
@@ -473,7 +475,9 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
         readiness,
         clock: Arc::new(clock.clone()),
         public_url: "http://127.0.0.1:8765".parse().unwrap(),
-        metrics: Arc::new(crate::metrics::Metrics::new()),
+        metrics: Arc::new(crate::metrics::Metrics::new(
+            crate::metrics::Detail::PerAccount,
+        )),
     };
     let api = Api::new(fake, state, dir);
     broker.sweep();

@@ -40,6 +40,8 @@ pub struct Settings {
     pub providers: Vec<provider::Config>,
     /// Accounts declared in the configuration.
     pub accounts: Vec<DeclaredAccount>,
+    /// What `/metrics` shows of each account.
+    pub metrics: crate::metrics::Detail,
 }
 
 /// An account named in the configuration.

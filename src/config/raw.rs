@@ -32,6 +32,8 @@ pub(super) struct Server {
     pub(super) socket_group: Option<String>,
     #[serde(default)]
     pub(super) admin_uids: Vec<u32>,
+    /// `per_account` or `aggregate`.
+    pub(super) metrics: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -71,6 +71,16 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
         .iter()
         .filter_map(|(name, account)| declared_account(name, account, &raw, context, &mut problems))
         .collect();
+    let metrics = match raw.server.metrics.as_deref() {
+        None | Some("per_account") => crate::metrics::Detail::PerAccount,
+        Some("aggregate") => crate::metrics::Detail::Aggregate,
+        Some(other) => {
+            problems.push(format!(
+                "server.metrics: {other:?} is not per_account or aggregate"
+            ));
+            crate::metrics::Detail::PerAccount
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -103,6 +113,7 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
         scheduler: scheduler::Config { check_interval },
         providers,
         accounts,
+        metrics,
     })
 }
 

@@ -62,7 +62,7 @@ pub async fn run(
         .context("while loading accounts")?;
     seed_declared_accounts(&broker, &settings.accounts).await?;
 
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(settings.metrics));
     broker.add_observer(metrics.clone());
 
     let own_uid = rustix::process::getuid().as_raw();

@@ -33,11 +33,9 @@ pub(super) struct Newest {
     /// What identifies this sealed value: its length and header (format, key id and random
     /// nonce). Two copies with the same fingerprint are the same write, so the second need
     /// not be opened.
-    fingerprint: (usize, Vec<u8>),
-    /// The account as decoded (`None` for a removal).
+    fingerprint: Fingerprint,
+    /// The account as decoded; `None` for a removal.
     pub(super) record: Option<crate::token::AccountRecord>,
-    /// Whether it is a removal.
-    pub(super) removed: bool,
     /// Where it came from.
     pub(super) source: Source,
     /// The database's version of this account, if it holds one that could be read.
@@ -55,8 +53,27 @@ pub(super) struct Merge {
     pub(super) newest: BTreeMap<String, Newest>,
     /// The highest version seen anywhere: the next write takes the one after it.
     pub(super) max_version: u64,
-    /// Copies that could not be opened, as "name in source" (never their contents).
-    pub(super) unreadable: Vec<String>,
+    /// Copies that could not be opened: the account's name and where (never contents).
+    pub(super) unreadable: Vec<(String, Source)>,
+}
+
+/// The length and header of a sealed value (format, key id, random nonce): two copies
+/// with the same fingerprint are the same write.
+type Fingerprint = (usize, [u8; FINGERPRINT_LEN]);
+const FINGERPRINT_LEN: usize = 1 + 8 + 24;
+
+fn fingerprint(value: &[u8]) -> Fingerprint {
+    let mut header = [0; FINGERPRINT_LEN];
+    let len = value.len().min(FINGERPRINT_LEN);
+    header[..len].copy_from_slice(&value[..len]);
+    (value.len(), header)
+}
+
+impl Newest {
+    /// Whether the newest copy is a removal.
+    pub(super) fn removed(&self) -> bool {
+        self.record.is_none()
+    }
 }
 
 impl Merge {
@@ -90,14 +107,12 @@ impl Merge {
             Ok(decoded) => decoded,
             Err(error @ StoreError::WrongKey { .. }) => return Err(error),
             Err(_) => {
-                self.unreadable
-                    .push(format!("{text} in the {}", source.file()));
+                self.unreadable.push((text, source));
                 return Ok(());
             }
         };
         let version = decoded.version;
         self.max_version = self.max_version.max(version);
-        let removed = decoded.entry == Entry::Removed;
         let record = match decoded.entry {
             Entry::Put(record) => Some(record),
             Entry::Removed => None,
@@ -112,7 +127,6 @@ impl Merge {
             },
             fingerprint,
             record,
-            removed,
             source,
             in_database: (source == Source::Database).then_some(version),
             database_unreadable: false,
@@ -150,15 +164,15 @@ impl Merge {
     /// # Errors
     /// `StoreError::Decode` naming an account whose only copy is unreadable.
     pub(super) fn finish(mut self) -> Result<Self, StoreError> {
-        for entry in &self.unreadable {
-            let Some(name) = entry.strip_suffix(" in the database") else {
+        for (name, source) in &self.unreadable {
+            if *source != Source::Database {
                 continue;
-            };
+            }
             if let Some(newest) = self.newest.get_mut(name) {
                 newest.database_unreadable = true;
             } else {
                 return Err(StoreError::Decode {
-                    key: name.to_owned(),
+                    key: name.clone(),
                     reason: "the database's value does not authenticate and neither the journal nor a snapshot holds a copy; restore the store directory from a backup, or remove the account and connect it again".into(),
                 });
             }
@@ -173,19 +187,11 @@ impl Merge {
             .iter()
             .filter(|(_, newest)| match newest.in_database {
                 Some(version) => version < newest.version,
-                None => !newest.removed || newest.database_unreadable,
+                None => !newest.removed() || newest.database_unreadable,
             })
             .map(|(name, newest)| (name.as_str(), newest))
     }
-}
 
-/// The length and header of a sealed value (`Newest::fingerprint`).
-fn fingerprint(value: &[u8]) -> (usize, Vec<u8>) {
-    const HEADER: usize = 1 + 8 + 24;
-    (value.len(), value[..value.len().min(HEADER)].to_vec())
-}
-
-impl Merge {
     /// Whether the journal holds the newest copy of every account and removal.
     pub(super) fn journal_complete(&self) -> bool {
         self.newest
@@ -256,7 +262,7 @@ mod tests {
             Source::Database,
             "a tie keeps the database's"
         );
-        assert!(merge.newest["c"].removed);
+        assert!(merge.newest["c"].removed());
         let behind: Vec<_> = merge.database_behind().map(|(name, _)| name).collect();
         assert_eq!(
             behind,
@@ -280,7 +286,7 @@ mod tests {
             .offer(Source::Journal, b"a", &value("a", "rt-1", 1), &keys)
             .unwrap();
         let merge = merge.finish().unwrap();
-        assert_eq!(merge.unreadable, ["a in the database"]);
+        assert_eq!(merge.unreadable, [("a".to_owned(), Source::Database)]);
         assert_eq!(merge.database_behind().count(), 1);
 
         let mut alone = Merge::default();
@@ -289,6 +295,36 @@ mod tests {
             .unwrap();
         let error = alone.finish().unwrap_err();
         assert!(error.to_string().contains("account \"a\""), "{error}");
+    }
+
+    #[test]
+    fn a_copy_that_is_the_very_write_already_held_is_not_opened_again() {
+        let keys = keyring();
+        let written = value("a", "rt-4", 4);
+        let mut merge = Merge::default();
+        merge
+            .offer(Source::Database, b"a", &written, &keys)
+            .unwrap();
+        // The journal's frame of the same write: same length and header (the random nonce).
+        // Its tail is damaged here, which only opening it would show: it is not opened.
+        let mut same_write = written.clone();
+        *same_write.last_mut().unwrap() ^= 1;
+        merge
+            .offer(Source::Journal, b"a", &same_write, &keys)
+            .unwrap();
+        let merge = merge.finish().unwrap();
+        assert!(merge.unreadable.is_empty(), "{:?}", merge.unreadable);
+        assert_eq!(merge.newest["a"].in_journal, Some(4));
+        assert!(merge.journal_complete());
+        // Another write of the same record (another nonce) is opened.
+        let mut again = Merge::default();
+        again
+            .offer(Source::Database, b"a", &written, &keys)
+            .unwrap();
+        let mut other = value("a", "rt-4", 4);
+        *other.last_mut().unwrap() ^= 1;
+        again.offer(Source::Journal, b"a", &other, &keys).unwrap();
+        assert_eq!(again.unreadable.len(), 1);
     }
 
     #[test]

@@ -16,8 +16,10 @@ use super::StoreError;
 use crate::secret::{AccessToken, RefreshToken};
 use crate::token::{AccountName, AccountRecord, IssuedToken};
 
-/// The schema version this build writes and reads.
-pub(super) const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes and reads. 2: rows carry their write version, and
+/// removals are stored; a build that knows only 1 refuses such a store with a clear message
+/// rather than failing on the first row.
+pub(super) const SCHEMA_VERSION: u32 = 2;
 
 /// Value format 1: a version byte followed by a JSON `Row` in the clear (read only).
 const FORMAT_JSON_V1: u8 = 1;

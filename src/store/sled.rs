@@ -51,8 +51,8 @@ struct State {
     open: Option<Open>,
     /// The last write version handed out.
     version: u64,
-    /// The accounts as the last reconciliation decoded them, for the first `load_all`
-    /// after it (the broker's, at start), which then need not open every value again.
+    /// The accounts as `open` decoded them, for the first `load_all` (the broker's, at
+    /// start), which then need not open every value again; dropped by any write.
     decoded: Option<Vec<AccountRecord>>,
 }
 
@@ -85,10 +85,17 @@ impl SledStore {
         let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE));
         let found = read_keyring(&config.key_file)?;
         match &found {
+            // The key id in each value says which key sealed it: no value is opened here.
             Some(keyring) => {
-                let mut check = Merge::default();
-                for (name, value) in outside_copies(&journal, &snapshot) {
-                    check.offer(Source::Journal, name, value, keyring)?;
+                for (_, value) in outside_copies(&journal, &snapshot) {
+                    if let Some(id) = schema::key_id(value) {
+                        if keyring.find(id).is_none() {
+                            return Err(StoreError::WrongKey {
+                                found: hex::encode(id),
+                                loaded: keyring.current.id_hex(),
+                            });
+                        }
+                    }
                 }
             }
             None if outside_copies(&journal, &snapshot).next().is_some() => {
@@ -119,8 +126,9 @@ impl SledStore {
         };
         {
             let mut state = store.lock();
-            let open = store.reconcile(&mut state, db, accounts, journal, snapshot)?;
+            let (open, decoded) = store.reconcile(&mut state, db, accounts, journal, snapshot)?;
             state.open = Some(open);
+            state.decoded = Some(decoded);
             if store.next_key_file().exists() {
                 // A rekey was interrupted: finish it before anything else is written.
                 store.reseal_all(&mut state)?;
@@ -131,7 +139,8 @@ impl SledStore {
     }
 
     /// Brings the database up to date with the newest copy of every account and rewrites
-    /// the journal if it is missing, damaged or long; returns the store ready for writes.
+    /// the journal if it is missing, damaged or long; returns the store ready for writes,
+    /// and every account as it decoded them.
     fn reconcile(
         &self,
         state: &mut State,
@@ -139,7 +148,7 @@ impl SledStore {
         accounts: sled::Tree,
         journal: Option<journal::Contents>,
         snapshot: Entries,
-    ) -> Result<Open, StoreError> {
+    ) -> Result<(Open, Vec<AccountRecord>), StoreError> {
         let keyring = self.keyring();
         let journal_found = journal.is_some();
         let journal = journal.unwrap_or_default();
@@ -165,14 +174,19 @@ impl SledStore {
             );
         }
         if !merge.unreadable.is_empty() {
+            let copies: Vec<String> = merge
+                .unreadable
+                .iter()
+                .map(|(name, source)| format!("{name} in the {}", source.file()))
+                .collect();
             tracing::warn!(
-                values = %merge.unreadable.join(", "),
+                values = %copies.join(", "),
                 "some stored copies do not authenticate (damaged); the newest readable copy of each was used"
             );
         }
         let behind: Vec<(String, Vec<u8>, bool)> = merge
             .database_behind()
-            .map(|(name, newest)| (name.to_owned(), newest.value.clone(), newest.removed))
+            .map(|(name, newest)| (name.to_owned(), newest.value.clone(), newest.removed()))
             .collect();
         if !behind.is_empty() {
             let names: Vec<&str> = behind.iter().map(|(name, ..)| name.as_str()).collect();
@@ -194,19 +208,17 @@ impl SledStore {
         flush_database(&db)?;
         state.version = state.version.max(merge.max_version);
         let live = accounts.len() as u64;
-        let removed: BTreeMap<String, u64> = merge
-            .newest
-            .iter()
-            .filter(|(_, newest)| newest.removed)
-            .map(|(name, newest)| (name.clone(), newest.version))
-            .collect();
-        state.decoded = Some(
-            merge
-                .newest
-                .values()
-                .filter_map(|newest| newest.record.clone())
-                .collect(),
-        );
+        let complete = journal_found && journal.damage.is_none() && merge.journal_complete();
+        let mut removed = BTreeMap::new();
+        let mut decoded = Vec::with_capacity(merge.newest.len());
+        for (name, newest) in merge.newest {
+            match newest.record {
+                Some(record) => decoded.push(record),
+                None => {
+                    removed.insert(name, newest.version);
+                }
+            }
+        }
         let frames = journal.frames.len() as u64;
         let mut open = Open {
             journal: if journal_found && journal.damage.is_none() {
@@ -222,7 +234,6 @@ impl SledStore {
         // A journal that lacks the newest copy of some account (missing, damaged, from before
         // the journal, or behind the database after a crash) is rewritten whole; so is a
         // long one.
-        let complete = journal_found && journal.damage.is_none() && merge.journal_complete();
         if !complete || open.wants_compaction() {
             open.compact(&self.dir, &keyring.current)?;
         }
@@ -232,7 +243,7 @@ impl SledStore {
                 .map_err(io_error("old snapshot removal"))?;
             tracing::info!("moved the accounts of {SNAPSHOT_FILE} into the journal");
         }
-        Ok(open)
+        Ok((open, decoded))
     }
 
     /// Reopens the database after an I/O error and reconciles it with the journal.
@@ -250,10 +261,9 @@ impl SledStore {
                 other => break other?,
             }
         };
-        let open = self.reconcile(state, db, accounts, journal, Vec::new())?;
-        state.open = Some(open);
         // The broker holds every account already; the decoded copies are not wanted.
-        state.decoded = None;
+        let (open, _) = self.reconcile(state, db, accounts, journal, Vec::new())?;
+        state.open = Some(open);
         tracing::info!(store = %self.dir.display(), "the store is writable again");
         Ok(())
     }
@@ -864,21 +874,54 @@ mod tests {
         }
     }
 
+    /// Sets the stored schema version, as another build would have left it.
+    fn stamp_schema(dir: &Path, version: u32) {
+        let store = open(dir).unwrap();
+        let mut state = store.lock();
+        let (open, _) = store.usable(&mut state).unwrap();
+        open.db.insert(SCHEMA_KEY, &version.to_be_bytes()).unwrap();
+        drop(state);
+        store.flush().unwrap();
+    }
+
+    fn stored_schema(store: &SledStore) -> u32 {
+        let mut state = store.lock();
+        let (open, _) = store.usable(&mut state).unwrap();
+        let bytes = open.db.get(SCHEMA_KEY).unwrap().unwrap();
+        u32::from_be_bytes(bytes.as_ref().try_into().unwrap())
+    }
+
     #[test]
-    fn newer_schema_is_refused() {
+    fn newer_schema_is_refused_and_an_older_one_upgraded() {
         let tmp = tempfile::tempdir().unwrap();
-        {
-            let store = open(tmp.path()).unwrap();
-            let mut state = store.lock();
-            let (open, _) = store.usable(&mut state).unwrap();
-            open.db.insert(SCHEMA_KEY, &99u32.to_be_bytes()).unwrap();
-            drop(state);
-            store.flush().unwrap();
-        }
+        stamp_schema(tmp.path(), 99);
         assert!(matches!(
             open(tmp.path()),
             Err(StoreError::NewerSchema { found: 99, .. })
         ));
+        stamp_schema_raw(tmp.path(), 1);
+        let store = open(tmp.path()).unwrap();
+        assert_eq!(
+            stored_schema(&store),
+            2,
+            "rows now carry versions: schema 2"
+        );
+    }
+
+    /// As `stamp_schema`, on a store that this build refuses to open.
+    fn stamp_schema_raw(dir: &Path, version: u32) {
+        // As `open`: the previous handle releases sled's lock from a background thread.
+        let db = (0..200)
+            .find_map(|_| {
+                let opened = sled::open(dir.join("db")).ok();
+                if opened.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened
+            })
+            .unwrap();
+        db.insert(SCHEMA_KEY, &version.to_be_bytes()).unwrap();
+        db.flush().unwrap();
     }
 
     fn digests(dir: &Path) -> Vec<(PathBuf, String)> {

@@ -708,16 +708,15 @@ impl Broker {
                     && now >= state.due_at
                     && state.not_before.is_none_or(|t| now >= t)
                     && (store_ok || running_out);
-                (due, state.unsaved.then(|| state.record.clone()))
+                (due, state.unsaved)
             };
-            if let Some(record) = unsaved {
+            if unsaved {
                 let broker = self.clone();
                 let slot = slot.clone();
                 started.push(self.inner.tasks.spawn(async move {
+                    // After any refresh in flight, so that what is written is the newest.
                     let _flight = slot.flight.lock().await;
-                    // A newer record may have been saved meanwhile; write only what is current.
-                    let current = slot.state().record.clone();
-                    let record = if current == record { record } else { current };
+                    let record = slot.state().record.clone();
                     if broker.persist(record.clone()).await.is_ok() {
                         let mut state = slot.state();
                         if state.record == record {

@@ -18,8 +18,38 @@ struct Harness {
     fake: FakeProvider,
     clock: ManualClock,
     store: Arc<SledStore>,
+    /// Set: every store write fails with ENOSPC, as on a full disk.
+    disk_full: Arc<std::sync::atomic::AtomicBool>,
     broker: Broker,
     _dir: tempfile::TempDir,
+}
+
+/// The real store, whose writes fail while `full` is set.
+#[derive(Debug)]
+struct FillableDisk {
+    store: Arc<SledStore>,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for FillableDisk {
+    fn load_all(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        self.store.load_all()
+    }
+    fn write(&self, changes: &[store::Change]) -> Result<(), StoreError> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                operation: "journal write",
+                cause: Arc::new(std::io::Error::from_raw_os_error(28)),
+            });
+        }
+        self.store.write(changes)
+    }
+    fn rekey(&self) -> Result<usize, StoreError> {
+        self.store.rekey()
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush()
+    }
 }
 
 fn name(text: &str) -> AccountName {
@@ -46,8 +76,13 @@ async fn harness_with(policy: RefreshPolicy) -> Harness {
     );
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + START);
     let provider = Provider::new(fake.provider_config("fake")).unwrap();
+    let disk_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let disk = FillableDisk {
+        store: store.clone(),
+        full: disk_full.clone(),
+    };
     let broker = Broker::open_with_random(
-        store.clone(),
+        Arc::new(disk),
         vec![Arc::new(provider)],
         Arc::new(clock.clone()),
         Config {
@@ -61,6 +96,7 @@ async fn harness_with(policy: RefreshPolicy) -> Harness {
         fake,
         clock,
         store,
+        disk_full,
         broker,
         _dir: dir,
     }
@@ -881,4 +917,39 @@ async fn an_answer_without_a_lifetime_is_not_served_and_is_retried_after_a_backo
     assert_eq!(h.fake.token_calls(), 3);
     let served = h.broker.token(&name("a"), None).await.unwrap();
     assert_eq!(served.expires_in, HOUR);
+}
+
+#[tokio::test]
+async fn while_the_store_cannot_be_written_scheduled_refreshes_wait_unless_the_token_runs_out() {
+    let h = harness().await;
+    h.fake.set_rotation(true);
+    h.import().await;
+    h.disk_full.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A forced refresh rotates the grant, which cannot be stored: kept in memory, unsaved.
+    h.broker.refresh_now(&name("a")).await.unwrap();
+    assert_eq!(h.status(), Status::Degraded);
+    assert!(h.broker.store_problem().unwrap().contains("No space left"));
+    // Due 3 h after issue, but another rotation would exist only in memory too: held back.
+    h.clock.advance(HOUR * 3);
+    h.sweep().await;
+    assert_eq!(
+        h.fake.token_calls(),
+        2,
+        "no refresh while the store is full"
+    );
+    // Within half an `ahead` of expiry, the token must be had: refreshed after all.
+    h.clock.advance(HOUR / 2 + Duration::from_secs(1));
+    h.sweep().await;
+    assert_eq!(
+        h.fake.token_calls(),
+        3,
+        "refreshed before the token runs out"
+    );
+    // Space comes back: the next sweep stores the newest grant.
+    h.disk_full
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    h.sweep().await;
+    assert_eq!(h.status(), Status::Active);
+    assert!(h.broker.store_problem().is_none());
+    assert!(h.fake.is_valid(&h.stored_refresh_token()));
 }

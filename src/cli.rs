@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::types::{
     AccountBody, AccountsBody, ConnectBody, ConnectRequest, ConnectStatusBody, ErrorBody,
-    HealthBody, ImportBody, TokenBody,
+    HealthBody, ImportBody, TokenBody, MAX_PAGE,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Env, DEFAULT_PATH};
@@ -690,13 +690,9 @@ fn unreachable(socket: &Path, error: &reqwest::Error) -> anyhow::Error {
         std::io::ErrorKind::NotFound => "no socket there (ENOENT): is the daemon running, and is this its server.socket? (see --socket or TOKENBROKER_SOCKET)",
         std::io::ErrorKind::PermissionDenied => "permission denied (EACCES): your user must be in the socket's group (server.socket_group), or run as a member of it",
         std::io::ErrorKind::ConnectionRefused => "connection refused (ECONNREFUSED): a socket file is there but no daemon listens on it; start tokenbroker",
-        _ => "",
+        _ => return anyhow::anyhow!("cannot reach tokenbroker at {socket}: {io}"),
     };
-    if advice.is_empty() {
-        anyhow::anyhow!("cannot reach tokenbroker at {socket}: {io}")
-    } else {
-        anyhow::anyhow!("cannot reach tokenbroker at {socket}: {advice}")
-    }
+    anyhow::anyhow!("cannot reach tokenbroker at {socket}: {advice}")
 }
 
 impl Client {
@@ -793,7 +789,7 @@ async fn list_accounts(
             query.append_pair("name", name);
         }
         if let Some(limit) = limit {
-            query.append_pair("limit", &(limit - accounts.len()).min(1000).to_string());
+            query.append_pair("limit", &(limit - accounts.len()).min(MAX_PAGE).to_string());
         }
         if let Some(after) = &after {
             query.append_pair("after", after);

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::error::Segment;
 use super::types::{
-    self, AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody, TokenView,
+    self, AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody, TokenView, MAX_PAGE,
 };
 use super::{ApiError, AppState, Caller, Peer, TokenClient};
 use crate::broker::{BrokerError, ServedToken};
@@ -24,9 +24,6 @@ use crate::token::AccountName;
 pub(super) struct TokenQuery {
     min_valid: Option<u64>,
 }
-
-/// Most accounts in one answer of `GET /v1/accounts`, and the default page size.
-pub(super) const MAX_PAGE: usize = 1000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,21 +107,27 @@ pub(super) async fn list_accounts(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<AccountsBody>, ApiError> {
     let Query(query) = query?;
-    let status = match query.status.as_deref() {
-        None => None,
-        Some(text) => Some(crate::broker::Status::from_name(text).ok_or_else(|| {
-            ApiError::BadRequest(
-                "bad_query",
-                "status is one of active, refreshing, degraded, needs_reauth".into(),
-            )
-        })?),
-    };
-    let pattern = match query.name.as_deref() {
-        None => None,
-        Some(text) => Some(glob::Pattern::new(text).map_err(|e| {
-            ApiError::BadRequest("bad_query", format!("name is not a glob pattern: {e}"))
-        })?),
-    };
+    let status = query
+        .status
+        .as_deref()
+        .map(|text| {
+            crate::broker::Status::from_name(text).ok_or_else(|| {
+                ApiError::BadRequest(
+                    "bad_query",
+                    "status is one of active, refreshing, degraded, needs_reauth".into(),
+                )
+            })
+        })
+        .transpose()?;
+    let pattern = query
+        .name
+        .as_deref()
+        .map(|text| {
+            glob::Pattern::new(text).map_err(|e| {
+                ApiError::BadRequest("bad_query", format!("name is not a glob pattern: {e}"))
+            })
+        })
+        .transpose()?;
     let limit = query.limit.unwrap_or(MAX_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(
@@ -140,9 +143,10 @@ pub(super) async fn list_accounts(
                 && status.is_none_or(|s| v.status == s)
                 && pattern.as_ref().is_none_or(|p| p.matches(v.name.as_str()))
         });
-    let next = more
-        .then(|| page.last().map(|v| v.name.as_str().to_owned()))
-        .flatten();
+    let next = page
+        .last()
+        .filter(|_| more)
+        .map(|v| v.name.as_str().to_owned());
     let accounts = page.iter().map(|v| AccountBody::new(v, now)).collect();
     Ok(Json(AccountsBody { accounts, next }))
 }

@@ -255,6 +255,9 @@ pub struct AccountsBody {
     pub next: Option<String>,
 }
 
+/// Most accounts in one answer of `GET /v1/accounts`, and the default page size.
+pub const MAX_PAGE: usize = 1000;
+
 /// Every error answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -85,7 +85,7 @@ impl Runner {
         self.running.store(false, Ordering::Release);
         self.ticks.fetch_add(1, Ordering::AcqRel);
         (self.on_tick)();
-        tracing::trace!(refreshes = started, "sweep");
+        tracing::trace!(tasks_started = started, "sweep");
     }
 
     fn ticks(&self) -> u64 {
@@ -108,7 +108,7 @@ impl Scheduler {
         Self::start_with(Arc::new(sweep), config, on_tick).await
     }
 
-    /// As `start`, with `sweep` doing the work of each tick (it returns how many refreshes it
+    /// As `start`, with `sweep` doing the work of each tick (it returns how many tasks it
     /// started).
     async fn start_with(
         sweep: Arc<dyn Fn() -> usize + Send + Sync>,

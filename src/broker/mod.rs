@@ -7,6 +7,12 @@
 //! lose a rotated refresh token), so attempts run detached and callers only wait for them.
 //! Every such task is tracked, and `shut_down` waits for them: a refresh in flight at
 //! SIGTERM is finished and stored, never dropped.
+//!
+//! Scheduled refreshes do not get a task each while they wait: a sweep puts the due accounts
+//! in one queue, most urgent first, and one dispatcher task starts an attempt whenever a
+//! provider permit is free. A storm of 100k due accounts is 100k queue entries and at most
+//! twice `max_concurrent` attempts alive, and a caller's own refresh waits for one permit,
+//! not behind the whole storm.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{OwnedMutexGuard, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::task::TaskTracker;
 
 mod connect;
@@ -265,7 +271,11 @@ struct Inner {
     policy: ArcSwap<RefreshPolicy>,
     observers: RwLock<Vec<Arc<dyn Observer>>>,
     accounts: RwLock<BTreeMap<AccountName, Arc<Slot>>>,
-    permits: Semaphore,
+    /// Calls to providers in flight at most (`max_concurrent`).
+    permits: Arc<Semaphore>,
+    max_concurrent: usize,
+    /// Scheduled refreshes waiting for a permit.
+    queue: Mutex<Queue>,
     random: RandomSource,
     /// The last sweep, by the wall clock (for metrics) and the monotonic one (for staleness).
     last_tick: Mutex<Option<(SystemTime, tokio::time::Instant)>>,
@@ -281,6 +291,14 @@ impl std::fmt::Debug for Inner {
             )
             .finish_non_exhaustive()
     }
+}
+
+/// The accounts a sweep found due, in the order their attempts start, and whether the
+/// dispatcher task that starts them is running.
+#[derive(Debug, Default)]
+struct Queue {
+    due: std::collections::VecDeque<Arc<Slot>>,
+    dispatching: bool,
 }
 
 /// One account: its state, and the lock that makes its refreshes single-flight.
@@ -308,6 +326,8 @@ struct SlotState {
     unsaved: bool,
     /// When the token expires by the monotonic clock, for a token issued since start.
     expires_mono: Option<tokio::time::Instant>,
+    /// In the dispatcher's queue (shown as refreshing).
+    queued: bool,
 }
 
 /// Why a refresh is wanted; decides whether backoff may be skipped.
@@ -363,7 +383,9 @@ impl Broker {
             policy: ArcSwap::from_pointee(config.policy),
             observers: RwLock::new(Vec::new()),
             accounts: RwLock::new(BTreeMap::new()),
-            permits: Semaphore::new(config.max_concurrent.max(1)),
+            permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            max_concurrent: config.max_concurrent.max(1),
+            queue: Mutex::new(Queue::default()),
             random,
             last_tick: Mutex::new(None),
             flows: Mutex::new(connect::Flows::default()),
@@ -674,8 +696,10 @@ impl Broker {
         Ok(())
     }
 
-    /// Starts a refresh of every account that is due and not already refreshing, and
-    /// retries unsaved records. Returns at once; the handles finish with the attempts.
+    /// Queues a refresh of every account that is due and not already queued, most urgent
+    /// first, starts the dispatcher if it is not running, and retries unsaved records.
+    /// Returns at once; the handles (the dispatcher, when this sweep started it, and the
+    /// retries) finish when the work does.
     pub fn sweep(&self) -> Vec<JoinHandle<()>> {
         let now = self.now();
         let monotonic = self.inner.clock.monotonic();
@@ -694,25 +718,30 @@ impl Broker {
         let policy = self.policy();
         let slots: Vec<Arc<Slot>> = read(&self.inner.accounts).values().cloned().collect();
         let mut started = Vec::new();
+        let mut due = Vec::new();
         let mut corrected = 0;
         for slot in slots {
-            let (due, unsaved) = {
+            let unsaved = {
                 let mut state = slot.state();
                 if self.correct_stepped_expiry(&mut state, now, monotonic) {
                     corrected += 1;
                 }
-                let running_out = self
-                    .time_left(&state)
-                    .is_none_or(|left| left <= policy.min_valid.max(policy.ahead / 2));
-                let due = !state.record.needs_reauth
+                let left = self.time_left(&state);
+                let running_out =
+                    left.is_none_or(|left| left <= policy.min_valid.max(policy.ahead / 2));
+                if !state.queued
+                    && !state.record.needs_reauth
                     && now >= state.due_at
                     && state.not_before.is_none_or(|t| now >= t)
-                    && (store_ok || running_out);
-                (due, state.unsaved)
+                    && (store_ok || running_out)
+                {
+                    state.queued = true;
+                    due.push((left.unwrap_or_default(), slot.clone()));
+                }
+                state.unsaved
             };
             if unsaved {
                 let broker = self.clone();
-                let slot = slot.clone();
                 started.push(self.inner.tasks.spawn(async move {
                     // After any refresh in flight, so that what is written is the newest.
                     let _flight = slot.flight.lock().await;
@@ -725,17 +754,6 @@ impl Broker {
                     }
                 }));
             }
-            if due && slot.flight.try_lock().is_ok() {
-                let broker = self.clone();
-                started.push(self.inner.tasks.spawn(async move {
-                    let still_due =
-                        |broker: &Broker, state: &SlotState| broker.now() < state.due_at;
-                    // Failures are recorded in the account's state; nobody else waits here.
-                    let _ = broker
-                        .refresh_shared(&slot, Trigger::Schedule, still_due)
-                        .await;
-                }));
-            }
         }
         if corrected > 0 {
             tracing::warn!(
@@ -743,7 +761,80 @@ impl Broker {
                 "the wall clock stepped back: token expiry and refresh times were moved to where the monotonic clock puts them"
             );
         }
+        // The token with the least time left goes first.
+        due.sort_by_key(|(left, _)| *left);
+        let mut queue = self
+            .inner
+            .queue
+            .lock()
+            .expect("queue lock is never poisoned");
+        queue.due.extend(due.into_iter().map(|(_, slot)| slot));
+        if !queue.dispatching && !queue.due.is_empty() {
+            queue.dispatching = true;
+            let broker = self.clone();
+            started.push(
+                self.inner
+                    .tasks
+                    .spawn(async move { broker.dispatch().await }),
+            );
+        }
         started
+    }
+
+    /// Starts the queued refreshes, each when a provider permit is free, and keeps at most
+    /// twice `max_concurrent` attempts alive (those past the provider are storing their
+    /// result): a writer that falls behind slows the dispatch rather than piling up tasks.
+    /// Ends when the queue is empty and its attempts have finished, or at shutdown.
+    async fn dispatch(self) {
+        let mut running = JoinSet::new();
+        while let Some(slot) = self.next_queued() {
+            while running.try_join_next().is_some() {}
+            if running.len() >= 2 * self.inner.max_concurrent {
+                running.join_next().await;
+            }
+            // After a refresh or store retry of it in flight, which may make this one needless.
+            let flight = slot.flight.clone().lock_owned().await;
+            {
+                let mut state = slot.state();
+                state.queued = false;
+                let still_due = self.now() >= state.due_at;
+                if !still_due || self.may_call_provider(&state, Trigger::Schedule).is_err() {
+                    continue;
+                }
+            }
+            let permit = self
+                .inner
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let broker = self.clone();
+            running.spawn(self.inner.tasks.track_future(async move {
+                broker.attempt(&slot, flight, Some(permit)).await;
+            }));
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// The next queued account; at shutdown, or when the queue is empty, none (and the
+    /// queue is emptied, and the dispatcher marked stopped, under the same lock).
+    fn next_queued(&self) -> Option<Arc<Slot>> {
+        let mut queue = self
+            .inner
+            .queue
+            .lock()
+            .expect("queue lock is never poisoned");
+        if self.closing() {
+            for slot in queue.due.drain(..) {
+                slot.state().queued = false;
+            }
+        }
+        let next = queue.due.pop_front();
+        if next.is_none() {
+            queue.dispatching = false;
+        }
+        next
     }
 
     /// After a backward step of the wall clock, a token's wall-clock expiry claims time the
@@ -940,7 +1031,7 @@ impl Broker {
         let attempt = self
             .inner
             .tasks
-            .spawn(async move { broker.attempt(&detached_slot, guard).await });
+            .spawn(async move { broker.attempt(&detached_slot, guard, None).await });
         let succeeded = attempt
             .await
             .map_err(|_| BrokerError::Internal("a refresh task failed".into()))?;
@@ -972,9 +1063,15 @@ impl Broker {
         Ok(())
     }
 
-    /// One call to the provider and its consequences. Holds the flight lock throughout.
-    /// Returns whether it succeeded; why it failed is in the account's state.
-    async fn attempt(&self, slot: &Slot, _flight: OwnedMutexGuard<()>) -> bool {
+    /// One call to the provider and its consequences. Holds the flight lock throughout, and a
+    /// provider permit (`permit`, or one it waits for) during the call. Returns whether it
+    /// succeeded; why it failed is in the account's state.
+    async fn attempt(
+        &self,
+        slot: &Slot,
+        _flight: OwnedMutexGuard<()>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> bool {
         let (name, provider_name, refresh_token) = {
             let state = slot.state();
             (
@@ -986,12 +1083,16 @@ impl Broker {
         let started = tokio::time::Instant::now();
         let answer = match self.provider(&provider_name) {
             Ok(provider) => {
-                let _permit = self
-                    .inner
-                    .permits
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
+                let _permit = match permit {
+                    Some(permit) => permit,
+                    None => self
+                        .inner
+                        .permits
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed"),
+                };
                 if self.closing() {
                     // Shutdown began while this attempt waited for a permit: no new call.
                     return false;
@@ -1251,6 +1352,7 @@ impl Broker {
                 last_forced: None,
                 unsaved: false,
                 expires_mono: None,
+                queued: false,
             }),
             flight: Arc::new(tokio::sync::Mutex::new(())),
         })
@@ -1359,8 +1461,9 @@ fn with_response(
 }
 
 fn view(slot: &Slot) -> AccountView {
-    let refreshing = slot.flight.try_lock().is_err();
+    let in_flight = slot.flight.try_lock().is_err();
     let state = slot.state();
+    let refreshing = in_flight || state.queued;
     let record = &state.record;
     let status = if record.needs_reauth {
         Status::NeedsReauth

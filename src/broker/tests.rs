@@ -953,3 +953,92 @@ async fn while_the_store_cannot_be_written_scheduled_refreshes_wait_unless_the_t
     assert!(h.broker.store_problem().is_none());
     assert!(h.fake.is_valid(&h.stored_refresh_token()));
 }
+
+/// `count` accounts with tokens (one call each, at once), then the clock moved until every
+/// one of them is due: a storm, with every unscripted provider answer taking `latency`.
+async fn storm(count: usize, latency: Duration) -> Harness {
+    let h = harness().await;
+    for index in 0..count {
+        let label = format!("acct-{index:03}");
+        h.broker
+            .seed(
+                name(&label),
+                "fake",
+                RefreshToken::new(h.fake.grant(&label)),
+            )
+            .await
+            .unwrap();
+    }
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), count);
+    h.fake.set_latency(latency);
+    h.fake.set_rotation(true);
+    h.clock.advance(HOUR * 3 + HOUR / 2);
+    h
+}
+
+#[tokio::test]
+async fn a_storm_of_due_accounts_waits_in_a_queue_not_as_a_task_each() {
+    const ACCOUNTS: usize = 300;
+    let h = storm(ACCOUNTS, Duration::from_millis(5)).await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let idle = metrics.num_alive_tasks();
+    let handles = h.broker.sweep();
+    let mut most = 0;
+    h.fake
+        .wait_for_calls(ACCOUNTS + 8, Duration::from_secs(10))
+        .await;
+    while h.fake.token_calls() < 2 * ACCOUNTS - 8 {
+        most = most.max(metrics.num_alive_tasks() - idle);
+        tokio::task::yield_now().await;
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    // The dispatcher, at most 2 × max_concurrent attempts, and the fake's connections.
+    assert!(most <= 1 + 2 * 4 + 8, "{most} tasks alive during the storm");
+    assert_eq!(
+        h.fake.token_calls(),
+        2 * ACCOUNTS,
+        "exactly one call per account"
+    );
+    assert_eq!(h.fake.refused_refreshes(), 0);
+    assert_eq!(
+        h.fake.max_in_flight(),
+        4,
+        "max_concurrent kept the provider busy"
+    );
+    let stored = h.store.load_all().unwrap();
+    assert!(stored
+        .iter()
+        .all(|r| h.fake.is_valid(r.refresh_token.expose())));
+}
+
+#[tokio::test]
+async fn a_caller_that_needs_a_fresher_token_does_not_wait_behind_a_storm() {
+    const ACCOUNTS: usize = 300;
+    let h = storm(ACCOUNTS, Duration::from_millis(5)).await;
+    let handles = h.broker.sweep();
+    h.fake
+        .wait_for_calls(ACCOUNTS + 8, Duration::from_secs(10))
+        .await;
+    // The last account in the queue (all expire together, so in name order), asked for
+    // more validity than its token has left: a refresh on demand.
+    let last = name(&format!("acct-{:03}", ACCOUNTS - 1));
+    let served = h.broker.token(&last, Some(HOUR * 3)).await.unwrap();
+    let calls_then = h.fake.token_calls();
+    assert!(served.expires_in > HOUR * 3);
+    assert!(
+        calls_then < ACCOUNTS + ACCOUNTS / 2,
+        "served after {} of the storm's {ACCOUNTS} calls",
+        calls_then - ACCOUNTS
+    );
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    assert_eq!(
+        h.fake.token_calls(),
+        2 * ACCOUNTS,
+        "the queued refresh of the account refreshed on demand was dropped"
+    );
+}

@@ -80,6 +80,16 @@ struct Inner {
     issued: u64,
     issued_access_tokens: Vec<String>,
     requests: Vec<RecordedRequest>,
+    /// Whether requests are kept in `requests` (a benchmark of 100k refreshes turns it off).
+    recording: bool,
+    /// Token-endpoint requests so far, recorded or not.
+    token_calls: usize,
+    /// Refresh requests refused because the refresh token was not (or no longer) valid.
+    refused_refreshes: usize,
+    /// How long every unscripted token request takes to answer.
+    latency: Duration,
+    /// Issued access tokens are padded to this many bytes (Dropbox's are about 1.3 KB).
+    access_token_length: usize,
     in_flight: usize,
     max_in_flight: usize,
     /// Issued authorization codes and what they were issued for.
@@ -142,6 +152,11 @@ impl FakeProvider {
                 issued: 0,
                 issued_access_tokens: Vec::new(),
                 requests: Vec::new(),
+                recording: true,
+                token_calls: 0,
+                refused_refreshes: 0,
+                latency: Duration::ZERO,
+                access_token_length: 0,
                 in_flight: 0,
                 max_in_flight: 0,
                 codes: std::collections::HashMap::new(),
@@ -255,7 +270,29 @@ impl FakeProvider {
 
     /// Number of token-endpoint requests so far.
     pub fn token_calls(&self) -> usize {
-        self.requests().len()
+        self.lock().token_calls
+    }
+
+    /// Refresh requests refused so far because the refresh token was invalid (a rotated
+    /// one presented again, say).
+    pub fn refused_refreshes(&self) -> usize {
+        self.lock().refused_refreshes
+    }
+
+    /// Every unscripted token request takes `latency` to answer, as a real provider does.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// Issued access tokens are padded with `x` to `length` bytes, as long as a real
+    /// provider's (a benchmark's memory depends on it).
+    pub fn set_access_token_length(&self, length: usize) {
+        self.lock().access_token_length = length;
+    }
+
+    /// Whether `requests` keeps each request (on by default; a benchmark turns it off).
+    pub fn set_recording(&self, on: bool) {
+        self.lock().recording = on;
     }
 
     /// The authorization endpoint.
@@ -571,15 +608,23 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
         .map(str::to_owned);
     let reply = {
         let mut inner = shared.inner.lock().expect("fake provider lock");
-        inner.requests.push(RecordedRequest {
-            path: "/oauth2/token".into(),
-            form: form.clone(),
-            authorization: authorization.clone(),
-            received_at: tokio::time::Instant::now().into_std(),
-        });
+        if inner.recording {
+            inner.requests.push(RecordedRequest {
+                path: "/oauth2/token".into(),
+                form: form.clone(),
+                authorization: authorization.clone(),
+                received_at: tokio::time::Instant::now().into_std(),
+            });
+        }
+        inner.token_calls += 1;
         inner.in_flight += 1;
         inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-        inner.script.pop_front().unwrap_or(Reply::Issue)
+        let latency = inner.latency;
+        inner.script.pop_front().unwrap_or(if latency.is_zero() {
+            Reply::Issue
+        } else {
+            Reply::Delay(latency, Box::new(Reply::Issue))
+        })
     };
     shared.changed.notify_waiters();
     // Counts the request as answered even if the client gives up and the future is dropped.
@@ -670,6 +715,7 @@ fn issue(shared: &Shared, form: &BTreeMap<String, String>, has_basic: bool) -> R
         Some("refresh_token") => {
             let presented = form.get("refresh_token").cloned().unwrap_or_default();
             if !inner.valid_refresh_tokens.contains(&presented) {
+                inner.refused_refreshes += 1;
                 return error("invalid_grant", "refresh token is invalid or revoked");
             }
             Some(presented)
@@ -707,7 +753,9 @@ fn issue(shared: &Shared, form: &BTreeMap<String, String>, has_basic: bool) -> R
         _ => return error("unsupported_grant_type", "not scripted"),
     };
     inner.issued += 1;
-    let access_token = format!("fake-access-{}-{}", shared.nonce, inner.issued);
+    let mut access_token = format!("fake-access-{}-{}", shared.nonce, inner.issued);
+    let padding = inner.access_token_length.saturating_sub(access_token.len());
+    access_token.extend(std::iter::repeat_n('x', padding));
     inner.issued_access_tokens.push(access_token.clone());
     let mut body = json!({"access_token": access_token, "token_type": "bearer", "expires_in": inner.expires_in.clone(), "account_id": "dbid:fake-user"});
     let refresh = if with_refresh {

@@ -173,3 +173,88 @@ async fn a_damaged_journal_with_a_healthy_database_starts_with_a_warning() {
     assert_eq!(code, 200, "{body}");
     grant_still_works(&daemon, &fake, "rotating").await;
 }
+
+/// `count` accounts written straight into the daemon's store (as a big import leaves it),
+/// each with a grant the fake accepts and a token with 50 minutes left: all due at start.
+fn seed_due_accounts(home: &Home, fake: &FakeProvider, count: usize) {
+    use tokenbroker::secret::{AccessToken, RefreshToken};
+    use tokenbroker::store::{Change, Config, SledStore, Store};
+    use tokenbroker::token::{AccountRecord, IssuedToken};
+    let store = SledStore::open(&Config {
+        dir: home.store(),
+        key_file: home.store().join("store-key"),
+    })
+    .unwrap();
+    let expires_at = std::time::SystemTime::now() + Duration::from_secs(50 * 60);
+    let changes: Vec<Change> = (0..count)
+        .map(|index| {
+            let name = format!("acct-{index:05}");
+            let mut record = AccountRecord::new(
+                name.parse().unwrap(),
+                "fake".into(),
+                RefreshToken::new(fake.grant(&name)),
+            );
+            record.token = Some(IssuedToken {
+                access_token: AccessToken::new(format!("seeded-{index}")),
+                token_type: "Bearer".into(),
+                expires_at,
+                lifetime: Duration::from_secs(4 * 3600),
+                scope: None,
+            });
+            Change::Put(record)
+        })
+        .collect();
+    for batch in changes.chunks(512) {
+        store.write(batch).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_in_the_middle_of_a_refresh_storm_loses_no_grant() {
+    const ACCOUNTS: usize = 2000;
+    let fake = FakeProvider::start().await;
+    fake.set_rotation(true);
+    fake.set_recording(false);
+    let home = Home::new();
+    seed_due_accounts(&home, &fake, ACCOUNTS);
+    fake.set_latency(Duration::from_millis(5));
+    let config = home.config(&fake.token_url(), "max_concurrent = 16", "");
+    let mut daemon = home.start(&config, &[]).await;
+    fake.wait_for_calls(ACCOUNTS / 2, Duration::from_secs(60))
+        .await;
+    let status = daemon.terminate();
+    assert!(status.success(), "a clean stop exits 0, got {status}");
+    let stopped_at = fake.token_calls();
+    assert!(stopped_at < ACCOUNTS, "the storm was over before SIGTERM");
+    // Every grant in the store is one the provider still accepts: rotated ones were stored.
+    let store = tokenbroker::store::SledStore::open(&tokenbroker::store::Config {
+        dir: home.store(),
+        key_file: home.store().join("store-key"),
+    })
+    .unwrap();
+    let stored = tokenbroker::store::Store::load_all(&store).unwrap();
+    assert_eq!(stored.len(), ACCOUNTS);
+    let lost: Vec<_> = stored
+        .iter()
+        .filter(|r| !fake.is_valid(r.refresh_token.expose()))
+        .map(|r| r.name.to_string())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} grants lost, e.g. {:?}",
+        lost.len(),
+        &lost[..1]
+    );
+    drop(store);
+    // Started again, it refreshes the rest, each exactly once, and no grant is refused.
+    let daemon = home.start(&config, &[]).await;
+    eventually("the rest refreshed", Duration::from_secs(60), || async {
+        let (_, body) = daemon
+            .request("GET", "/v1/accounts?status=refreshing&limit=1", None)
+            .await;
+        fake.token_calls() >= ACCOUNTS && body["accounts"].as_array().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(fake.refused_refreshes(), 0);
+    assert_eq!(fake.token_calls(), ACCOUNTS, "one call per account in all");
+}

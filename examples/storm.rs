@@ -19,6 +19,9 @@
 //! `--token-bytes 1300` (the length of each access token issued), and `--sigterm-at 0.5`
 //! (stop the daemon with SIGTERM once that share of the storm's calls has been made, then
 //! count the grants lost: stored refresh tokens that the provider no longer accepts).
+//! `--idle` seeds tokens that are not due and prints only the daemon's memory once it is
+//! ready and has settled. `STORM_WRAPPER` runs the daemon under a program (its words are
+//! put before the daemon's command), e.g. `STORM_WRAPPER="valgrind --tool=massif"`.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -51,6 +54,7 @@ struct Options {
     rotate: bool,
     token_bytes: usize,
     sigterm_at: Option<f64>,
+    idle: bool,
     sizes: Vec<usize>,
 }
 
@@ -61,6 +65,7 @@ fn options() -> Options {
         rotate: true,
         token_bytes: 1300,
         sigterm_at: None,
+        idle: false,
         sizes: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -72,6 +77,7 @@ fn options() -> Options {
             "--no-rotate" => options.rotate = false,
             "--token-bytes" => options.token_bytes = value().parse().unwrap(),
             "--sigterm-at" => options.sigterm_at = Some(value().parse().unwrap()),
+            "--idle" => options.idle = true,
             size => options.sizes.push(size.parse().expect("an account count")),
         }
     }
@@ -86,10 +92,16 @@ fn name(index: usize) -> String {
 }
 
 /// N accounts, each with a grant the fake accepts and a token about to be due.
-fn seed(store_dir: &Path, fake: &FakeProvider, count: usize, token_bytes: usize) -> Duration {
+fn seed(
+    store_dir: &Path,
+    fake: &FakeProvider,
+    count: usize,
+    token_bytes: usize,
+    left: Duration,
+) -> Duration {
     let started = Instant::now();
     let store = SledStore::open(&store_config(store_dir)).unwrap();
-    let expires_at = SystemTime::now() + LEFT_AT_START;
+    let expires_at = SystemTime::now() + left;
     let indexes: Vec<usize> = (0..count).collect();
     for chunk in indexes.chunks(512) {
         let batch: Vec<Change> = chunk
@@ -217,7 +229,7 @@ fn http(socket: &Path) -> reqwest::Client {
 }
 
 async fn wait_ready(client: &reqwest::Client, child: &mut Child) {
-    for _ in 0..2000 {
+    for _ in 0..24_000 {
         let answer = client.get("http://localhost/readyz").send().await;
         if answer.is_ok_and(|response| response.status().is_success()) {
             return;
@@ -227,7 +239,7 @@ async fn wait_ready(client: &reqwest::Client, child: &mut Child) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("the daemon was not ready within 10 s");
+    panic!("the daemon was not ready within 2 minutes");
 }
 
 /// How many accounts the daemon lists with `status` (1 if any, else 0: one is enough).
@@ -249,6 +261,14 @@ impl Drop for Daemon {
             let _ = self.0.wait();
         }
     }
+}
+
+fn terminate(pid: u32) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
 }
 
 struct Row {
@@ -273,17 +293,23 @@ struct Row {
     lost: usize,
 }
 
-async fn run(options: &Options, accounts: usize) -> Row {
+async fn run(options: &Options, accounts: usize) -> Option<Row> {
     let work = tempfile::tempdir().unwrap();
     let fake = FakeProvider::start().await;
     fake.set_recording(false);
     fake.set_rotation(options.rotate);
     fake.set_access_token_length(options.token_bytes);
+    let left = if options.idle {
+        LIFETIME - MIN_VALID
+    } else {
+        LEFT_AT_START
+    };
     let seed = seed(
         &work.path().join("store"),
         &fake,
         accounts,
         options.token_bytes,
+        left,
     );
     fake.set_latency(options.latency);
     let config = config(work.path(), &fake, options.max_concurrent);
@@ -296,7 +322,17 @@ async fn run(options: &Options, accounts: usize) -> Row {
         .unwrap()
         .join("tokenbroker");
     let started = Instant::now();
-    let child = Command::new(&binary)
+    let wrapper = std::env::var("STORM_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(&binary);
+            command
+        }
+        None => Command::new(&binary),
+    };
+    let child = command
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")
@@ -312,6 +348,21 @@ async fn run(options: &Options, accounts: usize) -> Row {
     wait_ready(&client, child).await;
     let ready = started.elapsed();
     let written_start = written(pid);
+    if options.idle {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let status = format!("/proc/{pid}/status");
+        let (rss, peak) = (proc_field(&status, "VmRSS"), proc_field(&status, "VmHWM"));
+        println!(
+            "{accounts:>8} accounts, idle: ready in {} ms, RSS {} MB ({} bytes per account), peak {} MB",
+            ready.as_millis(),
+            rss / 1024,
+            rss * 1024 / accounts as u64,
+            peak / 1024
+        );
+        terminate(pid);
+        child.wait().unwrap();
+        return None;
+    }
 
     // Memory and threads, sampled until the storm is over.
     let storming = Arc::new(AtomicBool::new(true));
@@ -408,11 +459,7 @@ async fn run(options: &Options, accounts: usize) -> Row {
     let seeded_expiry_left = LEFT_AT_START.saturating_sub(started.elapsed());
 
     // Stop it; then every stored grant must be one the provider still accepts.
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    terminate(pid);
     let exit = child.wait().unwrap();
     assert!(exit.success(), "the daemon exited with {exit}");
     let store = SledStore::open(&store_config(&work.path().join("store"))).unwrap();
@@ -426,7 +473,7 @@ async fn run(options: &Options, accounts: usize) -> Row {
     let mut latencies = latencies.lock().unwrap().clone();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    Row {
+    Some(Row {
         accounts,
         seed,
         ready,
@@ -446,7 +493,7 @@ async fn run(options: &Options, accounts: usize) -> Row {
         threads_peak,
         margin: seeded_expiry_left.saturating_sub(MIN_VALID),
         lost,
-    }
+    })
 }
 
 #[tokio::main]
@@ -485,7 +532,9 @@ async fn main() {
         "lost"
     );
     for &accounts in &options.sizes {
-        let row = run(&options, accounts).await;
+        let Some(row) = run(&options, accounts).await else {
+            continue;
+        };
         println!(
             "{:>8} {:>7.2} {:>8} {:>9.1} {:>9.1} {:>6.2} {:>9.3} {:>10} {:>9} {:>10} {:>7} {:>8} {:>6.2}ms {:>5.2}ms {:>8} {:>6}MB {:>6}MB {:>7} {:>5}",
             row.accounts,

@@ -157,8 +157,8 @@ impl SledStore {
             let (name, value) = entry.map_err(|e| engine("read", e))?;
             merge.offer(Source::Database, &name, &value, &keyring)?;
         }
-        for frame in &journal.frames {
-            merge.offer(Source::Journal, &frame.name, &frame.value, &keyring)?;
+        for (name, value) in journal.frames() {
+            merge.offer(Source::Journal, name, value, &keyring)?;
         }
         for (name, value) in &snapshot {
             merge.offer(Source::Snapshot, name, value, &keyring)?;
@@ -219,7 +219,7 @@ impl SledStore {
                 }
             }
         }
-        let frames = journal.frames.len() as u64;
+        let frames = journal.frame_count() as u64;
         let mut open = Open {
             journal: if journal_found && journal.damage.is_none() {
                 Journal::reopen(&self.dir, frames).map_err(io_error("journal open"))?
@@ -550,14 +550,11 @@ fn outside_copies<'a>(
     journal: &'a Option<journal::Contents>,
     snapshot: &'a Entries,
 ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
-    let frames = journal.iter().flat_map(|contents| contents.frames.iter());
-    frames
-        .map(|frame| (frame.name.as_slice(), frame.value.as_slice()))
-        .chain(
-            snapshot
-                .iter()
-                .map(|(name, value)| (name.as_slice(), value.as_slice())),
-        )
+    journal.iter().flat_map(journal::Contents::frames).chain(
+        snapshot
+            .iter()
+            .map(|(name, value)| (name.as_slice(), value.as_slice())),
+    )
 }
 
 fn next_key_path(key_file: &Path) -> PathBuf {

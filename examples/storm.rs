@@ -20,7 +20,8 @@
 //! (stop the daemon with SIGTERM once that share of the storm's calls has been made, then
 //! count the grants lost: stored refresh tokens that the provider no longer accepts).
 //! `--idle` seeds tokens that are not due and prints only the daemon's memory once it is
-//! ready and has settled. `STORM_WRAPPER` runs the daemon under a program (its words are
+//! ready and has settled. `STORM_DAEMON` names another daemon binary to measure (an older
+//! build, say; by default `target/release/tokenbroker`). `STORM_WRAPPER` runs the daemon under a program (its words are
 //! put before the daemon's command), e.g. `STORM_WRAPPER="valgrind --tool=massif"`.
 #![allow(
     clippy::print_stdout,
@@ -167,7 +168,46 @@ timeout = "30s"
 
 /// The daemon's CPU time so far (user and system), from `/proc/PID/stat`.
 fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// The threads' CPU time so far, by what they do (their names), in a fixed order.
+fn cpu_by_part(pid: u32) -> [Duration; PARTS.len()] {
+    let mut parts = [Duration::ZERO; PARTS.len()];
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let part = PARTS
+            .iter()
+            .position(|(prefix, _)| comm.starts_with(prefix))
+            .unwrap_or(PARTS.len() - 1);
+        parts[part] += stat_cpu(&task.path().join("stat").display().to_string());
+    }
+    parts
+}
+
+/// Thread name prefixes, and what the threads do.
+const PARTS: [(&str, &str); 5] = [
+    (
+        "tokio-rt-worker",
+        "runtime (HTTP to the provider and callers, JSON, sealing)",
+    ),
+    (
+        "tokenbroker-sto",
+        "store writer (journal append and fdatasync, sled insert)",
+    ),
+    ("sled-io", "sled's I/O threads"),
+    ("tokenbroker-log", "log writer"),
+    ("", "other"),
+];
+
+fn stat_cpu(path: &str) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    if stat.is_empty() {
+        return Duration::ZERO;
+    }
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .unwrap()
@@ -278,6 +318,7 @@ struct Row {
     cycle: Duration,
     bound: Duration,
     cpu_per_refresh: Duration,
+    parts_per_refresh: [Duration; PARTS.len()],
     bytes_per_refresh: u64,
     store_bytes_per_refresh: u64,
     startup_mb: u64,
@@ -314,13 +355,18 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
     fake.set_latency(options.latency);
     let config = config(work.path(), &fake, options.max_concurrent);
     let log = std::fs::File::create(work.path().join("daemon.log")).unwrap();
-    let binary = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("tokenbroker");
+    let binary = std::env::var_os("STORM_DAEMON").map_or_else(
+        || {
+            let examples = std::env::current_exe().unwrap();
+            examples
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("tokenbroker")
+        },
+        PathBuf::from,
+    );
     let started = Instant::now();
     let wrapper = std::env::var("STORM_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
@@ -349,7 +395,8 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
     let ready = started.elapsed();
     let written_start = written(pid);
     if options.idle {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Long enough for an allocator that returns memory after a delay to have done so.
+        tokio::time::sleep(Duration::from_secs(15)).await;
         let status = format!("/proc/{pid}/status");
         let (rss, peak) = (proc_field(&status, "VmRSS"), proc_field(&status, "VmHWM"));
         println!(
@@ -358,6 +405,12 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
             rss / 1024,
             rss * 1024 / accounts as u64,
             peak / 1024
+        );
+        let rollup = format!("/proc/{pid}/smaps_rollup");
+        println!(
+            "          anonymous {} MB, file-backed {} MB",
+            proc_field(&rollup, "Anonymous") / 1024,
+            (proc_field(&rollup, "Rss") - proc_field(&rollup, "Anonymous")) / 1024
         );
         terminate(pid);
         child.wait().unwrap();
@@ -414,6 +467,7 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
     // storm at its steady rate, without the start-up (sled rewrites its free segments when
     // it opens: `startup_MB`) and the tail.
     let mut window = Vec::new();
+    let mut parts = Vec::new();
     while fake.token_calls() < target {
         assert!(
             Instant::now() < limit,
@@ -423,6 +477,7 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
         let calls = fake.token_calls();
         if window.len() < 2 && calls >= accounts * (1 + 8 * window.len()) / 10 {
             window.push((calls, cpu(pid), written(pid), store_written(pid)));
+            parts.push(cpu_by_part(pid));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -445,6 +500,13 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
         _ => (Duration::ZERO, 0, 0),
     };
     let startup_mb = written_start / 1_000_000;
+    let parts_per_refresh = match (&parts[..], &window[..]) {
+        ([from, to], [(calls_from, ..), (calls_to, ..)]) => {
+            let calls = (calls_to - calls_from).max(1) as u32;
+            std::array::from_fn(|i| (to[i] - from[i]) / calls)
+        }
+        _ => [Duration::ZERO; PARTS.len()],
+    };
     storming.store(false, Ordering::SeqCst);
     for caller in callers {
         caller.await.unwrap();
@@ -480,6 +542,7 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
         cycle,
         bound,
         cpu_per_refresh,
+        parts_per_refresh,
         bytes_per_refresh,
         store_bytes_per_refresh,
         startup_mb,
@@ -557,6 +620,12 @@ async fn main() {
             row.threads_peak,
             row.lost,
         );
+        let parts: Vec<String> = PARTS
+            .iter()
+            .zip(row.parts_per_refresh)
+            .map(|((_, what), cpu)| format!("{:.3} ms {what}", cpu.as_secs_f64() * 1000.0))
+            .collect();
+        println!("  CPU per refresh: {}", parts.join("; "));
         if row.margin.is_zero() {
             println!("  the storm ended after the seeded tokens fell under min_valid");
         }

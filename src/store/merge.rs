@@ -5,7 +5,7 @@
 //! disagree; every copy carries the version it was written as, sealed with it, so the newest
 //! valid one is known. This module only decides; `sled.rs` applies the decision.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use super::schema::{self, Entry};
 use super::seal::Keyring;
@@ -49,8 +49,9 @@ pub(super) struct Newest {
 /// Every copy offered, reduced to the newest per account.
 #[derive(Debug, Default)]
 pub(super) struct Merge {
-    /// The newest copy of each account, by name.
-    pub(super) newest: BTreeMap<String, Newest>,
+    /// The newest copy of each account, by name. A hash map: one table, not a tree of
+    /// small nodes that would leave the heap fragmented once the open is over.
+    pub(super) newest: HashMap<String, Newest>,
     /// The highest version seen anywhere: the next write takes the one after it.
     pub(super) max_version: u64,
     /// Copies that could not be opened: the account's name and where (never contents).
@@ -133,10 +134,10 @@ impl Merge {
             in_journal: (source == Source::Journal).then_some(version),
         };
         match slot {
-            std::collections::btree_map::Entry::Vacant(vacant) => {
+            std::collections::hash_map::Entry::Vacant(vacant) => {
                 vacant.insert(candidate);
             }
-            std::collections::btree_map::Entry::Occupied(mut occupied) => {
+            std::collections::hash_map::Entry::Occupied(mut occupied) => {
                 let held = occupied.get_mut();
                 if source == Source::Database {
                     held.in_database = Some(version);

@@ -184,10 +184,11 @@ impl SledStore {
                 "some stored copies do not authenticate (damaged); the newest readable copy of each was used"
             );
         }
-        let behind: Vec<(String, Vec<u8>, bool)> = merge
+        let mut behind: Vec<(String, Vec<u8>, bool)> = merge
             .database_behind()
             .map(|(name, newest)| (name.to_owned(), newest.value.clone(), newest.removed()))
             .collect();
+        behind.sort();
         if !behind.is_empty() {
             let names: Vec<&str> = behind.iter().map(|(name, ..)| name.as_str()).collect();
             tracing::warn!(
@@ -219,6 +220,8 @@ impl SledStore {
                 }
             }
         }
+        // In name order, as the database lists them.
+        decoded.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let frames = journal.frame_count() as u64;
         let mut open = Open {
             journal: if journal_found && journal.damage.is_none() {

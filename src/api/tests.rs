@@ -9,6 +9,7 @@ use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::access::tests::client;
@@ -77,7 +78,14 @@ pub(super) async fn api() -> Api {
         policy: RefreshPolicy::default(),
         max_concurrent: 2,
     };
-    let broker = Broker::open(store, vec![provider], clock.clone(), config).unwrap();
+    let broker = Broker::open(
+        store,
+        vec![provider],
+        clock.clone(),
+        config,
+        TaskTracker::new(),
+    )
+    .unwrap();
     let clients = vec![
         client("backup", None, &[1001], &["dropbox-*"]),
         client("sidecar", Some("sidecar-key"), &[], &["corp"]),
@@ -463,7 +471,14 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
     let providers = vec![Arc::new(
         Provider::new(fake.provider_config("fake")).unwrap(),
     )];
-    let broker = Broker::open(store, providers, Arc::new(clock.clone()), config).unwrap();
+    let broker = Broker::open(
+        store,
+        providers,
+        Arc::new(clock.clone()),
+        config,
+        TaskTracker::new(),
+    )
+    .unwrap();
     let readiness = Arc::new(ArcSwap::from_pointee(Readiness {
         required: vec![],
         check_interval: Duration::from_secs(30),

@@ -269,7 +269,9 @@ impl Broker {
                 flow.expires_at = self.now() + device.expires_in.min(FLOW_LIFETIME);
                 let broker = self.clone();
                 let ticket = ticket.clone();
-                tokio::spawn(async move {
+                // Tracked like every broker task; shutdown ends its waits (not a poll in flight,
+                // whose answer may carry the grant).
+                self.inner.tasks.spawn(async move {
                     broker
                         .poll_device(&ticket, handle, device.device_code, device.interval)
                         .await
@@ -537,7 +539,13 @@ impl Broker {
         mut interval: Duration,
     ) {
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = self.inner.cancel.cancelled() => {
+                    tracing::info!("a device flow was left unfinished: tokenbroker is shutting down");
+                    return;
+                }
+            }
             let live = self
                 .flows()
                 .by_ticket

@@ -264,6 +264,9 @@ struct Inner {
     tasks: TaskTracker,
     /// Set by `shut_down`: no new call to a provider is started.
     closing: AtomicBool,
+    /// Cancelled by `shut_down`: waits that need not finish (a device flow's polling
+    /// interval) end at once.
+    cancel: tokio_util::sync::CancellationToken,
     clock: SharedClock,
     providers: RwLock<HashMap<String, Arc<Provider>>>,
     /// Read for every token served, changed only by a reload: an `ArcSwap`, whose reads
@@ -346,17 +349,21 @@ impl Broker {
     ///
     /// # Errors
     /// The store cannot be read.
+    /// Every task the broker starts is spawned on `tasks`, which the caller owns; the
+    /// broker closes it and waits for it in `shut_down`.
     pub fn open(
         store: Arc<dyn Store>,
         providers: Vec<Arc<Provider>>,
         clock: SharedClock,
         config: Config,
+        tasks: TaskTracker,
     ) -> Result<Self, StoreError> {
         Self::open_with_random(
             store,
             providers,
             clock,
             config,
+            tasks,
             Arc::new(rand::random::<f64>),
         )
     }
@@ -370,14 +377,16 @@ impl Broker {
         providers: Vec<Arc<Provider>>,
         clock: SharedClock,
         config: Config,
+        tasks: TaskTracker,
         random: RandomSource,
     ) -> Result<Self, StoreError> {
         let records = store.load_all()?;
         let inner = Inner {
             store: Writer::start(store),
             store_problem: Mutex::new(None),
-            tasks: TaskTracker::new(),
+            tasks,
             closing: AtomicBool::new(false),
+            cancel: tokio_util::sync::CancellationToken::new(),
             clock,
             providers: RwLock::new(by_name(providers)),
             policy: ArcSwap::from_pointee(config.policy),
@@ -968,6 +977,7 @@ impl Broker {
     /// could not be stored, and says what is left.
     pub async fn shut_down(&self, limit: Duration) -> ShutdownReport {
         self.inner.closing.store(true, Ordering::SeqCst);
+        self.inner.cancel.cancel();
         self.inner.tasks.close();
         let finished = tokio::time::timeout(limit, self.inner.tasks.wait())
             .await

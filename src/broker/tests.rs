@@ -89,6 +89,7 @@ async fn harness_with(policy: RefreshPolicy) -> Harness {
             policy,
             max_concurrent: 4,
         },
+        TaskTracker::new(),
         Arc::new(|| 0.5),
     )
     .unwrap();
@@ -117,6 +118,29 @@ impl Harness {
         for handle in self.broker.sweep() {
             handle.await.unwrap();
         }
+    }
+
+    /// Another broker on the same store and clock, with one provider `name` at `endpoints`.
+    fn second_broker(
+        &self,
+        name: &str,
+        endpoints: crate::provider::Endpoints,
+        tasks: TaskTracker,
+    ) -> Broker {
+        let mut config = self.fake.provider_config(name);
+        config.endpoints = crate::provider::EndpointSource::Fixed(endpoints);
+        Broker::open_with_random(
+            self.store.clone(),
+            vec![Arc::new(Provider::new(config).unwrap())],
+            Arc::new(self.clock.clone()),
+            Config {
+                policy: RefreshPolicy::default(),
+                max_concurrent: 1,
+            },
+            tasks,
+            Arc::new(|| 0.5),
+        )
+        .unwrap()
     }
 
     fn stored_refresh_token(&self) -> String {
@@ -650,24 +674,13 @@ async fn an_expired_state_is_refused_without_a_token_call() {
     let h = harness().await;
     let callback: url::Url = "http://127.0.0.1:8765/oauth/callback".parse().unwrap();
     let start_base: url::Url = "http://127.0.0.1:8765/oauth/start/".parse().unwrap();
-    let mut config = h.fake.provider_config("web");
-    config.endpoints = crate::provider::EndpointSource::Fixed(crate::provider::Endpoints {
+    let endpoints = crate::provider::Endpoints {
         token: h.fake.token_url().parse().unwrap(),
         authorize: Some(h.fake.authorize_url().parse().unwrap()),
         revoke: None,
         device: None,
-    });
-    let broker = Broker::open_with_random(
-        h.store.clone(),
-        vec![Arc::new(Provider::new(config).unwrap())],
-        Arc::new(h.clock.clone()),
-        Config {
-            policy: RefreshPolicy::default(),
-            max_concurrent: 1,
-        },
-        Arc::new(|| 0.5),
-    )
-    .unwrap();
+    };
+    let broker = h.second_broker("web", endpoints, TaskTracker::new());
     let started = broker
         .begin_connect(
             name("late"),
@@ -1041,4 +1054,31 @@ async fn a_caller_that_needs_a_fresher_token_does_not_wait_behind_a_storm() {
         2 * ACCOUNTS,
         "the queued refresh of the account refreshed on demand was dropped"
     );
+}
+
+#[tokio::test]
+async fn a_device_flow_is_a_tracked_task_that_shutdown_ends() {
+    let h = harness().await;
+    let endpoints = crate::provider::Endpoints {
+        token: h.fake.token_url().parse().unwrap(),
+        authorize: None,
+        revoke: None,
+        device: Some(h.fake.device_url().parse().unwrap()),
+    };
+    let tasks = TaskTracker::new();
+    let broker = h.second_broker("tv", endpoints, tasks.clone());
+    let unused: url::Url = "http://127.0.0.1:8765/oauth/".parse().unwrap();
+    broker
+        .begin_connect(name("tv"), "tv", ConnectMode::Device, &unused, &unused)
+        .await
+        .unwrap();
+    assert_eq!(
+        tasks.len(),
+        1,
+        "the device poller runs on the tracker it was given"
+    );
+    // The user never approves: the poller would wait up to the flow's lifetime.
+    let report = broker.shut_down(Duration::from_secs(10)).await;
+    assert!(!report.unfinished, "shutdown waited for the device flow");
+    assert!(tasks.is_empty());
 }

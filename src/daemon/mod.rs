@@ -58,8 +58,16 @@ pub async fn run(
     );
     let providers = providers(&settings).context("while setting up providers")?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let broker = Broker::open(store, providers, clock.clone(), settings.broker.clone())
-        .context("while loading accounts")?;
+    // The broker's tasks (refreshes, imports, device flows) are on a tracker of their own:
+    // shutdown waits for them longer than for connections.
+    let broker = Broker::open(
+        store,
+        providers,
+        clock.clone(),
+        settings.broker.clone(),
+        TaskTracker::new(),
+    )
+    .context("while loading accounts")?;
     seed_declared_accounts(&broker, &settings.accounts).await?;
 
     let metrics = Arc::new(Metrics::new(settings.metrics));

@@ -10,14 +10,9 @@
 //! `tracing-subscriber`'s own visitor. The output is byte for byte what `Format<Full>`,
 //! `DefaultFields` and the `SystemTime` timer write, and the tests hold it to that. With
 //! colours (a terminal) the default format itself is used.
-//!
-//! [`direct`] writes one event the same way without `tracing`'s dispatch, straight into the
-//! log writer: the line every token served writes, where that dispatch cost more than the
-//! rest of serving the token.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -28,8 +23,6 @@ use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
-
-use crate::log_writer::BatchWriter;
 
 /// `time LEVEL span{fields}:span: target: message fields`, as `Format<Full>` writes it
 /// without colours.
@@ -226,124 +219,6 @@ fn write_cached(w: &mut impl fmt::Write, time: SystemTime) -> Option<fmt::Result
         w.write_str(micros)?;
         w.write_char('Z')
     }))
-}
-
-/// Where [`direct`] writes, and whether its lines start with a [`Timestamp`].
-#[derive(Debug)]
-struct DirectSink {
-    writer: BatchWriter,
-    style: Line,
-}
-
-static DIRECT: OnceLock<DirectSink> = OnceLock::new();
-
-/// Sends the lines of [`direct`] to `writer`. Call it only where the installed subscriber
-/// writes `style` lines to `writer`, so that both kinds of line are the
-/// same; with any other format, [`direct`] declines and the event goes through `tracing`. A
-/// second call changes nothing.
-pub fn write_directly(writer: BatchWriter, style: Line) {
-    // Only the first call counts: the subscriber, too, is installed once.
-    let _ = DIRECT.set(DirectSink { writer, style });
-}
-
-/// Writes an event (its message a literal) as [`Line`] writes it outside every span,
-/// straight into the log writer (see [`write_directly`]), and returns `true`; or returns
-/// `false`, having called nothing, when lines are written another way (JSON, colours, tests)
-/// or the clock is outside the years 1970 to 9999. The caller then emits the event through
-/// `tracing`.
-///
-/// For the event written on every token served: `tracing`'s dispatch, field visitors and
-/// formatting layer cost more than the rest of serving the token. The caller checks first
-/// that the event is enabled (`tracing::enabled!`), as the `tracing` macros do.
-pub fn direct(
-    level: Level,
-    target: &str,
-    message: &'static str,
-    fields: impl FnOnce(&mut DirectFields<'_>),
-) -> bool {
-    let Some(sink) = DIRECT.get() else {
-        return false;
-    };
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "a log line's time is the wall clock's by definition"
-    )]
-    let time = sink.style.timer.is_some().then(SystemTime::now);
-    let mut line = LINE.take();
-    line.clear();
-    if sink.style.priority {
-        line.push_str(priority(level));
-    }
-    let written = write_direct(&mut line, time, level, target, message, fields);
-    if written {
-        sink.writer.append(line.as_bytes());
-    }
-    LINE.set(line);
-    written
-}
-
-/// The line of [`direct`] at `time` (`None`: without a timestamp), into `line`; `false` if
-/// `time` is outside the years 1970 to 9999, before `fields` is called.
-fn write_direct(
-    line: &mut String,
-    time: Option<SystemTime>,
-    level: Level,
-    target: &str,
-    message: &str,
-    fields: impl FnOnce(&mut DirectFields<'_>),
-) -> bool {
-    if let Some(time) = time {
-        // Writing to a `String` does not fail.
-        if write_cached(line, time).is_none() {
-            return false;
-        }
-        line.push(' ');
-    }
-    line.push_str(self::level(level));
-    line.push_str(target);
-    line.push_str(": ");
-    // A literal of ours: nothing in it for `Line` to escape.
-    debug_assert!(!message.contains(is_terminal_control), "{message:?}");
-    line.push_str(message);
-    fields(&mut DirectFields { line });
-    line.push('\n');
-    true
-}
-
-/// The fields of a line written by [`direct`], each written as [`Line`] writes a field of
-/// that kind.
-#[derive(Debug)]
-pub struct DirectFields<'a> {
-    line: &'a mut String,
-}
-
-impl DirectFields<'_> {
-    /// `name = value` for a `&str` value: `name="value"`.
-    pub fn str(&mut self, name: &str, value: &str) -> &mut Self {
-        self.name(name);
-        let _ = write_str_value(self.line, value);
-        self
-    }
-
-    /// `name = value` for an integer.
-    pub fn integer(&mut self, name: &str, value: impl itoa::Integer) -> &mut Self {
-        self.name(name);
-        self.line.push_str(itoa::Buffer::new().format(value));
-        self
-    }
-
-    /// `name = %value` for a `&str` value: the text as it is.
-    pub fn text(&mut self, name: &str, value: &str) -> &mut Self {
-        self.name(name);
-        self.line.push_str(value);
-        self
-    }
-
-    fn name(&mut self, name: &str) {
-        self.line.push(' ');
-        self.line.push_str(name);
-        self.line.push('=');
-    }
 }
 
 /// Formats fields as `DefaultFields` does, faster for plain strings and numbers.

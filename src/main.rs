@@ -135,8 +135,6 @@ fn init_logging(
                 .fmt_fields(log_format::Fields)
                 .event_format(style())
                 .init();
-            // The token-served line, the same as `Line`'s, skips `tracing`'s dispatch.
-            log_format::write_directly(writer, style());
         }
     }
     guard

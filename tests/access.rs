@@ -97,9 +97,8 @@ async fn another_user_gets_only_the_accounts_its_client_allows() {
     let admin_route = as_nobody(&["refresh", "allowed-a"]);
     assert!(String::from_utf8_lossy(&admin_route.stderr).contains("not an admin"));
     let log = daemon.logged("token served").await;
-    let expected = format!(
-        " INFO tokenbroker::api::handlers: token served client=\"nightly\" uid={NOBODY} pid="
-    );
+    let expected =
+        format!(" INFO tokenbroker::audit: token served client=\"nightly\" uid={NOBODY} pid=");
     let line = log
         .lines()
         .find(|l| l.contains(&expected))

@@ -589,3 +589,38 @@ async fn the_cli_follows_pages_past_a_thousand_accounts() {
     let listed: Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed["accounts"].as_array().unwrap().len(), 1003);
 }
+
+/// OPERATIONS.md: `RUST_LOG=info,tokenbroker::audit=warn` drops the token-served line alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_line_has_a_target_of_its_own() {
+    let http = format!("127.0.0.1:{}", support::free_port());
+    let home = Home::new();
+    let daemon = home
+        .start_dev(&[
+            ("RUST_LOG", "info,tokenbroker::audit=warn"),
+            ("TOKENBROKER__SERVER__HTTP", &http),
+        ])
+        .await;
+    let (code, _) = daemon.request("GET", "/v1/token/demo", None).await;
+    assert_eq!(code, 200);
+    let (code, _) = daemon.request("GET", "/v1/accounts/demo", None).await;
+    assert_eq!(code, 200);
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("tokenbroker ready"),
+        "other info lines stay: {logs}"
+    );
+    assert!(!logs.contains("token served"), "{logs}");
+
+    drop(daemon);
+    let home = Home::new();
+    let daemon = home
+        .start_dev(&[("RUST_LOG", "info"), ("TOKENBROKER__SERVER__HTTP", &http)])
+        .await;
+    daemon.request("GET", "/v1/token/demo", None).await;
+    let logs = daemon.logged("token served").await;
+    assert!(
+        logs.contains(" INFO tokenbroker::audit: token served client="),
+        "{logs}"
+    );
+}

@@ -15,7 +15,6 @@ use super::types::{
 };
 use super::{ApiError, AppState, Caller, Peer, TokenClient};
 use crate::broker::{BrokerError, ServedToken};
-use crate::log_format;
 use crate::secret::{AccessToken, ApiKey, RefreshToken};
 use crate::token::AccountName;
 
@@ -409,41 +408,21 @@ pub(super) fn token_response(
     response
 }
 
-/// The info line of every token handed out: who had which account's token (never the token).
-/// Written straight into the log writer where the log format allows (see
-/// `log_format::direct`), through `tracing` otherwise; the same line either way.
+/// The target of the audit line written for every token handed out: `RUST_LOG` can set its
+/// level apart from the rest (`tokenbroker::audit=warn` turns it off).
+const AUDIT_TARGET: &str = "tokenbroker::audit";
+
+/// The audit line of every token handed out: who had which account's token (never the token).
 fn log_token_served(caller: &Caller, name: &str, expires_in: std::time::Duration) {
-    if !tracing::enabled!(tracing::Level::INFO) {
-        return;
-    }
-    let expires_in = expires_in.as_secs();
-    let written = log_format::direct(
-        tracing::Level::INFO,
-        module_path!(),
-        "token served",
-        |fields| {
-            fields.str("client", caller.name());
-            if let Some(uid) = caller.uid {
-                fields.integer("uid", uid);
-            }
-            if let Some(pid) = caller.pid {
-                fields.integer("pid", pid);
-            }
-            fields
-                .text("account", name)
-                .integer("expires_in", expires_in);
-        },
+    tracing::info!(
+        target: AUDIT_TARGET,
+        client = caller.name(),
+        uid = caller.uid,
+        pid = caller.pid,
+        account = %name,
+        expires_in = expires_in.as_secs(),
+        "token served"
     );
-    if !written {
-        tracing::info!(
-            client = caller.name(),
-            uid = caller.uid,
-            pid = caller.pid,
-            account = %name,
-            expires_in,
-            "token served"
-        );
-    }
 }
 
 /// The body of a token response: the bare token for `text/plain`, else JSON.

@@ -236,110 +236,26 @@ fn timestamps_have_the_shape_of_the_default_timer() {
     assert_eq!(shape(&ours), shape(&theirs));
 }
 
-/// A line of `direct` and the same event's line through `tracing` and `Line`, at `Fixed`'s
-/// time or without one.
-fn direct_and_traced(
-    timestamps: bool,
-    level: Level,
-    fields: impl Fn(&mut DirectFields<'_>),
-    event: impl Fn(),
-) -> (String, String) {
-    let time = humantime::parse_rfc3339("2026-11-29T07:42:58.123456Z").unwrap();
-    let mut direct = String::new();
-    assert!(write_direct(
-        &mut direct,
-        timestamps.then_some(time),
-        level,
-        "tokenbroker::api::handlers",
-        "token served",
-        fields,
-    ));
+/// The audit line of a token handed out, as `api::handlers` emits it, through the daemon's
+/// own format: the one line every token served writes, held to its exact bytes.
+#[test]
+fn the_token_served_audit_line() {
     let captured = Captured::default();
-    let builder = tracing_subscriber::fmt()
+    let line = Line {
+        timer: Some(Fixed),
+        priority: false,
+    };
+    let subscriber = tracing_subscriber::fmt()
         .with_writer(captured.clone())
         .with_ansi(false)
         .fmt_fields(Fields)
-        .with_max_level(tracing::Level::TRACE);
-    let line = Line {
-        timer: timestamps.then_some(Fixed),
-        priority: false,
-    };
-    tracing::subscriber::with_default(builder.event_format(line).finish(), event);
-    (direct, captured.text())
-}
-
-#[test]
-fn direct_lines_are_the_lines_of_the_same_events_through_tracing() {
-    const TARGET: &str = "tokenbroker::api::handlers";
-    for timestamps in [true, false] {
-        let (direct, traced) = direct_and_traced(
-            timestamps,
-            Level::INFO,
-            |fields| {
-                fields
-                    .str("client", "job")
-                    .integer("uid", 1000u32)
-                    .integer("pid", 4242i32)
-                    .text("account", "demo")
-                    .integer("expires_in", 3599u64);
-            },
-            || tracing::info!(target: TARGET, client = "job", uid = Some(1000u32), pid = Some(4242i32), account = %"demo", expires_in = 3599u64, "token served"),
-        );
-        assert!(
-            direct.ends_with(
-                " INFO tokenbroker::api::handlers: token served client=\"job\" uid=1000 \
-                 pid=4242 account=demo expires_in=3599\n"
-            ),
-            "{direct}"
-        );
-        assert_eq!(
-            direct.starts_with("2026-11-29T07:42:58.123456Z "),
-            timestamps
-        );
-        assert_eq!(direct, traced);
-
-        // Strings that need escaping, absent fields, extreme numbers, another level.
-        let client = "say \"hi\" \\ zürich ✓ \u{1b}[2J\n";
-        let (direct, traced) = direct_and_traced(
-            timestamps,
-            Level::WARN,
-            |fields| {
-                fields
-                    .str("client", client)
-                    .str("empty", "")
-                    .text("account", "a b\u{9b}")
-                    .integer("big", u64::MAX)
-                    .integer("small", i32::MIN);
-            },
-            || tracing::warn!(target: TARGET, client, uid = None::<u32>, empty = "", account = %"a b\u{9b}", big = u64::MAX, small = i32::MIN, "token served"),
-        );
-        assert!(
-            direct.contains(r#"client="say \"hi\" \\ zürich ✓ \u{1b}[2J\n""#),
-            "{direct}"
-        );
-        assert_eq!(direct, traced);
-    }
-}
-
-#[test]
-fn a_clock_outside_the_years_it_can_write_leaves_the_line_to_tracing() {
-    let mut line = String::new();
-    let before_1970 = UNIX_EPOCH - Duration::from_secs(1);
-    let written = write_direct(
-        &mut line,
-        Some(before_1970),
-        Level::INFO,
-        "target",
-        "message",
-        |_| panic!("fields are not written"),
+        .event_format(line)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(target: "tokenbroker::audit", client = "nightly", uid = Some(1000u32), pid = None::<i32>, account = %"dropbox-backup", expires_in = 3599u64, "token served");
+    });
+    assert_eq!(
+        captured.text(),
+        "2026-11-29T07:42:58.123456Z  INFO tokenbroker::audit: token served client=\"nightly\" uid=1000 account=dropbox-backup expires_in=3599\n"
     );
-    assert!(!written);
-}
-
-#[test]
-fn without_a_direct_writer_installed_events_go_through_tracing() {
-    // Unit tests never install one: the caller is told to use `tracing`.
-    assert!(!direct(Level::INFO, "target", "message", |_| panic!(
-        "fields are not written"
-    )));
 }

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::clock::{Clock, ManualClock};
+use crate::secret::RefreshToken;
 use crate::store::{self, SledStore};
 use crate::testing::{FakeProvider, Reply};
 

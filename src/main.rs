@@ -54,13 +54,24 @@ async fn run(command: Command, env: &Env) -> anyhow::Result<()> {
             let environment = dev::prepare(env).await?;
             eprintln!("{}", dev::banner(&environment.settings));
             tracing::warn!("running in dev mode: nothing is secured");
-            daemon::run(environment.settings.clone(), shutdown_signal(), None).await
+            let listeners = daemon::bind(&environment.settings).await?;
+            let clock = std::sync::Arc::new(tokenbroker::clock::SystemClock);
+            daemon::run(
+                environment.settings.clone(),
+                listeners,
+                clock,
+                shutdown_signal(),
+                None,
+            )
+            .await
         }
         Command::Serve { config, .. } => {
             let settings = config::load(&config, env)?;
             let env = env.clone();
             let reload: daemon::Loader = Box::new(move || config::load(&config, &env));
-            daemon::run(settings, shutdown_signal(), Some(reload)).await
+            let listeners = daemon::bind(&settings).await?;
+            let clock = std::sync::Arc::new(tokenbroker::clock::SystemClock);
+            daemon::run(settings, listeners, clock, shutdown_signal(), Some(reload)).await
         }
         Command::CheckConfig { config } => {
             let settings = config::load(&config, env)?;

@@ -1,9 +1,11 @@
-//! Wiring and lifecycle: open the store, bind, spawn, notify systemd, wait (reloading on
+//! Wiring and lifecycle: bind, open the store, spawn, notify systemd, wait (reloading on
 //! `SIGHUP`), drain.
 //!
 //! The only module that handles signals, and where the listeners and sinks are spawned
-//! (the scheduler and the store keep their own guard task and writer thread). `run` takes the
-//! shutdown future as an argument, so tests (and the dev mode) can stop it any way they like.
+//! (the scheduler and the store keep their own guard task and writer thread). `bind` and
+//! `run` are apart, and `run` takes the listeners, the clock and the shutdown future as
+//! arguments, so tests run the whole daemon in their own process (port 0, their own clock)
+//! and stop it any way they like.
 
 use std::future::Future;
 use std::io;
@@ -22,7 +24,7 @@ use self::reload::Live;
 pub use self::reload::Loader;
 use crate::api::{self, listen, Access, AppState, Readiness};
 use crate::broker::{Broker, ShutdownReport};
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::SharedClock;
 use crate::config::{DeclaredAccount, Settings};
 use crate::metrics::Metrics;
 use crate::provider::Provider;
@@ -36,20 +38,79 @@ mod reload;
 /// Extra time, beyond the connection drain, that tasks get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the daemon until `shutdown` completes, then stops cleanly. On `SIGHUP` the
-/// configuration is loaded again with `reload` (`None`: nothing to reload, as in dev mode).
+/// The daemon's listeners: the Unix socket (its file removed when this is dropped) and
+/// loopback TCP, bound by [`bind`] or taken from systemd.
+#[derive(Debug)]
+pub struct Listeners {
+    socket: SocketFile,
+    tcp: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Where the TCP listener is (a test binds port 0 and asks).
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.as_ref().and_then(|tcp| tcp.local_addr().ok())
+    }
+}
+
+/// Takes the sockets systemd passed, or binds `server.socket` and `server.http`. The first
+/// step of a daemon: it also makes everything the process creates private (umask 077) and
+/// raises the open-file limit.
 ///
 /// # Errors
-/// The store cannot be opened, a listener cannot be bound, the scheduler cannot start, or
-/// the `SIGHUP` handler cannot be installed.
+/// A socket cannot be bound (a live daemon's socket is never replaced), or what systemd
+/// passed cannot be used.
+pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+    // Everything we create (store files, temporary files) is private unless made otherwise.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    raise_open_file_limit();
+    let activated = activation::take()?;
+    let socket = match activated.unix {
+        Some(listener) => {
+            let passed = listener.local_addr().ok();
+            let path = passed.as_ref().and_then(|a| a.as_pathname());
+            tracing::info!(socket = ?path, "serving the Unix socket systemd passed (socket activation)");
+            if path != Some(settings.api.socket.as_path()) {
+                tracing::warn!(
+                    passed = ?path,
+                    configured = %settings.api.socket.display(),
+                    "the socket systemd passed is not server.socket; the CLI looks for server.socket"
+                );
+            }
+            SocketFile::passed(&settings.api.socket, listener)?
+        }
+        None => SocketFile::bind(&settings.api.socket, settings.api.socket_group)?,
+    };
+    let tcp = match (activated.tcp, settings.api.http) {
+        (Some(listener), _) => {
+            tracing::info!("serving the TCP socket systemd passed (socket activation)");
+            Some(TcpListener::from_std(listener).context("while taking the passed TCP socket")?)
+        }
+        (None, Some(addr)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("while binding {addr}"))?,
+        ),
+        (None, None) => None,
+    };
+
+    Ok(Listeners { socket, tcp })
+}
+
+/// Runs the daemon on `listeners` (from [`bind`]) and `clock` until `shutdown` completes,
+/// then stops cleanly. On `SIGHUP` the configuration is loaded again with `reload` (`None`:
+/// nothing to reload, as in dev mode).
+///
+/// # Errors
+/// The store cannot be opened, the scheduler cannot start, or the `SIGHUP` handler cannot
+/// be installed.
 pub async fn run(
     settings: Settings,
+    listeners: Listeners,
+    clock: SharedClock,
     shutdown: impl Future<Output = ()>,
     reload: Option<Loader>,
 ) -> anyhow::Result<()> {
-    // Everything we create (store files, temporary files) is private unless made otherwise.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-
     let store_config = settings.store.clone();
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || SledStore::open(&store_config))
@@ -57,7 +118,6 @@ pub async fn run(
             .context("while opening the store")??,
     );
     let providers = providers(&settings).context("while setting up providers")?;
-    let clock: SharedClock = Arc::new(SystemClock);
     // The broker's tasks (refreshes, imports, device flows) are on a tracker of their own:
     // shutdown waits for them longer than for connections.
     let broker = Broker::open(
@@ -88,39 +148,9 @@ pub async fn run(
         metrics: metrics.clone(),
     };
     let api = api::Service::new(state);
-    raise_open_file_limit();
-    let activated = activation::take()?;
-    let mut socket = match activated.unix {
-        Some(listener) => {
-            let passed = listener.local_addr().ok();
-            let path = passed.as_ref().and_then(|a| a.as_pathname());
-            tracing::info!(socket = ?path, "serving the Unix socket systemd passed (socket activation)");
-            if path != Some(settings.api.socket.as_path()) {
-                tracing::warn!(
-                    passed = ?path,
-                    configured = %settings.api.socket.display(),
-                    "the socket systemd passed is not server.socket; the CLI looks for server.socket"
-                );
-            }
-            SocketFile::passed(&settings.api.socket, listener)?
-        }
-        None => SocketFile::bind(&settings.api.socket, settings.api.socket_group)?,
-    };
-    let tcp = match (activated.tcp, settings.api.http) {
-        (Some(listener), _) => {
-            tracing::info!("serving the TCP socket systemd passed (socket activation)");
-            Some(TcpListener::from_std(listener).context("while taking the passed TCP socket")?)
-        }
-        (None, Some(addr)) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("while binding {addr}"))?,
-        ),
-        (None, None) => None,
-    };
-
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let Listeners { mut socket, tcp } = listeners;
     tasks.spawn(listen::serve_unix(
         socket.take_listener(),
         api.clone(),

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
 
@@ -62,7 +63,8 @@ pub fn cron_expression(interval: Duration) -> Result<String, SchedulerError> {
 #[allow(missing_debug_implementations)] // JobScheduler has no Debug
 pub struct Scheduler {
     inner: JobScheduler,
-    guard: JoinHandle<()>,
+    /// Ends the guard task (spawned on the tracker the caller gave).
+    stop_guard: CancellationToken,
 }
 
 /// What a tick does, shared by the cron job and the guard: one sweep at a time, then
@@ -99,13 +101,15 @@ impl Scheduler {
     ///
     /// # Errors
     /// A bad interval, or the scheduler failed to start.
+    /// The guard task is spawned on `tasks`; `shutdown` ends it.
     pub async fn start(
         broker: Broker,
         config: &Config,
         on_tick: Arc<dyn Fn() + Send + Sync>,
+        tasks: &TaskTracker,
     ) -> Result<Self, SchedulerError> {
         let sweep = move || broker.sweep().len();
-        Self::start_with(Arc::new(sweep), config, on_tick).await
+        Self::start_with(Arc::new(sweep), config, on_tick, tasks).await
     }
 
     /// As `start`, with `sweep` doing the work of each tick (it returns how many tasks it
@@ -114,6 +118,7 @@ impl Scheduler {
         sweep: Arc<dyn Fn() -> usize + Send + Sync>,
         config: &Config,
         on_tick: Arc<dyn Fn() + Send + Sync>,
+        tasks: &TaskTracker,
     ) -> Result<Self, SchedulerError> {
         let expression = cron_expression(config.check_interval)?;
         let runner = Arc::new(Runner {
@@ -132,13 +137,21 @@ impl Scheduler {
         let inner = JobScheduler::new().await?;
         inner.add(job).await?;
         inner.start().await?;
-        let guard = tokio::spawn(guard(runner, config.check_interval));
-        Ok(Self { inner, guard })
+        let stop_guard = CancellationToken::new();
+        let guarding = guard(runner, config.check_interval);
+        let stopped = stop_guard.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = guarding => {}
+                () = stopped.cancelled() => {}
+            }
+        });
+        Ok(Self { inner, stop_guard })
     }
 
     /// Stops ticking.
     pub async fn shutdown(mut self) {
-        self.guard.abort();
+        self.stop_guard.cancel();
         if let Err(error) = self.inner.shutdown().await {
             tracing::warn!(error = %error, "scheduler did not shut down cleanly");
         }
@@ -270,7 +283,8 @@ mod tests {
         let config = Config {
             check_interval: Duration::from_secs(1),
         };
-        let scheduler = Scheduler::start_with(Arc::new(sweep), &config, Arc::new(on_tick))
+        let tasks = TaskTracker::new();
+        let scheduler = Scheduler::start_with(Arc::new(sweep), &config, Arc::new(on_tick), &tasks)
             .await
             .unwrap();
         let stalled =

@@ -97,7 +97,11 @@ fn global_state_is_only_where_it_is_allowed() {
     rust_files(&src, &mut files);
     let mut found = Vec::new();
     for path in files {
-        let relative = path.strip_prefix(&src).unwrap().display().to_string();
+        let relative = path
+            .strip_prefix(&src)
+            .expect("under src")
+            .display()
+            .to_string();
         if relative.starts_with("testing/") || relative.ends_with("tests.rs") {
             continue;
         }
@@ -133,5 +137,78 @@ fn global_state_is_only_where_it_is_allowed() {
     assert!(
         stale.is_empty(),
         "listed statics that no longer exist: {stale:?}"
+    );
+}
+
+/// Source files, outside tests and the test-support fake, that may spawn tasks with
+/// `tokio::spawn` themselves, and why. Everything else spawns on a `TaskTracker` it is
+/// handed (the broker's tasks, the scheduler's guard), so that shutdown knows of it.
+const SPAWNERS: &[(&str, &str)] = &[
+    ("daemon/mod.rs", "the daemon owns the process's tasks"),
+    (
+        "api/listen.rs",
+        "one task per connection and its idle watchdog",
+    ),
+    (
+        "dev.rs",
+        "the dev mode's mock provider, aborted when the dev environment drops",
+    ),
+];
+
+/// Source files that may read the wall or monotonic clock directly (clippy's
+/// `disallowed_methods` refuses it elsewhere; this keeps the exceptions from spreading).
+const CLOCK_READERS: &[(&str, &str)] = &[
+    ("clock.rs", "the system clock itself"),
+    (
+        "log_format.rs",
+        "a log line's time is the wall clock's by definition",
+    ),
+];
+
+/// The non-test source files containing `needle`, relative to `src/`.
+fn sources_containing(needle: &str) -> Vec<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files
+        .iter()
+        .filter_map(|path| {
+            let relative = path
+                .strip_prefix(&src)
+                .expect("under src")
+                .display()
+                .to_string();
+            let text = std::fs::read_to_string(path).expect("readable file");
+            // A file's own unit tests come last, after `#[cfg(test)]`.
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let test_only = relative.starts_with("testing/") || relative.ends_with("tests.rs");
+            (!test_only && code.contains(needle)).then_some(relative)
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_daemon_and_the_listener_spawn_tasks_of_their_own() {
+    for needle in ["tokio::spawn(", "tokio::task::spawn("] {
+        let stray: Vec<_> = sources_containing(needle)
+            .into_iter()
+            .filter(|file| !SPAWNERS.iter().any(|(f, _)| f == file))
+            .collect();
+        assert!(
+            stray.is_empty(),
+            "{needle} outside tidy.rs's list: {stray:?}"
+        );
+    }
+}
+
+#[test]
+fn only_the_clock_and_the_log_line_read_the_system_clock() {
+    let stray: Vec<_> = sources_containing("clippy::disallowed_methods")
+        .into_iter()
+        .filter(|file| !CLOCK_READERS.iter().any(|(f, _)| f == file))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "clock reads allowed outside tidy.rs's list: {stray:?}"
     );
 }

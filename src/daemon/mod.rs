@@ -168,8 +168,13 @@ pub async fn run(
         cancel.clone(),
     ));
     sinks.write_all();
-    let scheduler =
-        Scheduler::start(broker.clone(), &settings.scheduler, watchdog(&settings)).await?;
+    let scheduler = Scheduler::start(
+        broker.clone(),
+        &settings.scheduler,
+        watchdog(&settings),
+        &tasks,
+    )
+    .await?;
     broker.sweep(); // catch up at once rather than at the first tick
 
     notify(&[sd_notify::NotifyState::Ready]);

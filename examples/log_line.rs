@@ -1,5 +1,5 @@
 //! What formatting one "token served" log line costs: `tracing-subscriber`'s default human
-//! format against ours (`tokenbroker::log_format`), the same event written to `io::sink`
+//! format against ours (`tokenbroker::logging::format`), the same event written to `io::sink`
 //! (so that only formatting and dispatch are timed), one after the other in the same run.
 //!
 //! `cargo run --release --example log_line [EVENTS]`
@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokenbroker::log_format::{Fields, Line};
+use tokenbroker::logging::format::{Fields, Line};
 use tracing_subscriber::fmt::SubscriberBuilder;
 
 fn main() {

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokenbroker::cli::{self, Cli, Command, LogFormat};
 use tokenbroker::config::{self, ConfigError, Env};
-use tokenbroker::{daemon, dev, log_format, log_writer};
+use tokenbroker::logging::{format as log_format, writer as log_writer};
+use tokenbroker::{daemon, dev};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc rather than glibc's allocator: at 100k accounts the daemon sat at 403 MB after

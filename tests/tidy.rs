@@ -69,17 +69,17 @@ const STATICS: &[(&str, &str, &str)] = &[
         "the constant name of the admin caller, shared not copied",
     ),
     (
-        "log_format.rs",
+        "logging/format.rs",
         "LINE",
         "a per-thread buffer the line is built in",
     ),
     (
-        "log_format.rs",
+        "logging/format.rs",
         "SECOND",
         "the per-thread cache of the current second's text",
     ),
     (
-        "log_writer.rs",
+        "logging/writer.rs",
         "LINE",
         "a per-thread buffer the line is copied into",
     ),
@@ -160,7 +160,7 @@ const SPAWNERS: &[(&str, &str)] = &[
 const CLOCK_READERS: &[(&str, &str)] = &[
     ("clock.rs", "the system clock itself"),
     (
-        "log_format.rs",
+        "logging/format.rs",
         "a log line's time is the wall clock's by definition",
     ),
 ];

@@ -144,7 +144,7 @@ fn lines_are_written_as_the_default_format_writes_them() {
     for timestamps in [true, false] {
         let expected = render_line(timestamps, false);
         assert_eq!(
-            expected.matches("log_format::tests: ").count(),
+            expected.matches("logging::format::tests: ").count(),
             16,
             "{expected}"
         );
@@ -178,7 +178,7 @@ fn render(ansi: bool, fast: bool) -> String {
 fn fields_are_written_as_the_default_formatter_writes_them() {
     let expected = render(false, false);
     assert_eq!(
-        expected.matches("log_format::tests: ").count(),
+        expected.matches("logging::format::tests: ").count(),
         16,
         "{expected}"
     );

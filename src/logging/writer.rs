@@ -162,15 +162,6 @@ impl Shared {
     }
 }
 
-impl BatchWriter {
-    /// Appends `lines` (whole lines, each ending in a newline) to the batch, as a `tracing`
-    /// event's line is: for lines written without `tracing`'s dispatch
-    /// (`log_format::direct`).
-    pub fn append(&self, lines: &[u8]) {
-        self.shared.append(lines);
-    }
-}
-
 impl Drop for Line<'_> {
     fn drop(&mut self) {
         self.shared.append(&self.text);
@@ -254,17 +245,6 @@ mod tests {
                 .collect();
             assert_eq!(numbers, (0..5_000).collect::<Vec<_>>(), "thread {thread}");
         }
-    }
-
-    #[test]
-    fn appended_lines_and_formatted_ones_arrive_in_order() {
-        let output = Shared::default();
-        let (writer, guard) = batched(output.clone());
-        line(&writer, "formatted 1\n");
-        writer.append(b"appended\n");
-        line(&writer, "formatted 2\n");
-        drop(guard);
-        assert_eq!(output.text(), "formatted 1\nappended\nformatted 2\n");
     }
 
     #[test]

@@ -1,212 +1,22 @@
-//! The command line: clap types, and the client commands that talk to the daemon.
-//!
-//! Client commands never open the store (the daemon is its one writer); they call the HTTP
-//! API over the Unix socket and share its request and response types (`api::types`).
-#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool prints
+//! What each client command does: `exec`, `token`, `accounts`, `import`, `connect`,
+//! `refresh`, `remove`, `man`, and printing their results.
 
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::SystemTime;
 
 use anyhow::{bail, Context as _};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::de::DeserializeOwned;
 
 use crate::api::types::{
-    AccountBody, AccountsBody, ConnectBody, ConnectRequest, ConnectStatusBody, ErrorBody,
-    HealthBody, ImportBody, TokenBody, MAX_PAGE,
+    AccountBody, AccountsBody, ConnectBody, ConnectRequest, ConnectStatusBody, ImportBody,
+    TokenBody, MAX_PAGE,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, Env, DEFAULT_PATH};
+use crate::config::Env;
 use crate::token::AccountName;
 
-/// How long a client command waits for the daemon (a token may need a refresh first).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// tokenbroker keeps OAuth 2.0 access tokens fresh and serves them to local programs.
-#[derive(Debug, Parser)]
-#[command(name = "tokenbroker", version, about, propagate_version = true)]
-pub struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
-    pub log_format: LogFormat,
-    /// Log level or filter (overrides RUST_LOG), e.g. `debug` or `tokenbroker=trace`.
-    #[arg(long, global = true)]
-    pub log_level: Option<String>,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Log output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Readable lines.
-    Human,
-    /// One flat JSON object per line, for log shippers.
-    Json,
-}
-
-/// The subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the daemon in the foreground.
-    Serve {
-        /// Configuration file.
-        #[arg(long, env = "TOKENBROKER_CONFIG", default_value = DEFAULT_PATH)]
-        config: PathBuf,
-        /// Try-it-out mode: temporary store, a mock provider, an account `demo`. Secures nothing.
-        #[arg(long, conflicts_with = "config")]
-        dev: bool,
-    },
-    /// Validate the configuration, print its effective settings (no secrets), and exit.
-    CheckConfig {
-        /// Configuration file.
-        #[arg(long, env = "TOKENBROKER_CONFIG", default_value = DEFAULT_PATH)]
-        config: PathBuf,
-    },
-    /// List accounts: name, provider, status, expiry, last refresh, last error.
-    Accounts {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Only accounts in this status (active, refreshing, degraded, needs_reauth).
-        #[arg(long)]
-        status: Option<String>,
-        /// Only accounts whose name matches this glob pattern (e.g. 'dropbox-*').
-        #[arg(long)]
-        name: Option<String>,
-        /// At most this many accounts (default: every one, fetched a page at a time).
-        #[arg(long)]
-        limit: Option<usize>,
-        /// How to reach the daemon.
-        #[command(flatten)]
-        daemon: Daemon,
-    },
-    /// Print an account's current access token.
-    Token {
-        /// The account.
-        name: String,
-        /// Refresh first unless the token has at least this long left (e.g. 5m).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        min_valid: Option<Duration>,
-        /// Print the JSON answer (token, type, expiry, scope).
-        #[arg(long)]
-        json: bool,
-        /// How to reach the daemon.
-        #[command(flatten)]
-        daemon: Daemon,
-    },
-    /// Store a refresh token obtained elsewhere; it is refreshed at once to prove it works.
-    Import {
-        /// The account name to store it under.
-        name: String,
-        /// The configured provider that issued it.
-        #[arg(long)]
-        provider: String,
-        /// Read the refresh token from this file.
-        #[arg(long, group = "source", required = true)]
-        refresh_token_file: Option<PathBuf>,
-        /// Read the refresh token from standard input.
-        #[arg(long, group = "source")]
-        refresh_token_stdin: bool,
-        /// How to reach the daemon.
-        #[command(flatten)]
-        daemon: Daemon,
-    },
-    /// Connect (or reconnect) an account: approve in a browser, and the daemon keeps the grant.
-    Connect {
-        /// The account name.
-        name: String,
-        /// The configured provider.
-        #[arg(long)]
-        provider: String,
-        /// Print the authorize URL without a redirect and read the code the provider shows.
-        #[arg(long, conflicts_with = "device")]
-        no_redirect: bool,
-        /// Use the device flow (RFC 8628): enter a code on any device.
-        #[arg(long)]
-        device: bool,
-        /// How to reach the daemon.
-        #[command(flatten)]
-        daemon: Daemon,
-    },
-    /// Run a command with a fresh access token in its environment; exits with its status.
-    Exec {
-        /// The account whose token to pass.
-        #[arg(long)]
-        account: String,
-        /// The variable to put it in (default: the account name in capitals, then `_TOKEN`).
-        #[arg(long)]
-        env: Option<String>,
-        /// The token must have at least this long left (default: the daemon's
-        /// refresh.min_valid, capped at half the token's lifetime, as for `token`).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        min_valid: Option<Duration>,
-        /// The command and its arguments.
-        #[arg(last = true, required = true)]
-        command: Vec<std::ffi::OsString>,
-        /// How to reach the daemon.
-        #[command(flatten)]
-        daemon: Daemon,
-    },
-    /// Ask the daemon's /healthz or /readyz over its socket; exit 0 if it answers 200. For
-    /// container health checks and Kubernetes exec probes (the API is on loopback only).
-    Probe {
-        /// The route to ask.
-        #[arg(value_parser = ["/healthz", "/readyz"])]
-        route: String,
-        /// How to reach the daemon.
-        #[command(flatten)]
-        daemon: Daemon,
-    },
-    /// Print shell completions.
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
-    /// Print the man page (roff), or the page of one command (`tokenbroker man serve`).
-    Man {
-        /// The command whose page to print (tokenbroker-COMMAND(1), which the main page lists).
-        command: Option<String>,
-    },
-    /// Re-seal the store under a new key (the key tokenbroker manages in store.dir).
-    Rekey {
-        /// How to reach the daemon.
-        #[command(flatten)]
-        daemon: Daemon,
-    },
-    /// Refresh an account's token now.
-    Refresh {
-        /// The account.
-        name: String,
-        /// How to reach the daemon.
-        #[command(flatten)]
-        daemon: Daemon,
-    },
-    /// Forget an account.
-    Remove {
-        /// The account.
-        name: String,
-        /// Revoke the grant at the provider first; the account is kept if that fails.
-        #[arg(long)]
-        revoke: bool,
-        /// How to reach the daemon.
-        #[command(flatten)]
-        daemon: Daemon,
-    },
-}
-
-/// How a client command finds the daemon.
-#[derive(Debug, Args)]
-pub struct Daemon {
-    /// The daemon's socket (default: from the configuration, else /run/tokenbroker/tokenbroker.sock).
-    #[arg(long, env = "TOKENBROKER_SOCKET")]
-    socket: Option<PathBuf>,
-    /// Configuration file to read the socket path from.
-    #[arg(long, env = "TOKENBROKER_CONFIG", default_value = DEFAULT_PATH)]
-    config: PathBuf,
-}
+use super::args::{Cli, Command};
+use super::client::Client;
 
 /// Standard output was closed by its reader (`tokenbroker man | head`): the command ends
 /// quietly and successfully, as Unix tools do, instead of panicking in `println!`.
@@ -223,13 +33,6 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
         Err(error) => Err(error).context("while writing to standard output"),
     }
-}
-
-/// `println!` for command output, through [`write_stdout`]; returns early on failure.
-macro_rules! say {
-    ($($arg:tt)*) => {
-        write_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())?
-    };
 }
 
 /// `tokenbroker exec`: fetches a token, runs the command with it, and returns the command's
@@ -651,126 +454,6 @@ fn segment(name: &str) -> String {
         .replace('+', "%20")
 }
 
-struct Client {
-    http: reqwest::Client,
-    socket: PathBuf,
-}
-
-/// `configured`, unless no socket is there and a dev daemon's is (`serve --dev` in another
-/// terminal): then the dev socket, saying so.
-fn fall_back_to_dev(configured: PathBuf, env: &Env) -> PathBuf {
-    let dev = config::dev_socket_path(env);
-    let dev_is_there = dev.parent().is_some_and(config::is_private_dir) && dev.exists();
-    if configured.exists() || !dev_is_there {
-        return configured;
-    }
-    eprintln!(
-        "tokenbroker: no socket at {}; using the dev daemon's socket {}",
-        configured.display(),
-        dev.display()
-    );
-    dev
-}
-
-/// Why the daemon's socket could not be reached, with the operating system's error and what
-/// to do about it.
-fn unreachable(socket: &Path, error: &reqwest::Error) -> anyhow::Error {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    let io = std::iter::from_fn(|| {
-        let current = cause?;
-        cause = current.source();
-        Some(current)
-    })
-    .find_map(|e| e.downcast_ref::<std::io::Error>());
-    let socket = socket.display();
-    let Some(io) = io else {
-        return anyhow::anyhow!("cannot talk to tokenbroker at {socket}: {error}");
-    };
-    let advice = match io.kind() {
-        std::io::ErrorKind::NotFound => "no socket there (ENOENT): is the daemon running, and is this its server.socket? (see --socket or TOKENBROKER_SOCKET)",
-        std::io::ErrorKind::PermissionDenied => "permission denied (EACCES): your user must be in the socket's group (server.socket_group), or run as a member of it",
-        std::io::ErrorKind::ConnectionRefused => "connection refused (ECONNREFUSED): a socket file is there but no daemon listens on it; start tokenbroker",
-        _ => return anyhow::anyhow!("cannot reach tokenbroker at {socket}: {io}"),
-    };
-    anyhow::anyhow!("cannot reach tokenbroker at {socket}: {advice}")
-}
-
-impl Client {
-    fn new(daemon: &Daemon, env: &Env) -> anyhow::Result<Self> {
-        let socket = match &daemon.socket {
-            Some(socket) => socket.clone(),
-            None => fall_back_to_dev(config::socket_path(&daemon.config, env), env),
-        };
-        crate::provider::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .unix_socket(socket.clone())
-            .timeout(CLIENT_TIMEOUT)
-            .build()?;
-        Ok(Self { http, socket })
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> anyhow::Result<reqwest::Response> {
-        let mut request = self.http.request(method, format!("http://localhost{path}"));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| unreachable(&self.socket, &error))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status();
-        match response.json::<ErrorBody>().await {
-            Ok(error) => bail!("{} ({})", error.message, error.error),
-            Err(_) => bail!("the daemon answered HTTP {status}"),
-        }
-    }
-
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> anyhow::Result<T> {
-        let response = self.send(method, path, body).await?;
-        response
-            .json()
-            .await
-            .context("the daemon's answer is not what this client expects")
-    }
-
-    /// `/healthz` or `/readyz`: the body whatever the status, an error naming the problems
-    /// unless it is 200.
-    async fn health(&self, route: &str) -> anyhow::Result<HealthBody> {
-        let response = self
-            .http
-            .get(format!("http://localhost{route}"))
-            .send()
-            .await
-            .map_err(|error| unreachable(&self.socket, &error))?;
-        let status = response.status();
-        let body: HealthBody = response
-            .json()
-            .await
-            .context("the daemon's answer is not what this client expects")?;
-        if !status.is_success() {
-            bail!("{route}: {} ({})", body.status, body.problems.join("; "));
-        }
-        Ok(body)
-    }
-
-    async fn call_empty(&self, method: reqwest::Method, path: &str) -> anyhow::Result<()> {
-        self.send(method, path, None).await.map(drop)
-    }
-}
-
 /// Every account the filters select (up to `limit`), following the daemon's pages.
 async fn list_accounts(
     client: &Client,
@@ -877,6 +560,8 @@ fn format_secs(seconds: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

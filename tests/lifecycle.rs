@@ -263,3 +263,20 @@ async fn half_sent_requests_are_closed_within_seconds() {
     let (status, body) = daemon.request("GET", "/v1/token/none", None).await;
     assert_eq!((status, body["error"].clone()), (404, json!("not_found")));
 }
+
+/// A core dump would hold every refresh token in clear: the daemon allows none.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_writes_no_core_dump() {
+    let http = format!("127.0.0.1:{}", support::free_port());
+    let home = Home::new();
+    let daemon = home
+        .start_dev(&[("TOKENBROKER__SERVER__HTTP", &http)])
+        .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|line| line.starts_with("Max core file size"))
+        .unwrap();
+    let numbers: Vec<&str> = core.split_whitespace().skip(4).take(2).collect();
+    assert_eq!(numbers, ["0", "0"], "{core}");
+}

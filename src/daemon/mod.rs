@@ -63,6 +63,7 @@ impl Listeners {
 pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
     // Everything we create (store files, temporary files) is private unless made otherwise.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    forbid_core_dumps();
     raise_open_file_limit();
     let activated = activation::take()?;
     let socket = match activated.unix {
@@ -370,6 +371,22 @@ fn watchdog(settings: &Settings) -> std::sync::Arc<dyn Fn() + Send + Sync> {
 
 /// Lets the daemon hold as many connections as the system allows (the soft limit is often
 /// 1024), so a flood of connections meets the listener's own cap, not `EMFILE`.
+/// A core dump would hold every refresh token in clear: the process writes none (core
+/// limit 0) and is not dumpable (no core, and no attaching by other processes of its uid).
+fn forbid_core_dumps() {
+    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(error) = setrlimit(Resource::Core, none) {
+        tracing::warn!(error = %error, "cannot set the core file limit to 0");
+    }
+    if let Err(error) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        tracing::warn!(error = %error, "cannot make the process non-dumpable");
+    }
+}
+
 fn raise_open_file_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
@@ -469,5 +486,19 @@ impl Drop for SocketFile {
         if self.owned {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_daemon_cannot_dump_core() {
+        super::forbid_core_dumps();
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Core);
+        assert_eq!((limit.current, limit.maximum), (Some(0), Some(0)));
+        assert_eq!(
+            rustix::process::dumpable_behavior().unwrap(),
+            rustix::process::DumpableBehavior::NotDumpable
+        );
     }
 }

@@ -613,3 +613,25 @@ async fn ctrl_c_cancels_the_pending_flow() {
     );
     assert!(fake.authorize_requests().is_empty());
 }
+
+/// A hostile provider's device-flow texts carry terminal escape sequences (clear the screen,
+/// set the window title): `connect --device` prints them without the escapes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_providers_escape_sequences_do_not_reach_the_terminal() {
+    let fake = FakeProvider::start().await;
+    fake.set_device_texts("WDJB\u{1b}[2J-MJHT", "/device\u{1b}]0;pwned\u{7}");
+    let home = Home::new();
+    let (daemon, _) = daemon_with(&home, &public_provider("fake", &fake)).await;
+    let (mut child, mut lines) = spawn_connect(&daemon, &["tv", "--provider", "fake", "--device"]);
+    let code = lines.next().unwrap().unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, "WDJB?[2J-MJHT");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}'),
+        "{stderr:?}"
+    );
+    assert!(stderr.contains("/device?]0;pwned?"), "{stderr:?}");
+}

@@ -41,7 +41,16 @@ pub(super) fn check(
         ));
     }
     if matches!(peer, Some(Peer::Tcp(_))) {
-        let host = host.and_then(|v| v.to_str().ok());
+        // A Host that is not visible ASCII names nothing of ours: refused, not taken for none.
+        let host = match host.map(HeaderValue::to_str) {
+            None => None,
+            Some(Ok(text)) => Some(text),
+            Some(Err(_)) => {
+                return Err(ApiError::Forbidden(
+                    "the Host header is not readable text".into(),
+                ))
+            }
+        };
         if !host_allowed(host, public_url) {
             let shown = host
                 .unwrap_or("(none)")
@@ -80,6 +89,20 @@ fn host_allowed(host: Option<&str>, public_url: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_host_is_refused_not_taken_for_none() {
+        let public: Url = "http://127.0.0.1:8765".parse().unwrap();
+        let tcp = Peer::Tcp("127.0.0.1:40000".parse().unwrap());
+        let unreadable = HeaderValue::from_bytes(b"evil\xff.example").unwrap();
+        assert!(check(false, Some(&unreadable), Some(&tcp), &public).is_err());
+        let ours = HeaderValue::from_static("127.0.0.1:8765");
+        assert!(check(false, Some(&ours), Some(&tcp), &public).is_ok());
+        assert!(
+            check(false, None, Some(&tcp), &public).is_ok(),
+            "HTTP/1.0: no Host"
+        );
+    }
 
     #[test]
     fn loopback_names_and_the_public_host_are_ours() {

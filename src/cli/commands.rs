@@ -366,10 +366,14 @@ async fn connect(
         say!("{url}");
     }
     if let (Some(code), Some(uri)) = (&started.user_code, &started.verification_uri) {
-        eprintln!("On any device, go to {uri} and enter the code:");
-        say!("{code}");
+        // The provider's words: a hostile one must not reach the terminal's escape sequences.
+        eprintln!(
+            "On any device, go to {} and enter the code:",
+            printable(uri)
+        );
+        say!("{}", printable(code));
         if let Some(complete) = &started.verification_uri_complete {
-            eprintln!("(or open {complete})");
+            eprintln!("(or open {})", printable(complete));
         }
     }
     eprintln!("Waiting for approval; press Ctrl-C to cancel.");
@@ -389,10 +393,25 @@ async fn connect(
     }
 }
 
+/// `text` with what a terminal would act on (control characters, and the invisible marks
+/// that reorder text) shown as `?`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let reorders = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || reorders {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 fn connect_result(status: ConnectStatusBody) -> anyhow::Result<()> {
     match (status.status.as_str(), status.account) {
         ("connected", Some(account)) => {
-            let user = account.provider_user_id.as_deref().unwrap_or("unknown");
+            let user = printable(account.provider_user_id.as_deref().unwrap_or("unknown"));
             let expires = account.expires_at.as_deref().unwrap_or("unknown");
             say!(
                 "connected {} at {} (provider user id {user}); token expires at {expires}",
@@ -591,6 +610,17 @@ mod tests {
             lines[1],
             "dropbox-main  dropbox   active  3h59m       1m01s ago     -"
         );
+    }
+
+    #[test]
+    fn a_providers_text_reaches_the_terminal_without_its_escapes() {
+        assert_eq!(printable("WDJB-MJHT"), "WDJB-MJHT");
+        assert_eq!(
+            printable("https://evil.example/\u{1b}]0;pwned\u{7}\u{1b}[2J\r\n"),
+            "https://evil.example/?]0;pwned??[2J??"
+        );
+        assert_eq!(printable("abc\u{202e}fed"), "abc?fed");
+        assert_eq!(printable("zürich ✓"), "zürich ✓");
     }
 
     #[test]

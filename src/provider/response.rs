@@ -144,10 +144,10 @@ fn success(
         None | Some(Value::Null) => default_lifetime,
         Some(value) => expires_in(value),
     };
+    // A list of scopes (as some providers send) is joined first, then held to the same
+    // rule as a string: no control characters (CR, LF, ESC would be stored and served).
     let scope = match object.get("scope") {
-        Some(Value::String(scope)) if is_plain(scope, 4096) || scope.is_empty() => {
-            Some(scope.clone())
-        }
+        Some(Value::String(scope)) => Some(scope.clone()),
         Some(Value::Array(items)) => Some(
             items
                 .iter()
@@ -156,7 +156,8 @@ fn success(
                 .join(" "),
         ),
         _ => None,
-    };
+    }
+    .filter(|scope| is_plain(scope, 4096) || scope.is_empty());
     let user_id = ["account_id", "team_id", "user_id"]
         .iter()
         .find_map(|key| object.get(*key).and_then(Value::as_str))
@@ -355,6 +356,19 @@ mod tests {
         assert_eq!(response.token_type, "Bearer");
         assert_eq!(response.lifetime, Duration::from_secs(14400));
         assert!(response.refresh_token.is_none());
+    }
+
+    #[test]
+    fn a_scope_with_control_characters_is_dropped_in_every_form() {
+        for body in [
+            r#"{"access_token": "a", "expires_in": 60, "scope": "read\r\nX-Evil: 1"}"#,
+            r#"{"access_token": "a", "expires_in": 60, "scope": ["read", "\u001b[2J"]}"#,
+        ] {
+            let response = ok(body);
+            assert_eq!(response.scope, None, "{body}");
+        }
+        let listed = ok(r#"{"access_token": "a", "expires_in": 60, "scope": ["read", "write"]}"#);
+        assert_eq!(listed.scope.as_deref(), Some("read write"));
     }
 
     #[test]

@@ -90,6 +90,9 @@ struct Inner {
     latency: Duration,
     /// Issued access tokens are padded to this many bytes (Dropbox's are about 1.3 KB).
     access_token_length: usize,
+    /// The device flow's user code and verification URI path (a hostile provider's, say).
+    device_user_code: String,
+    device_uri_path: String,
     in_flight: usize,
     max_in_flight: usize,
     /// Issued authorization codes and what they were issued for.
@@ -157,6 +160,8 @@ impl FakeProvider {
                 refused_refreshes: 0,
                 latency: Duration::ZERO,
                 access_token_length: 0,
+                device_user_code: "WDJB-MJHT".into(),
+                device_uri_path: "/device".into(),
                 in_flight: 0,
                 max_in_flight: 0,
                 codes: std::collections::HashMap::new(),
@@ -288,6 +293,14 @@ impl FakeProvider {
     /// provider's (a benchmark's memory depends on it).
     pub fn set_access_token_length(&self, length: usize) {
         self.lock().access_token_length = length;
+    }
+
+    /// The device flow's user code and the path of its verification URI (any text: a
+    /// hostile provider's escape sequences, say).
+    pub fn set_device_texts(&self, user_code: &str, uri_path: &str) {
+        let mut inner = self.lock();
+        inner.device_user_code = user_code.into();
+        inner.device_uri_path = uri_path.into();
     }
 
     /// Whether `requests` keeps each request (on by default; a benchmark turns it off).
@@ -494,10 +507,17 @@ async fn authorize_decision(State(shared): State<Shared>, body: Bytes) -> Respon
 }
 
 async fn device_authorization(State(shared): State<Shared>) -> Json<Value> {
+    let (user_code, path) = {
+        let inner = shared.inner.lock().expect("fake provider lock");
+        (
+            inner.device_user_code.clone(),
+            inner.device_uri_path.clone(),
+        )
+    };
     Json(json!({
         "device_code": format!("fake-device-{}", shared.nonce),
-        "user_code": "WDJB-MJHT",
-        "verification_uri": format!("{}/device", shared.base),
+        "user_code": user_code,
+        "verification_uri": format!("{}{path}", shared.base),
         "expires_in": 120,
         "interval": 1,
     }))

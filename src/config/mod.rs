@@ -107,6 +107,22 @@ pub fn load_str(
     )
 }
 
+/// A parse error's message without the lines it quotes from the file (`5 | client_secret =
+/// "…`): a syntax error on a line holding an inline secret must not print the secret. The
+/// line and column stay, and so does what is wrong.
+fn without_file_text(message: &str) -> String {
+    message
+        .lines()
+        .filter(|line| {
+            let quoted = line
+                .trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit());
+            !quoted.trim_start().starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn build<S>(
     file: S,
     source_name: String,
@@ -134,7 +150,7 @@ where
         .and_then(|loaded| loaded.try_deserialize::<raw::Raw>())
         .map_err(|error| ConfigError {
             source_name: source_name.clone(),
-            problems: vec![error.to_string()],
+            problems: vec![without_file_text(&error.to_string())],
         })?;
     let context = resolve::Context {
         base_dir: base_dir.to_owned(),

@@ -266,6 +266,18 @@ fn every_error_names_its_key() {
 }
 
 #[test]
+fn a_syntax_error_does_not_quote_the_line_it_is_on() {
+    for toml in [
+        "[providers.d]\npreset = \"dropbox\"\nclient_id = \"x\"\nclient_secret = \"s3cr3t-never-printed\n",
+        "[providers.d]\nclient_secret = \"s3cr3t-never-printed\" junk\n",
+    ] {
+        let text = error(toml, &[]);
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("TOML parse error at line"), "{text}");
+    }
+}
+
+#[test]
 fn all_problems_are_reported_at_once_without_secret_contents() {
     let files = example_files();
     files.write("empty", "\n");

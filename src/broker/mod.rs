@@ -49,7 +49,8 @@ use crate::token::{AccountName, AccountRecord, IssuedToken, RefreshPolicy};
 
 /// A wall clock ahead of the monotonic one by less than this is not taken for a step.
 const CLOCK_STEP_TOLERANCE: Duration = Duration::from_secs(1);
-/// A caller that presents a rejected token may force a refresh at most this often.
+/// A caller that presents a rejected token, or asks for more validity than a good token has,
+/// may cause a refresh at most this often.
 pub const REJECTED_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The broker. Cheap to clone; clones share everything.
@@ -251,6 +252,9 @@ impl Broker {
         if let Some(token) = self.servable(&slot.state(), min_valid)? {
             return Ok(token);
         }
+        if min_valid.is_some() {
+            self.may_refresh_for_more_validity(&slot.state())?;
+        }
         let now_ok = |broker: &Self, state: &SlotState| {
             broker.servable(state, min_valid).ok().flatten().is_some()
         };
@@ -258,6 +262,35 @@ impl Broker {
         let state = slot.state();
         self.servable(&state, min_valid)?
             .ok_or_else(|| self.unavailable(&state))
+    }
+
+    /// A caller that asks for more validity than a good token has (a large `min_valid`) gets
+    /// a refresh at most every [`REJECTED_REFRESH_INTERVAL`]: otherwise every request could
+    /// cost an upstream call. A token that is not good by the default rule is always
+    /// refreshed.
+    fn may_refresh_for_more_validity(&self, state: &SlotState) -> Result<(), BrokerError> {
+        let Some(token) = &state.record.token else {
+            return Ok(());
+        };
+        if self.servable(state, None)?.is_none() {
+            return Ok(());
+        }
+        let since = self
+            .now()
+            .duration_since(token.issued_at())
+            .unwrap_or(Duration::ZERO);
+        if since >= REJECTED_REFRESH_INTERVAL {
+            return Ok(());
+        }
+        Err(BrokerError::Unavailable {
+            name: state.record.name.clone(),
+            message: format!(
+                "this token was issued {}s ago; a token with more time left is fetched at most every {}s",
+                since.as_secs(),
+                REJECTED_REFRESH_INTERVAL.as_secs()
+            ),
+            retry_after: (REJECTED_REFRESH_INTERVAL - since).max(Duration::from_secs(1)),
+        })
     }
 
     /// A caller's API call was refused with `rejected`. If that is still the current token,

@@ -1083,3 +1083,31 @@ async fn a_device_flow_is_a_tracked_task_that_shutdown_ends() {
     assert!(!report.unfinished, "shutdown waited for the device flow");
     assert!(tasks.is_empty());
 }
+
+#[tokio::test]
+async fn asking_for_more_validity_than_a_fresh_token_has_refreshes_at_most_every_30_s() {
+    let h = harness().await;
+    h.import().await;
+    assert_eq!(h.fake.token_calls(), 1);
+    // A token of 4 h, asked for with 4 h - 1 s left: fine at once, not two seconds later.
+    let greedy = Some(HOUR * 4 - Duration::from_secs(1));
+    h.broker.token(&name("a"), greedy).await.unwrap();
+    h.clock.advance(Duration::from_secs(2));
+    for _ in 0..12 {
+        let answer = h.broker.token(&name("a"), greedy).await;
+        assert!(
+            matches!(&answer, Err(BrokerError::Unavailable { retry_after, .. }) if *retry_after == Duration::from_secs(28)),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(h.fake.token_calls(), 1, "no refresh per request");
+    // The default validity is still served meanwhile.
+    h.broker.token(&name("a"), None).await.unwrap();
+    h.clock.advance(REJECTED_REFRESH_INTERVAL);
+    h.broker.token(&name("a"), greedy).await.unwrap();
+    assert_eq!(
+        h.fake.token_calls(),
+        2,
+        "once the floor has passed, refreshed"
+    );
+}

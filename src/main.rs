@@ -76,6 +76,9 @@ async fn run(command: Command, env: &Env) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let settings = config::load(&config, env)?;
+            for warning in &settings.warnings {
+                eprintln!("tokenbroker: warning: {warning}");
+            }
             cli::write_stdout(format!("{}\n", settings.summary()).as_bytes())
         }
         client => cli::run_client(client, env).await,

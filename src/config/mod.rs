@@ -42,6 +42,8 @@ pub struct Settings {
     pub accounts: Vec<DeclaredAccount>,
     /// What `/metrics` shows of each account.
     pub metrics: crate::metrics::Detail,
+    /// What is allowed but unwise (a secret other users can read), for the log.
+    pub warnings: Vec<String>,
 }
 
 /// An account named in the configuration.
@@ -85,7 +87,7 @@ pub fn load(path: &Path, env: &Env) -> Result<Settings, ConfigError> {
         .format(config::FileFormat::Toml)
         .required(true);
     let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
-    build(file, source_name, &base_dir, env)
+    build(file, Some(path), source_name, &base_dir, env)
 }
 
 /// Loads a configuration given as TOML text (the dev mode's built-in one), with environment
@@ -101,6 +103,7 @@ pub fn load_str(
 ) -> Result<Settings, ConfigError> {
     build(
         config::File::from_str(toml, config::FileFormat::Toml),
+        None,
         source_name.to_owned(),
         base_dir,
         env,
@@ -123,8 +126,21 @@ fn without_file_text(message: &str) -> String {
         .join("\n")
 }
 
+/// The file's mode if users other than ours may read it: anyone (world-readable), or a
+/// group that is not our own (a file `root:tokenbroker 0640`, as the install makes the
+/// configuration, is read by the daemon's group alone and is fine).
+pub(crate) fn readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let metadata = std::fs::metadata(path).ok()?;
+    let mode = metadata.permissions().mode() & 0o777;
+    let ours = rustix::process::getegid().as_raw();
+    let others = mode & 0o004 != 0 || (mode & 0o040 != 0 && metadata.gid() != ours);
+    others.then_some(mode)
+}
+
 fn build<S>(
     file: S,
+    config_path: Option<&Path>,
     source_name: String,
     base_dir: &Path,
     env: &Env,
@@ -155,10 +171,23 @@ where
     let context = resolve::Context {
         base_dir: base_dir.to_owned(),
         credentials_dir: env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        warnings: std::cell::RefCell::default(),
+        inline_secrets: std::cell::RefCell::default(),
     };
     resolve::settings(raw, &context)
         .map(|mut settings| {
             settings.source = source_name.clone();
+            settings.warnings = context.warnings.take();
+            let inline = context.inline_secrets.take();
+            if let (Some(path), Some(first)) = (config_path, inline.first()) {
+                if let Some(mode) = readable_by_others(path) {
+                    settings.warnings.push(format!(
+                        "{} holds secrets inline ({first}{}) and can be read by other users (mode {mode:04o}): chmod 600 it, or move them into *_file settings",
+                        path.display(),
+                        if inline.len() > 1 { ", …" } else { "" },
+                    ));
+                }
+            }
             settings
         })
         .map_err(|problems| ConfigError {

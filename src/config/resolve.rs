@@ -36,6 +36,10 @@ pub(super) struct Context {
     pub(super) base_dir: PathBuf,
     /// systemd's `$CREDENTIALS_DIRECTORY`, searched first.
     pub(super) credentials_dir: Option<PathBuf>,
+    /// What is allowed but unwise, said as it is found.
+    pub(super) warnings: std::cell::RefCell<Vec<String>>,
+    /// The keys of secrets given inline in the file (their values never).
+    pub(super) inline_secrets: std::cell::RefCell<Vec<String>>,
 }
 
 pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<String>> {
@@ -81,15 +85,21 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
             crate::metrics::Detail::PerAccount
         }
     };
-    if !problems.is_empty() {
-        return Err(problems);
-    }
     let store_dir = raw
         .store
         .dir
         .clone()
         .unwrap_or_else(|| DEFAULT_STORE_DIR.into());
     let key_file = store_key_path(raw.store.key_file.as_deref(), &store_dir, context);
+    if let Some(mode) = super::readable_by_others(&key_file) {
+        problems.push(format!(
+            "store.key_file: {} can be read by other users (mode {mode:04o}); it unlocks every stored refresh token: chmod 600 it",
+            key_file.display()
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     let store = store::Config {
         dir: store_dir,
         key_file,
@@ -114,6 +124,7 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
         providers,
         accounts,
         metrics,
+        warnings: Vec::new(),
     })
 }
 
@@ -222,7 +233,13 @@ fn provider(
             ));
             None
         }
-        (Some(inline), None) => Some(ClientSecret::new(inline.clone())),
+        (Some(inline), None) => {
+            context
+                .inline_secrets
+                .borrow_mut()
+                .push(key("client_secret"));
+            Some(ClientSecret::new(inline.clone()))
+        }
         (None, Some(file)) => {
             read_secret(file, &key("client_secret_file"), context, problems).map(ClientSecret::new)
         }
@@ -592,6 +609,12 @@ fn read_secret(
         ));
         return None;
     };
+    if let Some(mode) = super::readable_by_others(path) {
+        context.warnings.borrow_mut().push(format!(
+            "{key}: {} can be read by other users (mode {mode:04o}): chmod 600 it",
+            path.display()
+        ));
+    }
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size > MAX_SECRET_FILE_BYTES {
         problems.push(format!(

@@ -384,6 +384,7 @@ fn the_store_key_is_found_in_the_credentials_directory_first() {
         "generated beside the store by default"
     );
     let credential = files.write("creds/store-key", "k");
+    chmod(&credential, 0o400); // as systemd makes credentials: the service's user's alone
     let path = files.write("config.toml", toml);
     let env: Env = [(
         "CREDENTIALS_DIRECTORY".to_owned(),
@@ -451,4 +452,56 @@ fn an_issuer_beside_explicit_urls_is_the_expected_iss_and_is_not_discovered() {
         provider.issuer.as_deref(),
         Some("https://login.example.com/realms/x")
     );
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_store_key_other_users_can_read_is_refused() {
+    let files = Files::new();
+    let key = files.write("store/store-key", &"ab".repeat(32));
+    let toml = format!(
+        "[store]\ndir = \"{}\"",
+        files.dir.path().join("store").display()
+    );
+    chmod(&key, 0o644);
+    let text = files.load(&toml, &[]).unwrap_err().to_string();
+    assert!(
+        text.contains("store.key_file") && text.contains("0644"),
+        "{text}"
+    );
+    chmod(&key, 0o600);
+    assert!(files.load(&toml, &[]).is_ok());
+}
+
+#[test]
+fn secrets_other_users_can_read_are_warned_about_by_file() {
+    let files = Files::new();
+    let secret = files.write("dropbox-secret", "dropbox-SECRET-value");
+    let by_file = "[providers.d]\npreset = \"dropbox\"\nclient_id = \"x\"\nclient_secret_file = \"dropbox-secret\"";
+    chmod(&secret, 0o644);
+    let settings = files.load(by_file, &[]).unwrap();
+    assert_eq!(settings.warnings.len(), 1, "{:?}", settings.warnings);
+    assert!(settings.warnings[0].contains("providers.d.client_secret_file"));
+    assert!(settings.warnings[0].contains("dropbox-secret"));
+    assert!(!settings.warnings[0].contains("SECRET-value"));
+    chmod(&secret, 0o600);
+    assert!(files.load(by_file, &[]).unwrap().warnings.is_empty());
+    // Readable by our own group only, as the install makes files for the daemon's group.
+    chmod(&secret, 0o640);
+    assert!(files.load(by_file, &[]).unwrap().warnings.is_empty());
+
+    let inline =
+        "[providers.d]\npreset = \"dropbox\"\nclient_id = \"x\"\nclient_secret = \"inline-SECRET\"";
+    let path = files.write("config.toml", inline);
+    chmod(&path, 0o644);
+    let settings = load(&path, &Env::new()).unwrap();
+    assert_eq!(settings.warnings.len(), 1, "{:?}", settings.warnings);
+    assert!(settings.warnings[0].contains("providers.d.client_secret"));
+    assert!(!settings.warnings[0].contains("inline-SECRET"));
+    chmod(&path, 0o600);
+    assert!(load(&path, &Env::new()).unwrap().warnings.is_empty());
 }

@@ -112,6 +112,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     reload: Option<Loader>,
 ) -> anyhow::Result<()> {
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let store_config = settings.store.clone();
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || SledStore::open(&store_config))

@@ -56,6 +56,9 @@ impl Live {
 
     async fn apply(&mut self, loaded: Result<Settings, ConfigError>) -> Result<(), String> {
         let new = loaded.map_err(|error| format!("configuration error in {error}"))?;
+        for warning in &new.warnings {
+            tracing::warn!("{warning}");
+        }
         let providers =
             providers(&new).map_err(|error| format!("a provider cannot be set up: {error}"))?;
         let applied = self.keep_fixed(new);

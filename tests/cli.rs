@@ -605,6 +605,9 @@ async fn the_audit_line_has_a_target_of_its_own() {
     assert_eq!(code, 200);
     let (code, _) = daemon.request("GET", "/v1/accounts/demo", None).await;
     assert_eq!(code, 200);
+    // Stopped first, so that every line it would write has been written.
+    let mut daemon = daemon;
+    assert!(daemon.terminate().success());
     let logs = daemon.logs();
     assert!(
         logs.contains("tokenbroker ready"),

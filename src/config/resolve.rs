@@ -91,6 +91,9 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
         .clone()
         .unwrap_or_else(|| DEFAULT_STORE_DIR.into());
     let key_file = store_key_path(raw.store.key_file.as_deref(), &store_dir, context);
+    if let Some(problem) = foreign_store_dir(&store_dir) {
+        problems.push(format!("store.dir: {} {problem}", store_dir.display()));
+    }
     if let Some(mode) = super::readable_by_others(&key_file) {
         problems.push(format!(
             "store.key_file: {} can be read by other users (mode {mode:04o}); it unlocks every stored refresh token: chmod 600 it",
@@ -579,6 +582,30 @@ fn resolve_id(
 /// Where the store key is: absolute as given; relative in `$CREDENTIALS_DIRECTORY` if it is
 /// there (systemd `LoadCredential=`, TPM-bound keys), else in the store directory, where a
 /// new store generates it.
+/// Why an existing store directory cannot be trusted, if it cannot: a symbolic link, owned
+/// by another user, or writable by others (any of them could plant files the daemon would
+/// then write or read as its own key). A directory that does not exist yet is made private.
+fn foreign_store_dir(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let metadata = std::fs::symlink_metadata(dir).ok()?;
+    let ours = rustix::process::geteuid().as_raw();
+    let mode = metadata.permissions().mode() & 0o777;
+    if metadata.file_type().is_symlink() {
+        Some("is a symbolic link; give the directory itself".into())
+    } else if metadata.uid() != ours {
+        Some(format!(
+            "is owned by uid {}, not by the daemon's uid {ours}",
+            metadata.uid()
+        ))
+    } else if mode & 0o022 != 0 {
+        Some(format!(
+            "can be written by other users (mode {mode:04o}); chmod 700 it"
+        ))
+    } else {
+        None
+    }
+}
+
 fn store_key_path(key_file: Option<&Path>, store_dir: &Path, context: &Context) -> PathBuf {
     let key_file = key_file.unwrap_or(Path::new(DEFAULT_KEY_FILE));
     if key_file.is_absolute() {

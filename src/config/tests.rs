@@ -505,3 +505,28 @@ fn secrets_other_users_can_read_are_warned_about_by_file() {
     chmod(&path, 0o600);
     assert!(load(&path, &Env::new()).unwrap().warnings.is_empty());
 }
+
+#[test]
+fn a_store_directory_others_could_plant_files_in_is_refused() {
+    let files = Files::new();
+    let real = files.dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = files.dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let with_dir = |dir: &std::path::Path| format!("[store]\ndir = \"{}\"", dir.display());
+    let text = files.load(&with_dir(&link), &[]).unwrap_err().to_string();
+    assert!(
+        text.contains("store.dir") && text.contains("symbolic link"),
+        "{text}"
+    );
+    chmod(&real, 0o777);
+    let text = files.load(&with_dir(&real), &[]).unwrap_err().to_string();
+    assert!(text.contains("written by other users"), "{text}");
+    chmod(&real, 0o700);
+    assert!(files.load(&with_dir(&real), &[]).is_ok());
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&real, Some(65534), None).unwrap();
+        let text = files.load(&with_dir(&real), &[]).unwrap_err().to_string();
+        assert!(text.contains("owned by uid 65534"), "{text}");
+    }
+}

@@ -673,7 +673,13 @@ fn restrict_files(dir: &Path) -> Result<(), StoreError> {
     for entry in fs::read_dir(dir).map_err(wrap)? {
         let entry = entry.map_err(wrap)?;
         let path = entry.path();
-        if entry.file_type().map_err(wrap)?.is_dir() {
+        let kind = entry.file_type().map_err(wrap)?;
+        if kind.is_symlink() {
+            // Not ours to change: a chmod would go to wherever it points.
+            tracing::warn!(path = %path.display(), "a symbolic link in the store directory; left alone");
+            continue;
+        }
+        if kind.is_dir() {
             fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(wrap)?;
             restrict_files(&path)?;
         } else {
@@ -684,12 +690,19 @@ fn restrict_files(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix.
+/// The temporary file is made anew (`O_EXCL`, never through a symlink planted in its place).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
+    // A leftover (or planted) temporary file or link is removed, not written through.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .mode(0o600)
         .open(&tmp)?;
     file.write_all(bytes)?;
@@ -832,6 +845,26 @@ mod tests {
         let error = SledStore::open(&config(tmp.path())).unwrap_err();
         assert!(matches!(error, StoreError::Locked { .. }), "{error}");
         assert!(error.to_string().contains("locked by another process"));
+    }
+
+    #[test]
+    fn links_planted_in_the_store_directory_are_not_written_or_chmodded_through() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+        let dir = tmp.path().join("store");
+        fs::create_dir(&dir).unwrap();
+        symlink(&victim, dir.join("store-key.tmp")).unwrap();
+        symlink(&victim, dir.join("planted")).unwrap();
+        drop(open(&dir).unwrap()); // generates a key through store-key.tmp, restricts modes
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(
+            fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert!(fs::metadata(dir.join("store-key")).unwrap().is_file());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
 use tokenbroker::cli::{self, Cli, Command, LogFormat};
 use tokenbroker::config::{self, ConfigError, Env};
@@ -55,13 +56,14 @@ async fn run(command: Command, env: &Env) -> anyhow::Result<()> {
             let environment = dev::prepare(env).await?;
             eprintln!("{}", dev::banner(&environment.settings));
             tracing::warn!("running in dev mode: nothing is secured");
+            let shutdown = daemon::shutdown_signal().context("while installing signal handlers")?;
             let listeners = daemon::bind(&environment.settings).await?;
             let clock = std::sync::Arc::new(tokenbroker::clock::SystemClock);
             daemon::run(
                 environment.settings.clone(),
                 listeners,
                 clock,
-                shutdown_signal(),
+                shutdown,
                 None,
             )
             .await
@@ -70,9 +72,10 @@ async fn run(command: Command, env: &Env) -> anyhow::Result<()> {
             let settings = config::load(&config, env)?;
             let env = env.clone();
             let reload: daemon::Loader = Box::new(move || config::load(&config, &env));
+            let shutdown = daemon::shutdown_signal().context("while installing signal handlers")?;
             let listeners = daemon::bind(&settings).await?;
             let clock = std::sync::Arc::new(tokenbroker::clock::SystemClock);
-            daemon::run(settings, listeners, clock, shutdown_signal(), Some(reload)).await
+            daemon::run(settings, listeners, clock, shutdown, Some(reload)).await
         }
         Command::CheckConfig { config } => {
             let settings = config::load(&config, env)?;
@@ -82,12 +85,6 @@ async fn run(command: Command, env: &Env) -> anyhow::Result<()> {
             cli::write_stdout(format!("{}\n", settings.summary()).as_bytes())
         }
         client => cli::run_client(client, env).await,
-    }
-}
-
-async fn shutdown_signal() {
-    if let Err(error) = daemon::wait_for_shutdown_signal().await {
-        tracing::error!(error = %error, "cannot install signal handlers; stopping");
     }
 }
 

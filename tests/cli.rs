@@ -235,8 +235,9 @@ async fn json_logs_are_one_flat_object_per_line() {
         )
         .await;
     assert_eq!(daemon.request("GET", "/v1/token/demo", None).await.0, 200);
-    assert!(daemon.terminate().success());
+    let status = daemon.terminate();
     let logs = daemon.logs();
+    assert!(status.success(), "{status:?}: {logs}");
     let events: Vec<Value> = logs
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -607,8 +608,9 @@ async fn the_audit_line_has_a_target_of_its_own() {
     assert_eq!(code, 200);
     // Stopped first, so that every line it would write has been written.
     let mut daemon = daemon;
-    assert!(daemon.terminate().success());
+    let status = daemon.terminate();
     let logs = daemon.logs();
+    assert!(status.success(), "{status:?}: {logs}");
     assert!(
         logs.contains("tokenbroker ready"),
         "other info lines stay: {logs}"

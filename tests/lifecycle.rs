@@ -280,3 +280,33 @@ async fn the_daemon_writes_no_core_dump() {
     let numbers: Vec<&str> = core.split_whitespace().skip(4).take(2).collect();
     assert_eq!(numbers, ["0", "0"], "{core}");
 }
+
+/// SIGTERM while the daemon is still starting (its socket bound, the store opening) stops
+/// it cleanly: the handler is installed before anything else, not once it is ready.
+#[test]
+fn sigterm_during_start_up_is_a_clean_stop() {
+    let home = Home::new();
+    let config = home.config("http://127.0.0.1:9/token", "", "");
+    let mut child = std::process::Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !home.socket().exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no socket");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = support::wait_bounded(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    assert!(!home.socket().exists(), "the socket file was removed");
+}

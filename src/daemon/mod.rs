@@ -319,18 +319,22 @@ fn sink_configs(settings: &Settings) -> Vec<sink::Config> {
         .collect()
 }
 
-/// Completes on SIGTERM or SIGINT. (`run` handles SIGHUP itself: a reload.)
+/// Installs the SIGTERM and SIGINT handlers at once and returns what completes on the first
+/// of them. Call it before `bind`: a signal that comes while the daemon is still starting
+/// must stop it cleanly, not kill it (the default action). (`run` handles SIGHUP itself.)
 ///
 /// # Errors
 /// The signal handlers cannot be installed.
-pub async fn wait_for_shutdown_signal() -> io::Result<()> {
+pub fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => Ok(()),
-        _ = interrupt.recv() => Ok(()),
-    }
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 async fn seed_declared_accounts(

@@ -265,8 +265,8 @@ impl Broker {
     }
 
     /// A caller that asks for more validity than a good token has (a large `min_valid`) gets
-    /// a refresh at most every [`REJECTED_REFRESH_INTERVAL`]: otherwise every request could
-    /// cost an upstream call. A token that is not good by the default rule is always
+    /// a refresh at most every [`REJECTED_REFRESH_INTERVAL`] (or a tenth of the token's
+    /// lifetime, if less): otherwise every request could cost an upstream call. A token that is not good by the default rule is always
     /// refreshed.
     fn may_refresh_for_more_validity(&self, state: &SlotState) -> Result<(), BrokerError> {
         let Some(token) = &state.record.token else {
@@ -275,11 +275,14 @@ impl Broker {
         if self.servable(state, None)?.is_none() {
             return Ok(());
         }
+        // A tenth of the lifetime for short-lived tokens: a 10 s token may be refreshed every
+        // second, a 4 h one every 30 s.
+        let floor = REJECTED_REFRESH_INTERVAL.min(token.lifetime / 10);
         let since = self
             .now()
             .duration_since(token.issued_at())
             .unwrap_or(Duration::ZERO);
-        if since >= REJECTED_REFRESH_INTERVAL {
+        if since >= floor {
             return Ok(());
         }
         Err(BrokerError::Unavailable {
@@ -287,9 +290,9 @@ impl Broker {
             message: format!(
                 "this token was issued {}s ago; a token with more time left is fetched at most every {}s",
                 since.as_secs(),
-                REJECTED_REFRESH_INTERVAL.as_secs()
+                floor.as_secs()
             ),
-            retry_after: (REJECTED_REFRESH_INTERVAL - since).max(Duration::from_secs(1)),
+            retry_after: (floor - since).max(Duration::from_secs(1)),
         })
     }
 

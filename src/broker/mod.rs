@@ -272,7 +272,7 @@ impl Broker {
         let Some(token) = &state.record.token else {
             return Ok(());
         };
-        if self.servable(state, None)?.is_none() {
+        if self.valid_token(state, None)?.is_none() {
             return Ok(());
         }
         // A tenth of the lifetime for short-lived tokens: a 10 s token may be refreshed every

@@ -115,6 +115,21 @@ impl Harness {
         refresh
     }
 
+    /// Seeds `acct-000`, `acct-001`, … (no token yet; the next sweep fetches them).
+    async fn seed_accounts(&self, count: usize) {
+        for index in 0..count {
+            let label = format!("acct-{index:03}");
+            self.broker
+                .seed(
+                    name(&label),
+                    "fake",
+                    RefreshToken::new(self.fake.grant(&label)),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
     async fn sweep(&self) {
         for handle in self.broker.sweep() {
             handle.await.unwrap();
@@ -630,17 +645,7 @@ async fn accounts_survive_a_reopen_and_removal_is_durable() {
 #[tokio::test]
 async fn refreshes_respect_max_concurrent_and_show_refreshing() {
     let h = harness().await; // max_concurrent 4
-    for index in 0..8 {
-        let label = format!("acct-{index}");
-        h.broker
-            .seed(
-                name(&label),
-                "fake",
-                RefreshToken::new(h.fake.grant(&label)),
-            )
-            .await
-            .unwrap();
-    }
+    h.seed_accounts(8).await;
     h.fake
         .push((0..8).map(|_| Reply::Delay(Duration::from_millis(300), Box::new(Reply::Issue))));
     let handles = h.broker.sweep();
@@ -972,17 +977,7 @@ async fn while_the_store_cannot_be_written_scheduled_refreshes_wait_unless_the_t
 /// one of them is due: a storm, with every unscripted provider answer taking `latency`.
 async fn storm(count: usize, latency: Duration) -> Harness {
     let h = harness().await;
-    for index in 0..count {
-        let label = format!("acct-{index:03}");
-        h.broker
-            .seed(
-                name(&label),
-                "fake",
-                RefreshToken::new(h.fake.grant(&label)),
-            )
-            .await
-            .unwrap();
-    }
+    h.seed_accounts(count).await;
     h.sweep().await;
     assert_eq!(h.fake.token_calls(), count);
     h.fake.set_latency(latency);

@@ -28,13 +28,13 @@ fn record(n: usize, version: usize) -> AccountRecord {
         "dropbox".into(),
         RefreshToken::new(format!("{:064}-{version}", n)),
     );
-    record.token = Some(IssuedToken {
-        access_token: AccessToken::new(format!("sl.{}{version}", "x".repeat(1300))),
-        token_type: "Bearer".into(),
-        expires_at: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-        lifetime: Duration::from_secs(14400),
-        scope: Some("files.content.read account_info.read".into()),
-    });
+    record.token = Some(IssuedToken::new(
+        AccessToken::new(format!("sl.{}{version}", "x".repeat(1300))),
+        "Bearer".into(),
+        std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        Duration::from_secs(14400),
+        Some("files.content.read account_info.read".into()),
+    ));
     record
 }
 

@@ -113,13 +113,13 @@ fn seed(
                     "fake".into(),
                     RefreshToken::new(fake.grant(&name(index))),
                 );
-                record.token = Some(IssuedToken {
-                    access_token: AccessToken::new(format!("seeded-{index:0token_bytes$}")),
-                    token_type: "Bearer".into(),
+                record.token = Some(IssuedToken::new(
+                    AccessToken::new(format!("seeded-{index:0token_bytes$}")),
+                    "Bearer".into(),
                     expires_at,
-                    lifetime: LIFETIME,
-                    scope: None,
-                });
+                    LIFETIME,
+                    None,
+                ));
                 record.last_refresh = Some(expires_at - LIFETIME);
                 Change::Put(record)
             })

@@ -208,7 +208,7 @@ pub fn write(sink: &Config, token: &ServedToken) -> Result<(), SinkError> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(failed)?;
-    fill(temporary.as_file_mut(), contents.as_bytes(), sink).map_err(failed)?;
+    fill(temporary.as_file_mut(), &contents, sink).map_err(failed)?;
     temporary
         .persist(&sink.path)
         .map_err(|error| failed(error.error))?;
@@ -229,20 +229,18 @@ fn fill(file: &mut File, contents: &[u8], sink: &Config) -> std::io::Result<()> 
 }
 
 /// The file's contents for `token`.
-fn render(sink: &Config, token: &ServedToken) -> String {
-    let expires_at = humantime::format_rfc3339_seconds(token.expires_at).to_string();
+fn render(sink: &Config, served: &ServedToken) -> Vec<u8> {
+    let token = &served.token;
     match sink.format {
-        Format::Raw => token.access_token.expose().to_owned(),
+        Format::Raw => token.access_token.expose().as_bytes().to_vec(),
         Format::Json => {
-            let body = serde_json::json!({
-                "access_token": token.access_token.expose(),
-                "token_type": token.token_type,
-                "expires_at": expires_at,
-                "scope": token.scope,
-            });
-            format!("{body}\n")
+            // The API's token JSON, with the seconds left when the file was written.
+            let mut json = served.json();
+            json.push(b'\n');
+            json
         }
         Format::Env => {
+            let expires_at = humantime::format_rfc3339_seconds(token.expires_at);
             let variable = sink.account.token_variable();
             let mut text = String::new();
             let _ = writeln!(
@@ -251,7 +249,7 @@ fn render(sink: &Config, token: &ServedToken) -> String {
                 shell_quoted(token.access_token.expose())
             );
             let _ = writeln!(text, "{variable}_EXPIRES_AT={expires_at}");
-            text
+            text.into_bytes()
         }
     }
 }
@@ -275,14 +273,18 @@ mod tests {
 
     use super::*;
     use crate::secret::AccessToken;
+    use crate::token::IssuedToken;
 
     fn token(value: &str) -> ServedToken {
         ServedToken {
-            access_token: AccessToken::new(value),
-            token_type: "Bearer".into(),
-            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            token: IssuedToken::new(
+                AccessToken::new(value),
+                "Bearer".into(),
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                Duration::from_secs(14_400),
+                Some("files.read".into()),
+            ),
             expires_in: Duration::from_secs(100),
-            scope: Some("files.read".into()),
         }
     }
 
@@ -304,7 +306,7 @@ mod tests {
             (Format::Raw, "sl.abc".to_owned()),
             (
                 Format::Json,
-                "{\"access_token\":\"sl.abc\",\"expires_at\":\"2027-01-15T08:00:00Z\",\"scope\":\"files.read\",\"token_type\":\"Bearer\"}\n".to_owned(),
+                "{\"access_token\":\"sl.abc\",\"token_type\":\"Bearer\",\"expires_at\":\"2027-01-15T08:00:00Z\",\"expires_in\":100,\"scope\":\"files.read\"}\n".to_owned(),
             ),
             (
                 Format::Env,

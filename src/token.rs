@@ -9,6 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::secret::{AccessToken, RefreshToken};
 
+mod json;
+pub use self::json::TokenBody;
+
 /// The longest account name DESIGN.md allows.
 const MAX_NAME_LEN: usize = 63;
 
@@ -96,9 +99,45 @@ pub struct IssuedToken {
     pub lifetime: Duration,
     /// Space-separated scopes, when the provider said.
     pub scope: Option<String>,
+    /// Its JSON, once rendered.
+    json: json::Kept,
 }
 
 impl IssuedToken {
+    /// A token as the provider issued it.
+    pub fn new(
+        access_token: AccessToken,
+        token_type: String,
+        expires_at: SystemTime,
+        lifetime: Duration,
+        scope: Option<String>,
+    ) -> Self {
+        Self {
+            access_token,
+            token_type,
+            expires_at,
+            lifetime,
+            scope,
+            json: json::Kept::default(),
+        }
+    }
+
+    /// The token as it is handed out, with `expires_in` seconds left.
+    pub fn body(&self, expires_in: u64) -> TokenBody {
+        TokenBody {
+            access_token: self.access_token.expose().to_owned(),
+            token_type: self.token_type.clone(),
+            expires_at: humantime::format_rfc3339_seconds(self.expires_at).to_string(),
+            expires_in,
+            scope: self.scope.clone(),
+        }
+    }
+
+    /// [`IssuedToken::body`] as JSON, byte for byte, rendered once per token and kept.
+    pub fn json(&self, expires_in: Duration) -> Vec<u8> {
+        self.json.json(self, expires_in.as_secs())
+    }
+
     /// Time left before expiry at `now`; zero once expired.
     pub fn remaining(&self, now: SystemTime) -> Duration {
         self.expires_at
@@ -225,13 +264,13 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn token(expires_at: SystemTime, lifetime: Duration) -> IssuedToken {
-        IssuedToken {
-            access_token: AccessToken::new("at"),
-            token_type: "Bearer".into(),
+        IssuedToken::new(
+            AccessToken::new("at"),
+            "Bearer".into(),
             expires_at,
             lifetime,
-            scope: None,
-        }
+            None,
+        )
     }
 
     #[test]

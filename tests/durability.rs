@@ -194,13 +194,13 @@ fn seed_due_accounts(home: &Home, fake: &FakeProvider, count: usize) {
                 "fake".into(),
                 RefreshToken::new(fake.grant(&name)),
             );
-            record.token = Some(IssuedToken {
-                access_token: AccessToken::new(format!("seeded-{index}")),
-                token_type: "Bearer".into(),
+            record.token = Some(IssuedToken::new(
+                AccessToken::new(format!("seeded-{index}")),
+                "Bearer".into(),
                 expires_at,
-                lifetime: Duration::from_secs(4 * 3600),
-                scope: None,
-            });
+                Duration::from_secs(4 * 3600),
+                None,
+            ));
             Change::Put(record)
         })
         .collect();

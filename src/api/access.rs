@@ -5,7 +5,7 @@
 //! `server.admin_uids`, and clients marked `admin`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
@@ -46,18 +46,35 @@ pub struct Client {
     pub accounts: Vec<glob::Pattern>,
     /// May use the admin routes.
     pub admin: bool,
-    /// Its tokens served from memory, counted without a label lookup (filled on first use).
-    pub served: OnceLock<TokenCounters>,
 }
 
-/// The name of callers known by an admin uid.
-static ADMIN: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("admin"));
+/// A kind of caller the daemon knows (a configured client, or the admin uids), with what is
+/// counted of it.
+#[derive(Debug)]
+struct Known {
+    /// Its name, for logs and metrics.
+    name: Arc<str>,
+    /// The configured client; `None` for admin uids on the socket.
+    client: Option<Client>,
+    /// Its tokens served (`200`), counted without a label lookup.
+    served: TokenCounters,
+}
+
+impl Known {
+    fn new(name: Arc<str>, client: Option<Client>, metrics: &Metrics) -> Arc<Self> {
+        let served = metrics.token_counters(&name, super::token::ROUTE, StatusCode::OK.as_u16());
+        Arc::new(Self {
+            name,
+            client,
+            served,
+        })
+    }
+}
 
 /// An identified caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The configured client; `None` for an admin uid on the socket.
-    client: Option<Arc<Client>>,
+    known: Arc<Known>,
     /// The peer's uid, on the socket.
     pub uid: Option<u32>,
     /// The peer's pid, on the socket.
@@ -67,39 +84,27 @@ pub struct Caller {
 impl Caller {
     /// The client's name, for logs (`admin` for admin uids).
     pub fn name(&self) -> &str {
-        self.client.as_ref().map_or(&ADMIN, |client| &client.name)
+        &self.known.name
     }
 
     /// The client's name, shared rather than copied (for labelling responses).
     pub fn shared_name(&self) -> Arc<str> {
-        self.client
-            .as_ref()
-            .map_or_else(|| Arc::clone(&ADMIN), |client| Arc::clone(&client.name))
+        Arc::clone(&self.known.name)
     }
 
-    /// The counters of this caller's tokens served from memory: its client's, or those of
-    /// admin callers in `admins`; looked up in `metrics` the first time.
-    pub fn served_counters<'a>(
-        &'a self,
-        admins: &'a OnceLock<TokenCounters>,
-        metrics: &Metrics,
-        route: &'static str,
-    ) -> &'a TokenCounters {
-        let (counters, name) = match &self.client {
-            Some(client) => (&client.served, &*client.name),
-            None => (admins, &**ADMIN),
-        };
-        counters.get_or_init(|| metrics.token_counters(name, route, StatusCode::OK.as_u16()))
+    /// The counters of the tokens served to this caller's client.
+    pub fn served(&self) -> &TokenCounters {
+        &self.known.served
     }
 
     /// Whether the caller may use the admin routes.
     pub fn is_admin(&self) -> bool {
-        self.client.as_ref().is_none_or(|client| client.admin)
+        self.known.client.as_ref().is_none_or(|client| client.admin)
     }
 
     /// Whether the caller may have this account's token and status.
     pub fn may_read(&self, account: &str) -> bool {
-        self.client.as_ref().is_none_or(|client| {
+        self.known.client.as_ref().is_none_or(|client| {
             client
                 .accounts
                 .iter()
@@ -109,7 +114,8 @@ impl Caller {
 
     /// Whether the caller may have every account (and so may learn which do not exist).
     pub fn sees_all(&self) -> bool {
-        self.client
+        self.known
+            .client
             .as_ref()
             .is_none_or(|client| client.accounts.iter().any(|p| p.as_str() == "*"))
     }
@@ -121,18 +127,23 @@ pub struct Access {
     /// Sorted, without repeats: a handful, searched on every socket request (a scan of a
     /// few numbers costs less than hashing one).
     admin_uids: Vec<u32>,
-    clients: Vec<Arc<Client>>,
+    admins: Arc<Known>,
+    clients: Vec<Arc<Known>>,
 }
 
 impl Access {
-    /// Rules from configuration; uid 0 and `own_uid` are always admins.
-    pub fn new(admin_uids: &[u32], own_uid: u32, clients: Vec<Client>) -> Self {
+    /// Rules from configuration, counted in `metrics`; uid 0 and `own_uid` are always admins.
+    pub fn new(admin_uids: &[u32], own_uid: u32, clients: Vec<Client>, metrics: &Metrics) -> Self {
         let mut admin_uids: Vec<u32> = admin_uids.iter().copied().chain([0, own_uid]).collect();
         admin_uids.sort_unstable();
         admin_uids.dedup();
         Self {
             admin_uids,
-            clients: clients.into_iter().map(Arc::new).collect(),
+            admins: Known::new("admin".into(), None, metrics),
+            clients: clients
+                .into_iter()
+                .map(|client| Known::new(Arc::clone(&client.name), Some(client), metrics))
+                .collect(),
         }
     }
 
@@ -150,10 +161,14 @@ impl Access {
             let digest: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
             // Compare against every client so the time taken does not tell which one matched.
             let mut found = None;
-            for client in &self.clients {
-                if let Some(expected) = &client.api_key_sha256 {
+            for known in &self.clients {
+                let expected = known
+                    .client
+                    .as_ref()
+                    .and_then(|c| c.api_key_sha256.as_ref());
+                if let Some(expected) = expected {
                     if bool::from(expected.ct_eq(&digest)) && found.is_none() {
-                        found = Some(client);
+                        found = Some(known);
                     }
                 }
             }
@@ -164,16 +179,16 @@ impl Access {
         match peer {
             Peer::Unix { uid, gid, pid } => {
                 if self.admin_uids.contains(uid) {
-                    return Ok(Caller {
-                        client: None,
-                        uid: Some(*uid),
-                        pid: *pid,
-                    });
+                    return Ok(caller(&self.admins, Some(*uid), *pid));
                 }
                 self.clients
                     .iter()
-                    .find(|client| client.uids.contains(uid) || client.gids.contains(gid))
-                    .map(|client| caller(client, Some(*uid), *pid))
+                    .find(|known| {
+                        known.client.as_ref().is_some_and(|client| {
+                            client.uids.contains(uid) || client.gids.contains(gid)
+                        })
+                    })
+                    .map(|known| caller(known, Some(*uid), *pid))
                     .ok_or_else(|| {
                         ApiError::Forbidden(format!("uid {uid} is not a configured client"))
                     })
@@ -183,9 +198,9 @@ impl Access {
     }
 }
 
-fn caller(client: &Arc<Client>, uid: Option<u32>, pid: Option<i32>) -> Caller {
+fn caller(known: &Arc<Known>, uid: Option<u32>, pid: Option<i32>) -> Caller {
     Caller {
-        client: Some(Arc::clone(client)),
+        known: Arc::clone(known),
         uid,
         pid,
     }
@@ -212,7 +227,6 @@ pub(super) mod tests {
                 .map(|p| glob::Pattern::new(p).unwrap())
                 .collect(),
             admin: false,
-            served: OnceLock::new(),
         }
     }
 
@@ -224,6 +238,7 @@ pub(super) mod tests {
                 client("backup", None, &[1001], &["dropbox-*"]),
                 client("sidecar", Some("k1"), &[], &["corp"]),
             ],
+            &Metrics::new(crate::metrics::Detail::PerAccount),
         )
     }
 

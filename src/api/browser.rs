@@ -1,68 +1,52 @@
 //! Keeping web pages away from the API: a page in a browser on the same machine can send
 //! requests to loopback, and DNS rebinding can make one look same-origin. Such requests carry
-//! an `Origin` header, or (on TCP) a `Host` that is not ours; both are refused on the API
-//! routes. The connect pages, which a browser is meant to visit, are not behind this.
+//! an `Origin` header, or (on TCP) a `Host` that is not ours; both are refused on every
+//! route. The connect pages, which a browser is meant to visit, are reached by navigation,
+//! which sends no `Origin` with a `GET`, and under a `Host` that is ours.
 
-use axum::extract::{Request, State};
 use axum::http::header::{HOST, ORIGIN};
-use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue};
 use url::Url;
 
-use super::{ApiError, AppState, Peer};
+use super::{ApiError, Peer};
 
-/// Refuses requests that come from web pages.
-pub(super) async fn refuse_web_pages(
-    State(app): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let peer = request.extensions().get::<Peer>();
-    let headers = request.headers();
-    let origin = headers.contains_key(ORIGIN);
-    match check(origin, headers.get(HOST), peer, &app.public_url) {
-        Ok(()) => next.run(request).await,
-        Err(error) => error.into_response(),
-    }
-}
-
-/// Whether a request from this peer, with an `Origin` header or not and this `Host`, may use
-/// the API: no `Origin`, and on TCP a `Host` that names us.
-pub(super) fn check(
-    origin: bool,
-    host: Option<&HeaderValue>,
-    peer: Option<&Peer>,
-    public_url: &Url,
-) -> Result<(), ApiError> {
-    if origin {
+/// Whether a request with these headers, from this peer, may be answered: no `Origin`, and
+/// on TCP a `Host` that names us. Checked for every route, before routing.
+pub(super) fn check(headers: &HeaderMap, peer: &Peer, public_url: &Url) -> Result<(), ApiError> {
+    if headers.contains_key(ORIGIN) {
         return Err(ApiError::Forbidden(
             "requests from web pages (with an Origin header) are refused".into(),
         ));
     }
-    if matches!(peer, Some(Peer::Tcp(_))) {
-        // A Host that is not visible ASCII names nothing of ours: refused, not taken for none.
-        let host = match host.map(HeaderValue::to_str) {
-            None => None,
-            Some(Ok(text)) => Some(text),
-            Some(Err(_)) => {
-                return Err(ApiError::Forbidden(
-                    "the Host header is not readable text".into(),
-                ))
-            }
-        };
-        if !host_allowed(host, public_url) {
-            let shown = host
-                .unwrap_or("(none)")
-                .chars()
-                .take(100)
-                .collect::<String>();
-            return Err(ApiError::Forbidden(format!(
-                "Host {shown:?} is neither a loopback name nor the public_url host"
-            )));
-        }
+    if matches!(peer, Peer::Tcp(_)) {
+        check_host(headers.get(HOST), public_url)?;
     }
     Ok(())
+}
+
+/// A TCP request's `Host`: a loopback name, `public_url`'s host, or none (HTTP/1.0).
+fn check_host(host: Option<&HeaderValue>, public_url: &Url) -> Result<(), ApiError> {
+    // A Host that is not visible ASCII names nothing of ours: refused, not taken for none.
+    let host = match host.map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(text)) => Some(text),
+        Some(Err(_)) => {
+            return Err(ApiError::Forbidden(
+                "the Host header is not readable text".into(),
+            ))
+        }
+    };
+    if host_allowed(host, public_url) {
+        return Ok(());
+    }
+    let shown = host
+        .unwrap_or("(none)")
+        .chars()
+        .take(100)
+        .collect::<String>();
+    Err(ApiError::Forbidden(format!(
+        "Host {shown:?} is neither a loopback name nor the public_url host"
+    )))
 }
 
 /// Whether a `Host` header names us: a loopback name or address, or `public_url`'s host.
@@ -93,15 +77,11 @@ mod tests {
     #[test]
     fn an_unreadable_host_is_refused_not_taken_for_none() {
         let public: Url = "http://127.0.0.1:8765".parse().unwrap();
-        let tcp = Peer::Tcp("127.0.0.1:40000".parse().unwrap());
         let unreadable = HeaderValue::from_bytes(b"evil\xff.example").unwrap();
-        assert!(check(false, Some(&unreadable), Some(&tcp), &public).is_err());
+        assert!(check_host(Some(&unreadable), &public).is_err());
         let ours = HeaderValue::from_static("127.0.0.1:8765");
-        assert!(check(false, Some(&ours), Some(&tcp), &public).is_ok());
-        assert!(
-            check(false, None, Some(&tcp), &public).is_ok(),
-            "HTTP/1.0: no Host"
-        );
+        assert!(check_host(Some(&ours), &public).is_ok());
+        assert!(check_host(None, &public).is_ok(), "HTTP/1.0: no Host");
     }
 
     #[test]

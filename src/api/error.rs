@@ -12,7 +12,7 @@ use crate::broker::BrokerError;
 use crate::token::InvalidAccountName;
 
 /// A failed API request. Messages never carry upstream text verbatim or a secret.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// No API key, or a wrong one.
     #[error("a valid API key is required (Authorization: Bearer <key>)")]

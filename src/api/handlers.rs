@@ -1,6 +1,5 @@
 //! The route handlers: identify the caller, check what it may have, ask the broker.
 
-use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
@@ -10,19 +9,12 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::error::Segment;
-use super::types::{
-    self, AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody, TokenView, MAX_PAGE,
-};
-use super::{ApiError, AppState, Caller, Peer, TokenClient};
-use crate::broker::{BrokerError, ServedToken};
+use super::token;
+use super::types::{AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody, MAX_PAGE};
+use super::{Admitted, ApiError, AppState, Caller, Peer, TokenClient};
+use crate::broker::BrokerError;
 use crate::secret::{AccessToken, ApiKey, RefreshToken};
 use crate::token::AccountName;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct TokenQuery {
-    min_valid: Option<u64>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,28 +36,6 @@ pub(super) struct DeleteQuery {
     revoke: bool,
 }
 
-pub(super) async fn get_token(
-    State(app): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Segment(account): Segment,
-    query: Result<Query<TokenQuery>, QueryRejection>,
-) -> Response {
-    labelled(&caller, async {
-        let caller = &caller;
-        let name = readable(caller, &account)?;
-        let Query(query) = query?;
-        let min_valid = query.min_valid.map(std::time::Duration::from_secs);
-        let served = app
-            .broker
-            .token(&name, min_valid)
-            .await
-            .map_err(|e| hide_unknown(caller, e))?;
-        Ok(served_response(caller, &name, &served, &headers))
-    })
-    .await
-}
-
 pub(super) async fn post_token(
     State(app): State<AppState>,
     caller: Caller,
@@ -83,7 +53,19 @@ pub(super) async fn post_token(
             .reject(&name, &rejected)
             .await
             .map_err(|e| hide_unknown(caller, e))?;
-        Ok(served_response(caller, &name, &served, &headers))
+        let wants_text = token::wants_text(headers.get(header::ACCEPT));
+        let body = if wants_text {
+            served.token.access_token.expose().as_bytes().to_vec()
+        } else {
+            served.json()
+        };
+        Ok(token::response(
+            caller,
+            name.as_str(),
+            served.expires_in,
+            body,
+            wants_text,
+        ))
     })
     .await
 }
@@ -310,28 +292,36 @@ pub(super) fn identify(
     app.access.load().identify(peer, bearer.as_ref())
 }
 
-/// Handlers take the caller as an extractor, identified from the connection's [`Peer`] and
-/// the `Authorization` header before anything else in the request is looked at.
-impl FromRequestParts<AppState> for Caller {
+/// Who the request is from, as [`super::Service`] identified it before routing.
+impl<S: Send + Sync> FromRequestParts<S> for Admitted {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let peer = parts
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
             .extensions
-            .get::<Peer>()
-            .ok_or_else(|| ApiError::Internal("the listener attached no peer".into()))?;
-        identify(app, peer, parts.headers.get(header::AUTHORIZATION))
+            .remove::<Admitted>()
+            .ok_or_else(|| ApiError::Internal("the request was not admitted".into()))
+    }
+}
+
+/// Handlers take the caller as an extractor: the one identified before routing, from the
+/// connection's [`Peer`] and the `Authorization` header.
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Admitted::from_request_parts(parts, state).await?.0
     }
 }
 
 /// A caller allowed the admin routes.
 pub(super) struct Admin(pub(super) Caller);
 
-impl FromRequestParts<AppState> for Admin {
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, app).await?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
         if !caller.is_admin() {
             return Err(ApiError::Forbidden(format!(
                 "client {} is not an admin",
@@ -374,7 +364,7 @@ fn no_such_account(account: &str) -> ApiError {
 }
 
 /// An unknown account is 404 only for callers allowed every account; 403 for the rest.
-fn hide_unknown(caller: &Caller, error: BrokerError) -> ApiError {
+pub(super) fn hide_unknown(caller: &Caller, error: BrokerError) -> ApiError {
     match error {
         BrokerError::UnknownAccount(name) if !caller.sees_all() => forbidden(caller, name.as_str()),
         other => other.into(),
@@ -386,72 +376,4 @@ fn forbidden(caller: &Caller, account: &str) -> ApiError {
         "client {} may not have account {account:?}",
         caller.name()
     ))
-}
-
-pub(super) fn token_response(
-    caller: &Caller,
-    name: &str,
-    expires_in: std::time::Duration,
-    body: Vec<u8>,
-    wants_text: bool,
-) -> Response {
-    log_token_served(caller, name, expires_in);
-    let content_type = if wants_text {
-        "text/plain; charset=utf-8"
-    } else {
-        "application/json"
-    };
-    let mut response = Response::new(Body::from(body));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-/// The target of the audit line written for every token handed out: `RUST_LOG` can set its
-/// level apart from the rest (`tokenbroker::audit=warn` turns it off).
-const AUDIT_TARGET: &str = "tokenbroker::audit";
-
-/// The audit line of every token handed out: who had which account's token (never the token).
-fn log_token_served(caller: &Caller, name: &str, expires_in: std::time::Duration) {
-    tracing::info!(
-        target: AUDIT_TARGET,
-        client = caller.name(),
-        uid = caller.uid,
-        pid = caller.pid,
-        account = %name,
-        expires_in = expires_in.as_secs(),
-        "token served"
-    );
-}
-
-/// The body of a token response: the bare token for `text/plain`, else JSON.
-pub(super) fn token_body(token: TokenView<'_>, wants_text: bool) -> Vec<u8> {
-    if wants_text {
-        token.access_token.expose().as_bytes().to_vec()
-    } else {
-        types::token_json(token)
-    }
-}
-
-/// Whether the caller asked for the bare token (`Accept: text/plain`), from its `Accept`.
-pub(super) fn wants_text(accept: Option<&HeaderValue>) -> bool {
-    accept.is_some_and(|accept| {
-        accept
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|part| part.trim_ascii_start().starts_with(b"text/plain"))
-    })
-}
-
-/// The answer with a token the broker handed out.
-fn served_response(
-    caller: &Caller,
-    name: &AccountName,
-    served: &ServedToken,
-    headers: &HeaderMap,
-) -> Response {
-    let wants_text = wants_text(headers.get(header::ACCEPT));
-    let body = token_body(served.into(), wants_text);
-    token_response(caller, name.as_str(), served.expires_in, body, wants_text)
 }

@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{FromMemory, Peer, Service};
+use super::{Answer, Peer, Service};
 
 /// A connection waiting this long for a request without one arriving whole (and none being
 /// answered) is closed, within another half of it: a half-sent request, or an idle
@@ -142,7 +142,7 @@ struct Connection {
 }
 
 /// What hyper waits on for an answer: ready at once for a token served from memory.
-type Answer =
+type Pending =
     Either<Ready<Result<Response, Infallible>>, BoxFuture<'static, Result<Response, Infallible>>>;
 
 impl Connection {
@@ -150,22 +150,22 @@ impl Connection {
     /// hyper reads on (to see the connection close) before it polls the answer, and a request
     /// still held by an unpolled answer would keep the read buffer it was parsed from, so
     /// that the next read needs a new one. Anything else goes through the router.
-    fn answer<B>(self: &Arc<Self>, request: hyper::Request<B>) -> Answer
+    fn answer<B>(self: &Arc<Self>, request: hyper::Request<B>) -> Pending
     where
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        match self.api.from_memory(request, self.peer) {
-            FromMemory::Answered(response) => {
+        match self.api.answer(request, self.peer) {
+            Answer::Now(response) => {
                 self.activity.answered();
                 Either::Left(future::ready(Ok(response)))
             }
-            FromMemory::Route(request) => {
+            Answer::Later(answer) => {
                 // The connection's own `Arc`: no count shared with other connections' threads.
                 let connection = Arc::clone(self);
                 Either::Right(Box::pin(async move {
                     let _answering = connection.activity.begin();
-                    Ok(connection.api.route(request, connection.peer).await)
+                    Ok(answer.await)
                 }))
             }
         }

@@ -1,29 +1,29 @@
 //! The HTTP API, identical on the Unix socket and on loopback TCP.
 //!
-//! `router()` is pure (tests drive it with `oneshot`); `listen` owns the accept loops, their
+//! [`Service`] checks every request for a web page's marks and identifies its caller, once,
+//! then hands it to the token route or the router; `listen` owns the accept loops, their
 //! timeouts and connection limits. Handlers call only the broker.
 
 mod access;
 mod browser;
 mod connect;
 mod error;
-mod fast;
 mod handlers;
 pub mod listen;
 mod pages;
+mod token;
 pub mod types;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::Request;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tower::ServiceExt;
@@ -33,9 +33,10 @@ use url::Url;
 pub use self::access::{Access, Caller, Client, Peer};
 pub use self::connect::callback_url;
 pub use self::error::ApiError;
+pub use self::token::Answer;
 use crate::broker::Broker;
 use crate::clock::SharedClock;
-use crate::metrics::{Metrics, TokenCounters};
+use crate::metrics::Metrics;
 use crate::token::AccountName;
 
 /// The largest request body accepted (an import is a few hundred bytes).
@@ -96,12 +97,19 @@ pub(crate) struct TokenClient(pub(crate) Arc<str>);
 #[derive(Debug, Clone)]
 struct RouteLabel(Cow<'static, str>);
 
-const TOKEN_ROUTE: &str = "/v1/token/{account}";
 /// The label of requests that matched no route.
 const UNMATCHED: &str = "unmatched";
+/// The label of requests refused before routing, as coming from a web page.
+const REFUSED: &str = "refused";
 
-/// The API as the listeners serve it: token requests that can be answered from memory take
-/// the fast path, everything else goes through the router.
+/// Who a request is from, as [`Service::answer`] found before routing it: the caller, or why
+/// it could not be identified. Handlers take it (or the [`Caller`] in it) as an extractor.
+#[derive(Debug, Clone)]
+pub(crate) struct Admitted(pub(crate) Result<Caller, ApiError>);
+
+/// The API as the listeners serve it: every request is checked for a web page's marks and
+/// its caller identified, once; token requests then go to the token route's function, and
+/// everything else to the router.
 #[derive(Debug, Clone)]
 pub struct Service {
     inner: Arc<ServiceInner>,
@@ -111,8 +119,6 @@ pub struct Service {
 struct ServiceInner {
     state: AppState,
     router: Router,
-    /// The counters of tokens served from memory to admin uids (clients keep their own).
-    admins_served: OnceLock<TokenCounters>,
 }
 
 impl Service {
@@ -121,47 +127,57 @@ impl Service {
         let inner = ServiceInner {
             router: router(state.clone()),
             state,
-            admins_served: OnceLock::new(),
         };
         Self {
             inner: Arc::new(inner),
         }
     }
 
-    /// Answers one request from `peer`.
+    /// Answers one request from `peer`, waiting for the answer if it must.
     pub async fn call<B>(&self, request: Request<B>, peer: Peer) -> Response
     where
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        match self.from_memory(request, peer) {
-            FromMemory::Answered(response) => response,
-            FromMemory::Route(request) => self.route(request, peer).await,
-        }
+        self.answer(request, peer).response().await
     }
 
-    /// The answer to a token request served from memory, at once; any other request is
-    /// handed back untouched, for [`Service::route`]. The request is dropped here when
-    /// answered, so that nothing holds on to the connection's read buffer, which its head
-    /// was parsed from, while the next request is read.
-    pub fn from_memory<B>(&self, request: Request<B>, peer: Peer) -> FromMemory<B> {
-        let state = &self.inner.state;
-        let Some((response, caller)) = fast::token(state, &peer, &request) else {
-            return FromMemory::Route(request);
-        };
-        caller
-            .served_counters(&self.inner.admins_served, &state.metrics, TOKEN_ROUTE)
-            .inc();
-        FromMemory::Answered(response)
-    }
-
-    /// Answers a request from `peer` through the router.
-    pub async fn route<B>(&self, mut request: Request<B>, peer: Peer) -> Response
+    /// Answers one request from `peer`: at once for a token held in memory and for a
+    /// refused request, else as a future. The request is dropped before an answer given at
+    /// once is returned, so that nothing holds on to the connection's read buffer, which its
+    /// head was parsed from, while the next request is read.
+    pub fn answer<B>(&self, mut request: Request<B>, peer: Peer) -> Answer
     where
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        request.extensions_mut().insert(peer);
+        let state = &self.inner.state;
+        let headers = request.headers();
+        if let Err(refused) = browser::check(headers, &peer, &state.public_url) {
+            let response = refused.into_response();
+            state
+                .metrics
+                .request(REFUSED.into(), response.status().as_u16());
+            return Answer::Now(response);
+        }
+        let caller = handlers::identify(state, &peer, headers.get(header::AUTHORIZATION));
+        if request.method() == Method::GET && request.uri().path().starts_with(token::PREFIX) {
+            let accept = request.headers().get(header::ACCEPT);
+            return token::get(state, caller, request.uri(), accept);
+        }
+        let extensions = request.extensions_mut();
+        extensions.insert(peer);
+        extensions.insert(Admitted(caller));
+        let service = self.clone();
+        Answer::Later(Box::pin(async move { service.route(request).await }))
+    }
+
+    /// Answers a request through the router.
+    async fn route<B>(&self, request: Request<B>) -> Response
+    where
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let mut response = match self.inner.router.clone().oneshot(request).await {
             Ok(response) => response,
             Err(infallible) => match infallible {},
@@ -176,36 +192,26 @@ impl Service {
         let metrics = &self.inner.state.metrics;
         let status = response.status().as_u16();
         let extensions = response.extensions_mut();
+        if extensions.remove::<token::Counted>().is_some() {
+            return;
+        }
         let route = extensions
             .remove::<RouteLabel>()
             .map_or(Cow::Borrowed(UNMATCHED), |label| label.0);
-        if route == TOKEN_ROUTE {
+        if route == token::ROUTE {
             let client = extensions.remove::<TokenClient>();
             let client = client.as_ref().map_or("unidentified", |client| &client.0);
-            metrics.token_counters(client, TOKEN_ROUTE, status).inc();
+            metrics.token_counters(client, token::ROUTE, status).inc();
         } else {
             metrics.request(route, status);
         }
     }
 }
 
-/// What [`Service::from_memory`] made of a request.
-#[derive(Debug)]
-pub enum FromMemory<B> {
-    /// A token served from memory; the request is gone.
-    Answered(Response),
-    /// Not a token held in memory: the request, untouched, for [`Service::route`].
-    Route(Request<B>),
-}
-
 /// The API's routes. The router reads the caller's [`Peer`] from the request's extensions.
 pub fn router(state: AppState) -> Router {
-    // The API proper: never for web pages (DNS rebinding, a page on the same machine).
     let api = Router::new()
-        .route(
-            TOKEN_ROUTE,
-            get(handlers::get_token).post(handlers::post_token),
-        )
+        .route(token::ROUTE, get(token::route).post(handlers::post_token))
         .route("/v1/accounts", get(handlers::list_accounts))
         .route(
             "/v1/accounts/{name}",
@@ -223,11 +229,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/connect/{ticket}",
             get(connect::flow_status).delete(connect::cancel_flow),
         )
-        .route("/v1/connect/{ticket}/code", post(connect::submit_code))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            browser::refuse_web_pages,
-        ));
+        .route("/v1/connect/{ticket}/code", post(connect::submit_code));
     Router::new()
         .merge(api)
         // The pages a person's browser visits while connecting an account.

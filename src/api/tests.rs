@@ -6,11 +6,9 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request, StatusCode};
-use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use super::access::tests::client;
 use super::*;
@@ -45,7 +43,6 @@ const TCP: Peer = Peer::Tcp(std::net::SocketAddr::new(
 pub(super) struct Api {
     fake: FakeProvider,
     pub(super) service: Service,
-    router: Router,
     state: AppState,
     _dir: tempfile::TempDir,
 }
@@ -55,7 +52,6 @@ impl Api {
         Self {
             fake,
             service: Service::new(state.clone()),
-            router: router(state.clone()),
             state,
             _dir: dir,
         }
@@ -91,7 +87,15 @@ pub(super) async fn api() -> Api {
         client("sidecar", Some("sidecar-key"), &[], &["corp"]),
         client("ops", Some("ops-key"), &[], &["*"]),
     ];
-    let access = Arc::new(ArcSwap::from_pointee(Access::new(&[], 999_999, clients)));
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        crate::metrics::Detail::PerAccount,
+    ));
+    let access = Arc::new(ArcSwap::from_pointee(Access::new(
+        &[],
+        999_999,
+        clients,
+        &metrics,
+    )));
     let readiness = Arc::new(ArcSwap::from_pointee(Readiness {
         required: vec!["corp".parse().unwrap()],
         check_interval: Duration::from_secs(30),
@@ -103,9 +107,7 @@ pub(super) async fn api() -> Api {
         readiness,
         clock,
         public_url: "http://127.0.0.1:8765".parse().unwrap(),
-        metrics: Arc::new(crate::metrics::Metrics::new(
-            crate::metrics::Detail::PerAccount,
-        )),
+        metrics,
     };
     Api::new(fake, state, dir)
 }
@@ -484,15 +486,16 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
         check_interval: Duration::from_secs(30),
         started_at: clock.monotonic(),
     }));
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        crate::metrics::Detail::PerAccount,
+    ));
     let state = AppState {
         broker: broker.clone(),
-        access: Arc::new(ArcSwap::from_pointee(Access::new(&[], 0, vec![]))),
+        access: Arc::new(ArcSwap::from_pointee(Access::new(&[], 0, vec![], &metrics))),
         readiness,
         clock: Arc::new(clock.clone()),
         public_url: "http://127.0.0.1:8765".parse().unwrap(),
-        metrics: Arc::new(crate::metrics::Metrics::new(
-            crate::metrics::Detail::PerAccount,
-        )),
+        metrics,
     };
     let api = Api::new(fake, state, dir);
     broker.sweep();
@@ -521,7 +524,7 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
 }
 
 #[tokio::test]
-async fn web_pages_cannot_reach_the_api_but_can_reach_the_connect_pages() {
+async fn web_pages_reach_no_route_and_browsers_reach_the_connect_pages() {
     let api = api().await;
     api.import("corp").await;
     let key = ("authorization", "Bearer sidecar-key");
@@ -557,23 +560,45 @@ async fn web_pages_cannot_reach_the_api_but_can_reach_the_connect_pages() {
             String::from_utf8_lossy(&body)
         );
     }
+    // Every route, the probes, the metrics and the connect pages included: a request with
+    // a web page's Origin, or over TCP under a foreign Host, is refused before routing.
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/accounts",
+        "/oauth/start/unknown",
+        "/oauth/callback?code=x&state=y",
+        "/no/such/route",
+    ] {
+        for headers in [
+            vec![
+                key,
+                ("host", "127.0.0.1:8765"),
+                ("origin", "http://127.0.0.1:8765"),
+            ],
+            vec![key, ("host", "rebound.example:8765")],
+        ] {
+            let (status, _, body) = api.call(TCP, "GET", path, &headers, None).await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{path} {headers:?}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+    // A browser navigating to a connect page sends no Origin with its GET, under our Host.
     let (status, _, _) = api
         .call(
             TCP,
             "GET",
             "/oauth/start/unknown",
-            &[
-                ("origin", "http://127.0.0.1:8765"),
-                ("host", "127.0.0.1:8765"),
-            ],
+            &[("host", "127.0.0.1:8765")],
             None,
         )
         .await;
-    assert_eq!(
-        status,
-        StatusCode::GONE,
-        "the connect pages stay reachable from a browser"
-    );
+    assert_eq!(status, StatusCode::GONE, "the connect pages stay reachable");
 }
 
 #[test]
@@ -635,141 +660,10 @@ fn arbitrary_requests_never_panic_or_fail_inside() {
         .unwrap();
 }
 
-/// The fast path answers exactly the token requests the router would answer with a token from
-/// memory, with the same response; everything else it leaves to the router.
+/// Token requests are counted by client, route and status, whether answered from memory,
+/// after a refresh or with an error, and each client under its own name.
 #[tokio::test]
-async fn the_fast_path_answers_like_the_router_or_not_at_all() {
-    let api = api().await;
-    api.import("corp").await;
-    api.import("dropbox-main").await;
-    let sidecar = ("authorization", "Bearer sidecar-key");
-    let local = ("host", "127.0.0.1:8765");
-    let served_fast = [
-        (ADMIN, "/v1/token/corp", vec![]),
-        (ADMIN, "/v1/token/corp", vec![("accept", "text/plain")]),
-        (ADMIN, "/v1/token/corp?min_valid=60", vec![]),
-        (BACKUP_UID, "/v1/token/dropbox-main", vec![]),
-        (TCP, "/v1/token/corp", vec![sidecar, local]),
-    ];
-    let left_to_the_router = [
-        (TCP, "/v1/token/corp", vec![local]),
-        (
-            TCP,
-            "/v1/token/corp",
-            vec![("authorization", "Bearer wrong"), local],
-        ),
-        (
-            TCP,
-            "/v1/token/corp",
-            vec![sidecar, ("host", "evil.example")],
-        ),
-        (ADMIN, "/v1/token/corp", vec![("origin", "null")]),
-        (BACKUP_UID, "/v1/token/corp", vec![]),
-        (STRANGER, "/v1/token/corp", vec![]),
-        (ADMIN, "/v1/token/nope", vec![]),
-        (ADMIN, "/v1/token/..%2Fetc", vec![]),
-        (ADMIN, "/v1/token/corp/", vec![]),
-        (ADMIN, "/v1/token/corp?min_valid=", vec![]),
-        (ADMIN, "/v1/token/corp?min_valid=-1", vec![]),
-        (ADMIN, "/v1/token/corp?min_valid=+60", vec![]),
-        (ADMIN, "/v1/token/corp?min_valid=60&x=1", vec![]),
-        (ADMIN, "/v1/token/corp?min_valid=99999999", vec![]),
-        (ADMIN, "/v1/token/corp?other=1", vec![]),
-        (ADMIN, "/v1/accounts/corp", vec![]),
-    ];
-    let cases = served_fast
-        .iter()
-        .map(|case| (case, true))
-        .chain(left_to_the_router.iter().map(|case| (case, false)));
-    for ((peer, uri, headers), fast) in cases {
-        let request = || {
-            let mut request = Request::builder().uri(*uri);
-            for (name, value) in headers {
-                request = request.header(*name, *value);
-            }
-            request.body(Body::empty()).unwrap()
-        };
-        assert_eq!(
-            super::fast::token(&api.state, peer, &request()).is_some(),
-            fast,
-            "{peer:?} {uri} {headers:?}"
-        );
-        let mut routed = request();
-        routed.extensions_mut().insert(*peer);
-        let routed = api.router.clone().oneshot(routed).await.unwrap();
-        let served = api.service.call(request(), *peer).await;
-        assert_eq!(
-            served.status(),
-            routed.status(),
-            "{peer:?} {uri} {headers:?}"
-        );
-        // axum's router adds `content-length`; hyper writes the same from the body's size.
-        let [mut served_headers, mut routed_headers] =
-            [served.headers().clone(), routed.headers().clone()];
-        served_headers.remove(header::CONTENT_LENGTH);
-        routed_headers.remove(header::CONTENT_LENGTH);
-        assert_eq!(served_headers, routed_headers, "{peer:?} {uri} {headers:?}");
-        let served = served.into_body().collect().await.unwrap().to_bytes();
-        let routed = routed.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(
-            without_expires_in(&served),
-            without_expires_in(&routed),
-            "{peer:?} {uri} {headers:?}"
-        );
-    }
-}
-
-/// A body with its `expires_in` (which may tick between two calls) taken out.
-fn without_expires_in(bytes: &[u8]) -> Value {
-    let mut value: Value = serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()));
-    if let Some(map) = value.as_object_mut() {
-        map.remove("expires_in");
-    }
-    value
-}
-
-/// The daemon writes the token body from the served token without copying it; clients read
-/// it as `TokenBody`. Both must be the same JSON, byte for byte.
-#[test]
-fn the_token_json_is_the_token_body_clients_read() {
-    let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-    for (access_token, scope) in [
-        ("sl.u.AbC-123_xyz", None),
-        (
-            "with \"quotes\", \\ and \u{1}",
-            Some("files.content.read account_info.read"),
-        ),
-        ("", Some("")),
-    ] {
-        let served = broker::ServedToken {
-            access_token: crate::secret::AccessToken::new(access_token),
-            token_type: "bearer".into(),
-            expires_at,
-            expires_in: Duration::from_millis(14_399_600),
-            scope: scope.map(str::to_owned),
-        };
-        let owned = types::TokenBody {
-            access_token: access_token.into(),
-            token_type: "bearer".into(),
-            expires_at: "2026-11-18T11:06:40Z".into(),
-            expires_in: 14_399,
-            scope: scope.map(str::to_owned),
-        };
-        let json = types::token_json((&served).into());
-        assert_eq!(
-            String::from_utf8(json.clone()).unwrap(),
-            serde_json::to_string(&owned).unwrap()
-        );
-        let read: types::TokenBody = serde_json::from_slice(&json).unwrap();
-        assert_eq!(read.access_token, access_token);
-    }
-}
-
-/// Token requests are counted by client, route and status, whether the fast path or the
-/// router answered them, and each client under its own name.
-#[tokio::test]
-async fn token_requests_are_counted_by_client_whichever_path_answers() {
+async fn token_requests_are_counted_by_client_however_they_are_answered() {
     let api = api().await;
     api.import("corp").await;
     let sidecar = [
@@ -819,58 +713,10 @@ async fn token_requests_are_counted_by_client_whichever_path_answers() {
     assert_eq!(count(route_ok), 6.0);
 }
 
-/// The token JSON is rendered once per token and kept: tokens that differ in any one field,
-/// more of them than are kept, served in turn with changing `expires_in`, each get their own
-/// JSON every time.
-#[test]
-fn the_kept_token_json_is_never_another_tokens() {
-    let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-    let served = |token: &str, token_type: &str, at: u64, scope: Option<&str>, left: u64| {
-        broker::ServedToken {
-            access_token: crate::secret::AccessToken::new(token),
-            token_type: token_type.into(),
-            expires_at: base + Duration::from_secs(at),
-            expires_in: Duration::from_secs(left),
-            scope: scope.map(str::to_owned),
-        }
-    };
-    let mut tokens = vec![
-        ("t", "bearer", 0, None),
-        ("u", "bearer", 0, None),
-        ("t", "Bearer", 0, None),
-        ("t", "bearer", 1, None),
-        ("t", "bearer", 0, Some("")),
-        ("t", "bearer", 0, Some("read")),
-    ];
-    for n in 0..10 {
-        tokens.push(("many", "bearer", 100 + n, None));
-    }
-    for round in 0..3u64 {
-        for (i, &(token, token_type, at, scope)) in tokens.iter().enumerate() {
-            let left = 3600 - round * 100 - i as u64;
-            let json = types::token_json((&served(token, token_type, at, scope, left)).into());
-            let body: types::TokenBody = serde_json::from_slice(&json).unwrap();
-            assert_eq!(
-                (
-                    body.access_token.as_str(),
-                    body.token_type.as_str(),
-                    body.expires_in
-                ),
-                (token, token_type, left)
-            );
-            assert_eq!(body.scope.as_deref(), scope);
-            assert_eq!(
-                body.expires_at,
-                humantime::format_rfc3339_seconds(base + Duration::from_secs(at)).to_string()
-            );
-        }
-    }
-}
-
 #[test]
 fn the_bare_token_is_for_callers_that_accept_text_plain() {
     let wants = |accept: Option<&'static str>| {
-        handlers::wants_text(accept.map(HeaderValue::from_static).as_ref())
+        token::wants_text(accept.map(HeaderValue::from_static).as_ref())
     };
     for accept in [
         "text/plain",

@@ -3,167 +3,14 @@
 //! Bodies that carry a secret have a redacting `Debug`; the token body is the one place an
 //! access token is deliberately exposed (and it is sent with `Cache-Control: no-store`).
 
-use std::cell::RefCell;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
-use crate::broker::{AccountView, ServedToken};
-use crate::secret::{AccessToken, REDACTED};
-use crate::token::IssuedToken;
-
-/// `GET /v1/token/{account}`.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct TokenBody {
-    /// The bearer token.
-    pub access_token: String,
-    /// `Bearer`.
-    pub token_type: String,
-    /// RFC 3339 expiry.
-    pub expires_at: String,
-    /// Whole seconds left.
-    pub expires_in: u64,
-    /// Granted scopes.
-    pub scope: Option<String>,
-}
-
-impl fmt::Debug for TokenBody {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenBody")
-            .field("access_token", &REDACTED)
-            .field("expires_at", &self.expires_at)
-            .field("expires_in", &self.expires_in)
-            .field("scope", &self.scope)
-            .finish()
-    }
-}
-
-/// The JSON of `GET /v1/token/{account}`: [`TokenBody`]'s, byte for byte.
-///
-/// This is the daemon's most frequent answer, and from one request to the next only
-/// `expires_in` changes: the text around it is rendered once per token (on each thread that
-/// serves it) and kept.
-pub fn token_json(token: TokenView<'_>) -> Vec<u8> {
-    RECENT.with(|recent| {
-        let mut recent = recent.borrow_mut();
-        let at = match recent.iter().position(|rendered| rendered.is_for(&token)) {
-            Some(at) => at,
-            None => {
-                recent.truncate(RECENT_TOKENS - 1);
-                recent.insert(0, Rendered::new(&token));
-                0
-            }
-        };
-        // The most recent first, so that a busy account is found at once.
-        recent[..=at].rotate_right(1);
-        recent[0].with_expires_in(token.expires_in.as_secs())
-    })
-}
-
-/// A token as the API answers with it, borrowed from where it is kept.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenView<'a> {
-    /// The bearer token.
-    pub access_token: &'a AccessToken,
-    /// `Bearer`, or what the provider sent.
-    pub token_type: &'a str,
-    /// When it expires.
-    pub expires_at: SystemTime,
-    /// Time left.
-    pub expires_in: Duration,
-    /// Granted scopes.
-    pub scope: Option<&'a str>,
-}
-
-impl<'a> TokenView<'a> {
-    /// The broker's token, with `expires_in` left.
-    pub fn of(token: &'a IssuedToken, expires_in: Duration) -> Self {
-        Self {
-            access_token: &token.access_token,
-            token_type: &token.token_type,
-            expires_at: token.expires_at,
-            expires_in,
-            scope: token.scope.as_deref(),
-        }
-    }
-}
-
-impl<'a> From<&'a ServedToken> for TokenView<'a> {
-    fn from(token: &'a ServedToken) -> Self {
-        Self {
-            access_token: &token.access_token,
-            token_type: &token.token_type,
-            expires_at: token.expires_at,
-            expires_in: token.expires_in,
-            scope: token.scope.as_deref(),
-        }
-    }
-}
-
-/// Tokens whose JSON is kept per thread.
-const RECENT_TOKENS: usize = 8;
-
-thread_local! {
-    static RECENT: RefCell<Vec<Rendered>> = const { RefCell::new(Vec::new()) };
-}
-
-/// One token's JSON around its `expires_in`, and what it was rendered from. The text holds
-/// the token, so it is wiped when dropped, like the token itself.
-struct Rendered {
-    access_token: AccessToken,
-    token_type: String,
-    expires_at: SystemTime,
-    scope: Option<String>,
-    /// `{"access_token":…,"token_type":…,"expires_at":…,"expires_in":`
-    before: Zeroizing<Vec<u8>>,
-    /// `,"scope":…}`
-    after: Vec<u8>,
-}
-
-impl Rendered {
-    fn new(token: &TokenView<'_>) -> Self {
-        let mut before = Zeroizing::new(Vec::with_capacity(96 + token.access_token.expose().len()));
-        before.extend_from_slice(br#"{"access_token":"#);
-        before.extend_from_slice(&json(token.access_token.expose()));
-        before.extend_from_slice(br#","token_type":"#);
-        before.extend_from_slice(&json(token.token_type));
-        before.extend_from_slice(br#","expires_at":""#);
-        before.extend_from_slice(rfc3339(token.expires_at).as_bytes());
-        before.extend_from_slice(br#"","expires_in":"#);
-        let mut after = br#","scope":"#.to_vec();
-        after.extend_from_slice(&json(&token.scope));
-        after.push(b'}');
-        Self {
-            access_token: token.access_token.clone(),
-            token_type: token.token_type.to_owned(),
-            expires_at: token.expires_at,
-            scope: token.scope.map(str::to_owned),
-            before,
-            after,
-        }
-    }
-
-    fn is_for(&self, token: &TokenView<'_>) -> bool {
-        // A plain comparison, not `AccessToken`'s constant-time one: both sides are the
-        // daemon's own tokens, nothing a caller sent.
-        self.expires_at == token.expires_at
-            && self.access_token.expose() == token.access_token.expose()
-            && self.token_type == token.token_type
-            && self.scope.as_deref() == token.scope
-    }
-
-    fn with_expires_in(&self, expires_in: u64) -> Vec<u8> {
-        let mut number = itoa::Buffer::new();
-        let number = number.format(expires_in);
-        let mut json = Vec::with_capacity(self.before.len() + number.len() + self.after.len());
-        json.extend_from_slice(&self.before);
-        json.extend_from_slice(number.as_bytes());
-        json.extend_from_slice(&self.after);
-        json
-    }
-}
+use crate::broker::AccountView;
+use crate::secret::REDACTED;
+pub use crate::token::TokenBody;
 
 /// `POST /v1/token/{account}`.
 #[derive(Clone, Serialize, Deserialize)]
@@ -275,11 +122,6 @@ pub struct HealthBody {
     /// What is not ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
-}
-
-/// A value as JSON (a string, escaped and quoted; `null`).
-fn json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("strings always serialise")
 }
 
 fn rfc3339(time: SystemTime) -> String {

@@ -460,15 +460,15 @@ pub(super) fn with_response(
     response: TokenResponse,
     now: SystemTime,
 ) -> AccountRecord {
-    record.token = Some(IssuedToken {
-        access_token: response.access_token,
-        token_type: response.token_type,
-        expires_at: now + response.lifetime,
-        lifetime: response.lifetime,
-        scope: response
+    record.token = Some(IssuedToken::new(
+        response.access_token,
+        response.token_type,
+        now + response.lifetime,
+        response.lifetime,
+        response
             .scope
             .or_else(|| record.token.as_ref().and_then(|t| t.scope.clone())),
-    });
+    ));
     if let Some(rotated) = response.refresh_token {
         record.refresh_token = rotated;
     }

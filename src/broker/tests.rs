@@ -177,7 +177,7 @@ async fn a_fresh_token_is_served_from_memory() {
     for _ in 0..5 {
         let served = h.broker.token(&name("a"), None).await.unwrap();
         assert_eq!(
-            served.access_token.expose(),
+            served.token.access_token.expose(),
             h.fake.issued_access_tokens()[0]
         );
         assert_eq!(served.expires_in, HOUR * 4);
@@ -198,7 +198,7 @@ async fn the_sweep_refreshes_ahead_of_expiry_and_not_before() {
     assert_eq!(h.fake.token_calls(), 2, "due");
     let served = h.broker.token(&name("a"), None).await.unwrap();
     assert_eq!(
-        served.access_token.expose(),
+        served.token.access_token.expose(),
         h.fake.issued_access_tokens()[1]
     );
     assert_eq!(served.expires_in, HOUR * 4);
@@ -278,7 +278,7 @@ async fn concurrent_callers_share_one_refresh() {
                 broker
                     .token(&name("a"), None)
                     .await
-                    .map(|t| t.access_token.expose().to_owned())
+                    .map(|t| t.token.access_token.expose().to_owned())
             })
         })
         .collect();
@@ -340,7 +340,7 @@ async fn a_rotated_refresh_token_is_stored_before_the_new_token_is_served() {
         "the store holds the one valid refresh token"
     );
     assert_eq!(
-        served.access_token.expose(),
+        served.token.access_token.expose(),
         h.fake.issued_access_tokens()[1]
     );
 }
@@ -489,6 +489,7 @@ async fn outages_degrade_serve_the_old_token_and_recover() {
                 .token(&name("a"), None)
                 .await
                 .unwrap()
+                .token
                 .access_token
                 .expose(),
             old
@@ -502,6 +503,7 @@ async fn outages_degrade_serve_the_old_token_and_recover() {
             .token(&name("a"), None)
             .await
             .unwrap()
+            .token
             .access_token
             .expose(),
         old
@@ -542,6 +544,7 @@ async fn hostile_answers_keep_the_old_token_and_bounded_time() {
                 .token(&name("a"), None)
                 .await
                 .unwrap()
+                .token
                 .access_token
                 .expose(),
             old,
@@ -576,7 +579,7 @@ async fn a_rejected_token_forces_one_refresh_per_thirty_seconds() {
     h.import().await;
     let first = AccessToken::new(h.fake.issued_access_tokens()[0].clone());
     let served = h.broker.reject(&name("a"), &first).await.unwrap();
-    assert_ne!(served.access_token, first);
+    assert_ne!(served.token.access_token, first);
     assert_eq!(h.fake.token_calls(), 2);
     // Presenting the old token again gets the current one without a call.
     assert_eq!(
@@ -584,27 +587,30 @@ async fn a_rejected_token_forces_one_refresh_per_thirty_seconds() {
             .reject(&name("a"), &first)
             .await
             .unwrap()
+            .token
             .access_token,
-        served.access_token
+        served.token.access_token
     );
     // Rejecting the new one within 30 s does not call either.
     assert_eq!(
         h.broker
-            .reject(&name("a"), &served.access_token)
+            .reject(&name("a"), &served.token.access_token)
             .await
             .unwrap()
+            .token
             .access_token,
-        served.access_token
+        served.token.access_token
     );
     assert_eq!(h.fake.token_calls(), 2);
     h.clock.advance(REJECTED_REFRESH_INTERVAL);
     assert_ne!(
         h.broker
-            .reject(&name("a"), &served.access_token)
+            .reject(&name("a"), &served.token.access_token)
             .await
             .unwrap()
+            .token
             .access_token,
-        served.access_token
+        served.token.access_token
     );
     assert_eq!(h.fake.token_calls(), 3);
 }

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::secret::AccessToken;
 use crate::token::{AccountName, IssuedToken, RefreshPolicy};
 
 /// What we tell a caller to wait when an account needs to be connected again.
@@ -134,28 +133,24 @@ pub struct ShutdownReport {
 /// A token handed to a client.
 #[derive(Debug, Clone)]
 pub struct ServedToken {
-    /// The bearer token.
-    pub access_token: AccessToken,
-    /// `Bearer`.
-    pub token_type: String,
-    /// When it expires.
-    pub expires_at: SystemTime,
+    /// The token (its JSON, once rendered, shared with the account's).
+    pub token: IssuedToken,
     /// Time left at the moment it was served.
     pub expires_in: Duration,
-    /// Granted scopes.
-    pub scope: Option<String>,
 }
 
 impl ServedToken {
     /// `token`, with `expires_in` left.
     pub fn new(token: &IssuedToken, expires_in: Duration) -> Self {
         Self {
-            access_token: token.access_token.clone(),
-            token_type: token.token_type.clone(),
-            expires_at: token.expires_at,
+            token: token.clone(),
             expires_in,
-            scope: token.scope.clone(),
         }
+    }
+
+    /// Its JSON, as the API serves it.
+    pub fn json(&self) -> Vec<u8> {
+        self.token.json(self.expires_in)
     }
 }
 

@@ -445,7 +445,6 @@ fn client(
         api_key_sha256,
         accounts,
         admin: raw.admin,
-        served: std::sync::OnceLock::new(),
     })
 }
 

@@ -138,7 +138,9 @@ pub async fn run(
     broker.add_observer(metrics.clone());
 
     let own_uid = rustix::process::getuid().as_raw();
-    let access = Arc::new(ArcSwap::from_pointee(access_rules(&settings, own_uid)));
+    let access = Arc::new(ArcSwap::from_pointee(access_rules(
+        &settings, own_uid, &metrics,
+    )));
     let readiness = Arc::new(ArcSwap::from_pointee(readiness_rules(
         &settings,
         clock.monotonic(),
@@ -194,6 +196,7 @@ pub async fn run(
         access,
         readiness,
         sinks,
+        metrics,
         own_uid,
         settings,
     };
@@ -288,11 +291,12 @@ fn providers(settings: &Settings) -> Result<Vec<Arc<Provider>>, crate::provider:
 }
 
 /// Who may call, from the configuration.
-fn access_rules(settings: &Settings, own_uid: u32) -> Access {
+fn access_rules(settings: &Settings, own_uid: u32, metrics: &Metrics) -> Access {
     Access::new(
         &settings.api.admin_uids,
         own_uid,
         settings.api.clients.clone(),
+        metrics,
     )
 }
 

@@ -16,6 +16,7 @@ use super::{
 use crate::api::{Access, Readiness};
 use crate::broker::Broker;
 use crate::config::{ConfigError, Settings};
+use crate::metrics::Metrics;
 use crate::sink::Sinks;
 
 /// Loads the configuration afresh (the same file and environment as at start-up).
@@ -27,6 +28,7 @@ pub(super) struct Live {
     pub(super) access: Arc<ArcSwap<Access>>,
     pub(super) readiness: Arc<ArcSwap<Readiness>>,
     pub(super) sinks: Arc<Sinks>,
+    pub(super) metrics: Arc<Metrics>,
     pub(super) own_uid: u32,
     pub(super) settings: Settings,
 }
@@ -63,8 +65,11 @@ impl Live {
             providers(&new).map_err(|error| format!("a provider cannot be set up: {error}"))?;
         let applied = self.keep_fixed(new);
         self.broker.reconfigure(providers, applied.broker.policy);
-        self.access
-            .store(Arc::new(access_rules(&applied, self.own_uid)));
+        self.access.store(Arc::new(access_rules(
+            &applied,
+            self.own_uid,
+            &self.metrics,
+        )));
         let started_at = self.readiness.load().started_at;
         self.readiness
             .store(Arc::new(readiness_rules(&applied, started_at)));

@@ -200,12 +200,14 @@ pub(super) fn decode_versioned(
         name,
         provider: row.provider,
         refresh_token: RefreshToken::new(row.refresh_token),
-        token: row.token.map(|token| IssuedToken {
-            access_token: AccessToken::new(token.access_token),
-            token_type: token.token_type,
-            expires_at: from_millis(token.expires_at_ms),
-            lifetime: Duration::from_millis(token.lifetime_ms),
-            scope: token.scope,
+        token: row.token.map(|token| {
+            IssuedToken::new(
+                AccessToken::new(token.access_token),
+                token.token_type,
+                from_millis(token.expires_at_ms),
+                Duration::from_millis(token.lifetime_ms),
+                token.scope,
+            )
         }),
         provider_user_id: row.provider_user_id,
         needs_reauth: row.needs_reauth,
@@ -238,13 +240,13 @@ mod tests {
             name: "dropbox-main".parse().unwrap(),
             provider: "dropbox".into(),
             refresh_token: RefreshToken::new("rt-secret"),
-            token: Some(IssuedToken {
-                access_token: AccessToken::new("sl.at-secret"),
-                token_type: "Bearer".into(),
-                expires_at: from_millis(1_800_000_000_123),
-                lifetime: Duration::from_secs(14400),
-                scope: Some("files.content.read".into()),
-            }),
+            token: Some(IssuedToken::new(
+                AccessToken::new("sl.at-secret"),
+                "Bearer".into(),
+                from_millis(1_800_000_000_123),
+                Duration::from_secs(14400),
+                Some("files.content.read".into()),
+            )),
             provider_user_id: Some("dbid:abc".into()),
             needs_reauth: false,
             last_refresh: Some(from_millis(1_799_985_600_000)),

@@ -46,6 +46,8 @@ pub struct Client {
     pub accounts: Vec<glob::Pattern>,
     /// May use the admin routes.
     pub admin: bool,
+    /// May read `/metrics` (which names accounts and clients).
+    pub metrics: bool,
 }
 
 /// A kind of caller the daemon knows (a configured client, or the admin uids), with what is
@@ -100,6 +102,14 @@ impl Caller {
     /// Whether the caller may use the admin routes.
     pub fn is_admin(&self) -> bool {
         self.known.client.as_ref().is_none_or(|client| client.admin)
+    }
+
+    /// Whether the caller may read `/metrics`: admins and clients with `metrics = true`.
+    pub fn may_read_metrics(&self) -> bool {
+        self.known
+            .client
+            .as_ref()
+            .is_none_or(|client| client.admin || client.metrics)
     }
 
     /// Whether the caller may have this account's token and status.
@@ -227,6 +237,7 @@ pub(super) mod tests {
                 .map(|p| glob::Pattern::new(p).unwrap())
                 .collect(),
             admin: false,
+            metrics: false,
         }
     }
 

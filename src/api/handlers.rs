@@ -199,13 +199,23 @@ pub(super) async fn rekey(
     Ok(Json(serde_json::json!({ "resealed": count })))
 }
 
-pub(super) async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+pub(super) async fn metrics(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !caller.may_read_metrics() {
+        return Err(ApiError::Forbidden(format!(
+            "client {} may not read the metrics (they name accounts and clients; `metrics = true` allows it)",
+            caller.name()
+        )));
+    }
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok());
     let format = crate::metrics::Format::from_accept(accept);
     let text = app.metrics.render(&app.broker, app.clock.now(), format);
-    ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
+    Ok(([(header::CONTENT_TYPE, format.content_type())], text).into_response())
 }
 
 pub(super) async fn healthz() -> Json<HealthBody> {
@@ -215,7 +225,13 @@ pub(super) async fn healthz() -> Json<HealthBody> {
     })
 }
 
-pub(super) async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<HealthBody>) {
+/// Readiness, for probes and for anyone who can connect. Required accounts are named only to
+/// callers that may see every account; others learn how many are not ready.
+pub(super) async fn readyz(
+    State(app): State<AppState>,
+    admitted: Admitted,
+) -> (StatusCode, Json<HealthBody>) {
+    let sees_names = admitted.0.as_ref().is_ok_and(Caller::sees_all);
     let readiness = app.readiness.load();
     let mut problems = Vec::new();
     let stall_limit = readiness.check_interval * 3 + std::time::Duration::from_secs(5);
@@ -239,10 +255,20 @@ pub(super) async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Hea
     if let Some(problem) = app.broker.store_problem() {
         problems.push(format!("the store cannot be written: {problem}"));
     }
-    for name in &readiness.required {
-        if !app.broker.has_valid_token(name) {
+    let not_ready: Vec<_> = readiness
+        .required
+        .iter()
+        .filter(|name| !app.broker.has_valid_token(name))
+        .collect();
+    if sees_names {
+        for name in not_ready {
             problems.push(format!("required account {name} has no valid token"));
         }
+    } else if !not_ready.is_empty() {
+        problems.push(format!(
+            "{} required account(s) have no valid token",
+            not_ready.len()
+        ));
     }
     let status = if problems.is_empty() {
         StatusCode::OK

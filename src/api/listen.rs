@@ -45,7 +45,16 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on a Unix socket until `cancel` fires.
 pub async fn serve_unix(listener: UnixListener, api: Service, cancel: CancellationToken) {
-    serve(api, cancel, || async {
+    serve_unix_with(listener, api, cancel, MAX_CONNECTIONS).await;
+}
+
+async fn serve_unix_with(
+    listener: UnixListener,
+    api: Service,
+    cancel: CancellationToken,
+    max_connections: usize,
+) {
+    serve(api, cancel, max_connections, || async {
         let (stream, _) = listener.accept().await?;
         let peer = match stream.peer_cred() {
             Ok(cred) => Peer::Unix {
@@ -65,7 +74,16 @@ pub async fn serve_unix(listener: UnixListener, api: Service, cancel: Cancellati
 
 /// Serves `router` on a TCP listener until `cancel` fires.
 pub async fn serve_tcp(listener: TcpListener, api: Service, cancel: CancellationToken) {
-    serve(api, cancel, || async {
+    serve_tcp_with(listener, api, cancel, MAX_CONNECTIONS).await;
+}
+
+async fn serve_tcp_with(
+    listener: TcpListener,
+    api: Service,
+    cancel: CancellationToken,
+    max_connections: usize,
+) {
+    serve(api, cancel, max_connections, || async {
         let (stream, addr) = listener.accept().await?;
         // Small responses: do not wait to coalesce them.
         let _ = stream.set_nodelay(true);
@@ -74,23 +92,28 @@ pub async fn serve_tcp(listener: TcpListener, api: Service, cancel: Cancellation
     .await;
 }
 
-async fn serve<S, F, Fut>(api: Service, cancel: CancellationToken, mut accept: F)
-where
+/// Serves connections from `accept`, at most `max_connections` at once. At the cap, the
+/// connection that has been open longest among those not being answered is closed to admit
+/// the new one (one that never sent a whole request first), so that no caller can hold the
+/// slots by keeping idle connections open; only connections all busy answering make a new
+/// one wait.
+async fn serve<S, F, Fut>(
+    api: Service,
+    cancel: CancellationToken,
+    max_connections: usize,
+    mut accept: F,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<Option<(S, Peer)>>>,
 {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let open = Arc::new(Open::default());
+    let mut full_since_warned = None;
     let mut builder = http1::Builder::new();
     builder.max_buf_size(MAX_HEADER_BYTES);
     loop {
-        // Wait for a free slot before accepting, so a flood queues in the kernel's backlog
-        // instead of in our memory.
-        let permit = tokio::select! {
-            () = cancel.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
         let accepted = tokio::select! {
             () = cancel.cancelled() => break,
             accepted = accept() => accepted,
@@ -105,11 +128,32 @@ where
                 continue;
             }
         };
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let closed = open.close_one_idle();
+                let now = tokio::time::Instant::now();
+                if full_since_warned.is_none_or(|at| now - at >= FULL_WARNING_INTERVAL) {
+                    full_since_warned = Some(now);
+                    tracing::warn!(
+                        max_connections,
+                        closed_an_idle_one = closed,
+                        "the listener's connections are all taken; closing the one open longest without a request in progress to admit a new one (warned at most once a minute)"
+                    );
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    permit = Arc::clone(&slots).acquire_owned() => permit.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let shared = Arc::new(Connection {
             api: api.clone(),
             peer,
             activity: Activity::default(),
+            close: CancellationToken::new(),
         });
+        let id = open.add(&shared);
         let service = hyper::service::service_fn({
             let shared = Arc::clone(&shared);
             move |request: hyper::Request<Incoming>| shared.answer(request)
@@ -121,7 +165,11 @@ where
             }
             drop(permit);
         });
-        tokio::spawn(close_when_idle(task, shared));
+        let open = Arc::clone(&open);
+        tokio::spawn(async move {
+            close_when_idle(task, &shared).await;
+            open.remove(id);
+        });
     }
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -134,11 +182,72 @@ where
     }
 }
 
+/// The listener's cap warning is repeated at most this often while it stays full.
+const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The open connections of one listener, in the order they were accepted.
+#[derive(Default)]
+struct Open {
+    connections: std::sync::Mutex<Connections>,
+}
+
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    by_age: std::collections::BTreeMap<u64, Arc<Connection>>,
+}
+
+impl Open {
+    fn add(&self, connection: &Arc<Connection>) -> u64 {
+        let mut open = self.lock();
+        let id = open.next_id;
+        open.next_id += 1;
+        open.by_age.insert(id, Arc::clone(connection));
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().by_age.remove(&id);
+    }
+
+    /// Closes the connection open longest that sent no whole request yet or, if none, the
+    /// one open longest that is not answering one; returns whether there was one. The cap
+    /// is reached only under a flood, so a scan of every connection is fine.
+    fn close_one_idle(&self) -> bool {
+        let mut open = self.lock();
+        let idle = |connection: &&Arc<Connection>| {
+            !connection.close.is_cancelled() && connection.activity.events() % 2 == 0
+        };
+        let chosen = open
+            .by_age
+            .iter()
+            .map(|(id, connection)| (*id, connection))
+            .filter(|(_, connection)| idle(connection))
+            .min_by_key(|(id, connection)| (connection.activity.events() != 0, *id))
+            .map(|(id, _)| id);
+        let Some(id) = chosen else {
+            return false;
+        };
+        if let Some(connection) = open.by_age.remove(&id) {
+            connection.close.cancel();
+        }
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// What the requests of one connection share.
 struct Connection {
     api: Service,
     peer: Peer,
     activity: Activity,
+    /// Fired to close the connection (it was chosen to make room for another).
+    close: CancellationToken,
 }
 
 /// What hyper waits on for an answer: ready at once for a token served from memory.
@@ -202,13 +311,17 @@ impl Drop for Answering<'_> {
     }
 }
 
-/// Ends the connection `task` once it has been idle for [`IDLE_TIMEOUT`]; returns when it
-/// ends on its own.
-async fn close_when_idle(mut task: JoinHandle<()>, connection: Arc<Connection>) {
+/// Ends the connection `task` once it has been idle for [`IDLE_TIMEOUT`], or when it is
+/// chosen to make room; returns when it ends.
+async fn close_when_idle(mut task: JoinHandle<()>, connection: &Connection) {
     tokio::select! {
         _ = &mut task => {}
         () = idle(&connection.activity) => {
             tracing::debug!("closing a connection that sent no whole request for {}s", IDLE_TIMEOUT.as_secs());
+            task.abort();
+        }
+        () = connection.close.cancelled() => {
+            tracing::debug!("closing an idle connection to make room for a new one");
             task.abort();
         }
     }
@@ -265,6 +378,7 @@ mod tests {
             api: api.service.clone(),
             peer: ADMIN,
             activity: Activity::default(),
+            close: CancellationToken::new(),
         });
         let witness = Witness(Arc::new(()));
 
@@ -292,6 +406,114 @@ mod tests {
         assert_eq!(response.status(), 200);
         assert_eq!(Arc::strong_count(&witness.0), 1);
         assert_eq!(connection.activity.events(), 4);
+    }
+
+    /// A listener with room for `max` connections over `api`'s service, and its address.
+    async fn listening(api: &crate::api::tests::Api, max: usize) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let service = api.service.clone();
+        tokio::spawn(serve_tcp_with(
+            listener,
+            service,
+            CancellationToken::new(),
+            max,
+        ));
+        address
+    }
+
+    /// A client's token request over a connection of its own, within a second.
+    async fn token_within_a_second(address: std::net::SocketAddr) {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let request = http
+            .get(format!("http://{address}/v1/token/corp"))
+            .bearer_auth("sidecar-key")
+            .send();
+        let response = timeout(Duration::from_secs(1), request)
+            .await
+            .expect("a client waited more than a second for its token")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    /// The issue #15 attack: a local user with no key holds every connection with
+    /// keep-alive requests for `/healthz`. Its answers end their connections.
+    #[tokio::test]
+    async fn a_caller_that_is_no_client_cannot_hold_the_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let api = api().await;
+        api.import("corp").await;
+        let address = listening(&api, 8).await;
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = vec![0; 4096];
+            let read = timeout(Duration::from_secs(5), stream.read(&mut answer))
+                .await
+                .unwrap()
+                .unwrap();
+            let answer = String::from_utf8_lossy(&answer[..read]).to_lowercase();
+            assert!(answer.starts_with("http/1.1 200"), "{answer}");
+            assert!(answer.contains("connection: close"), "{answer}");
+            held.push(stream);
+        }
+        token_within_a_second(address).await;
+    }
+
+    /// What a test's log lines were written to.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Connections that send nothing (or nothing more) cannot keep a client out: at the cap,
+    /// the one open longest without a request is closed to admit the new one, and the
+    /// daemon warns that the listener is full.
+    #[tokio::test]
+    async fn at_the_cap_an_idle_connection_makes_room_for_a_new_one() {
+        use tokio::io::AsyncReadExt;
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let captured = captured.clone();
+                move || captured.clone()
+            })
+            .finish();
+        // This test's runtime runs every task on this thread, the listener's included.
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let api = api().await;
+        api.import("corp").await;
+        let address = listening(&api, 8).await;
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        token_within_a_second(address).await;
+        // The oldest silent connection was the one closed.
+        let mut byte = [0; 1];
+        let read = timeout(Duration::from_secs(1), held[0].read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "the oldest idle connection is still open: {read:?}"
+        );
+        let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains("the listener's connections are all taken"),
+            "{logged}"
+        );
     }
 
     /// How long `idle` took to return, in (paused) time.

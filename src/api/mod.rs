@@ -158,18 +158,29 @@ impl Service {
             state
                 .metrics
                 .request(REFUSED.into(), response.status().as_u16());
-            return Answer::Now(response);
+            return Answer::Now(response).closing();
         }
         let caller = handlers::identify(state, &peer, headers.get(header::AUTHORIZATION));
-        if request.method() == Method::GET && request.uri().path().starts_with(token::PREFIX) {
-            let accept = request.headers().get(header::ACCEPT);
-            return token::get(state, caller, request.uri(), accept);
+        // A caller that is no client gets its answer (a probe's, a page's, a refusal) and the
+        // connection ends: keeping one open is for clients, so that nobody else can hold the
+        // listener's connections by asking for /healthz now and then.
+        let identified = caller.is_ok();
+        let answer =
+            if request.method() == Method::GET && request.uri().path().starts_with(token::PREFIX) {
+                let accept = request.headers().get(header::ACCEPT);
+                token::get(state, caller, request.uri(), accept)
+            } else {
+                let extensions = request.extensions_mut();
+                extensions.insert(peer);
+                extensions.insert(Admitted(caller));
+                let service = self.clone();
+                Answer::Later(Box::pin(async move { service.route(request).await }))
+            };
+        if identified {
+            answer
+        } else {
+            answer.closing()
         }
-        let extensions = request.extensions_mut();
-        extensions.insert(peer);
-        extensions.insert(Admitted(caller));
-        let service = self.clone();
-        Answer::Later(Box::pin(async move { service.route(request).await }))
     }
 
     /// Answers a request through the router.

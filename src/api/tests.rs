@@ -86,6 +86,10 @@ pub(super) async fn api() -> Api {
         client("backup", None, &[1001], &["dropbox-*"]),
         client("sidecar", Some("sidecar-key"), &[], &["corp"]),
         client("ops", Some("ops-key"), &[], &["*"]),
+        Client {
+            metrics: true,
+            ..client("scraper", Some("scraper-key"), &[], &[])
+        },
     ];
     let metrics = Arc::new(crate::metrics::Metrics::new(
         crate::metrics::Detail::PerAccount,
@@ -443,6 +447,16 @@ async fn readiness_needs_required_accounts_and_a_ticking_scheduler() {
     let (status, body) = api.json(ADMIN, "GET", "/readyz", None, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body["problems"].to_string().contains("corp"), "{body}");
+    // Anyone who can connect may probe, but learns no account's name.
+    for key in [None, Some("sidecar-key")] {
+        let (status, body) = api.json(TCP, "GET", "/readyz", key, None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{key:?}");
+        assert_eq!(
+            body["problems"],
+            json!(["1 required account(s) have no valid token"]),
+            "{key:?}"
+        );
+    }
     api.import("corp").await;
     assert_eq!(
         api.json(TCP, "GET", "/readyz", None, None).await.0,
@@ -452,6 +466,29 @@ async fn readiness_needs_required_accounts_and_a_ticking_scheduler() {
         api.json(TCP, "GET", "/healthz", None, None).await.0,
         StatusCode::OK
     );
+}
+
+/// `/metrics` names accounts and clients: it is for admins and clients allowed it, not for
+/// whoever can reach the port.
+#[tokio::test]
+async fn metrics_are_for_admins_and_clients_allowed_them() {
+    let api = api().await;
+    api.import("corp").await;
+    for (peer, key, expected) in [
+        (TCP, None, StatusCode::UNAUTHORIZED),
+        (TCP, Some("sidecar-key"), StatusCode::FORBIDDEN),
+        (STRANGER, None, StatusCode::FORBIDDEN),
+        (TCP, Some("scraper-key"), StatusCode::OK),
+        (ADMIN, None, StatusCode::OK),
+    ] {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let mut headers = vec![("host", "127.0.0.1:8765")];
+        headers.extend(auth.iter().map(|a| ("authorization", a.as_str())));
+        let (status, _, body) = api.call(peer, "GET", "/metrics", &headers, None).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, expected, "{peer:?} {key:?}: {body}");
+        assert_eq!(body.contains("corp"), status == StatusCode::OK, "{body}");
+    }
 }
 
 #[tokio::test]

@@ -49,6 +49,20 @@ impl std::fmt::Debug for Answer {
 }
 
 impl Answer {
+    /// The same answer, with `Connection: close`: the connection ends once it is written.
+    pub(super) fn closing(self) -> Self {
+        fn close(mut response: Response) -> Response {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        match self {
+            Self::Now(response) => Self::Now(close(response)),
+            Self::Later(answer) => Self::Later(Box::pin(async move { close(answer.await) })),
+        }
+    }
+
     /// The response, waited for if it must be.
     pub async fn response(self) -> Response {
         match self {

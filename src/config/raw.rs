@@ -110,6 +110,8 @@ pub(super) struct Client {
     pub(super) accounts: Vec<String>,
     #[serde(default)]
     pub(super) admin: bool,
+    #[serde(default)]
+    pub(super) metrics: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -445,6 +445,7 @@ fn client(
         api_key_sha256,
         accounts,
         admin: raw.admin,
+        metrics: raw.metrics,
     })
 }
 

@@ -73,6 +73,7 @@ accounts = ["dropbox-*"]
 name = "app-sidecar"
 api_key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 accounts = ["corp-reports"]
+metrics = true
 
 [accounts.dropbox-main]
 provider = "dropbox"
@@ -139,6 +140,8 @@ fn the_documented_example_loads() {
     );
     assert_eq!((sink.format, sink.mode), (crate::sink::Format::Raw, 0o640));
     assert_eq!(settings.api.clients.len(), 2);
+    let metrics: Vec<_> = settings.api.clients.iter().map(|c| c.metrics).collect();
+    assert_eq!(metrics, [false, true], "metrics = true, default false");
     // Neither the summary nor Debug shows a secret.
     for text in [settings.summary(), format!("{settings:?}")] {
         assert!(!text.contains("SECRET"), "{text}");

@@ -460,20 +460,33 @@ impl SocketFile {
                 return Err(error).with_context(|| format!("while checking {}", path.display()))
             }
         }
-        let listener = UnixListener::bind(path)
+        // Bound, given its mode and group in a directory of our own (0700), then renamed into
+        // place: nobody who can write to the socket's directory can swap the new socket for
+        // a link between the bind and the chmod, and have us chmod or chown another file.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let staging = tempfile::Builder::new()
+            .prefix(".tb")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(parent)
             .with_context(|| format!("while binding {}", path.display()))?;
-        // Owned from here on: any failure below removes the socket file again.
-        let socket = Self {
+        let staged = staging.path().join("s");
+        let listener = UnixListener::bind(&staged)
+            .with_context(|| format!("while binding {}", path.display()))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&staged, None, Some(gid))
+                .with_context(|| format!("while giving {} to group {gid}", path.display()))?;
+        }
+        std::fs::rename(&staged, path)
+            .with_context(|| format!("while binding {}", path.display()))?;
+        Ok(Self {
             path: path.to_owned(),
             listener: Some(listener),
             owned: true,
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-        if let Some(gid) = group {
-            std::os::unix::fs::chown(path, None, Some(gid))
-                .with_context(|| format!("while giving {} to group {gid}", path.display()))?;
-        }
-        Ok(socket)
+        })
     }
 
     /// A socket systemd bound and passed (its mode and group are the socket unit's).
@@ -502,6 +515,48 @@ impl Drop for SocketFile {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Issue #15: a user who can write to the socket's directory swaps the new socket for a
+    /// link to a file of the daemon's the moment it appears. Binding must never chmod (or
+    /// chown) through that link.
+    #[tokio::test]
+    async fn binding_the_socket_never_follows_a_planted_link() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "the daemon's own file").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("tb.sock");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let attacker = std::thread::spawn({
+            let (path, victim, stop) = (path.clone(), victim.clone(), stop.clone());
+            move || {
+                let mut swapped = 0_u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let is_socket =
+                        std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+                    if is_socket && std::fs::remove_file(&path).is_ok() {
+                        let _ = std::os::unix::fs::symlink(&victim, &path);
+                        swapped += 1;
+                    }
+                }
+                swapped
+            }
+        });
+        for _ in 0..3000 {
+            if let Ok(socket) = super::SocketFile::bind(&path, None) {
+                drop(socket);
+            }
+            let _ = std::fs::remove_file(&path);
+            let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "binding changed the mode of a linked file");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(attacker.join().unwrap() > 0, "the attack never ran");
+    }
+
     #[test]
     fn the_daemon_cannot_dump_core() {
         super::forbid_core_dumps();

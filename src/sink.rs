@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -71,11 +71,18 @@ pub struct SinkError {
     reason: std::io::Error,
 }
 
+/// Where the sinks are read from: the configuration in force, which a reload replaces whole
+/// (the daemon keeps them in its one runtime value).
+pub trait Targets: Send + Sync + std::fmt::Debug {
+    /// Every configured sink.
+    fn sinks(&self) -> Arc<[Config]>;
+}
+
 /// Every configured sink, kept current: the broker tells it of new tokens (it is an
 /// [`Observer`]), and [`run`] rewrites the files.
 #[derive(Debug)]
 pub struct Sinks {
-    configs: RwLock<Vec<Config>>,
+    targets: Arc<dyn Targets>,
     changed: mpsc::UnboundedSender<AccountName>,
 }
 
@@ -84,26 +91,15 @@ pub struct Sinks {
 pub struct Changes(mpsc::UnboundedReceiver<AccountName>);
 
 impl Sinks {
-    /// The sinks in `configs`, and the queue of accounts whose sinks need writing.
-    pub fn new(configs: Vec<Config>) -> (Arc<Self>, Changes) {
+    /// The sinks `targets` names, and the queue of accounts whose sinks need writing.
+    pub fn new(targets: Arc<dyn Targets>) -> (Arc<Self>, Changes) {
         let (changed, receiver) = mpsc::unbounded_channel();
-        let sinks = Arc::new(Self {
-            configs: RwLock::new(configs),
-            changed,
-        });
+        let sinks = Arc::new(Self { targets, changed });
         (sinks, Changes(receiver))
     }
 
-    /// Replaces the configured sinks (a reload) and writes every one of them.
-    pub fn replace(&self, configs: Vec<Config>) {
-        *self
-            .configs
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = configs;
-        self.write_all();
-    }
-
-    /// Queues a write of every sink whose account holds a token (at start-up).
+    /// Queues a write of every sink whose account holds a token (at start-up, and after a
+    /// reload).
     pub fn write_all(&self) {
         for account in self.accounts() {
             let _ = self.changed.send(account);
@@ -127,10 +123,8 @@ impl Sinks {
             .collect()
     }
 
-    fn configs(&self) -> std::sync::RwLockReadGuard<'_, Vec<Config>> {
-        self.configs
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn configs(&self) -> Arc<[Config]> {
+        self.targets.sinks()
     }
 }
 

@@ -232,7 +232,7 @@ pub(super) async fn readyz(
     admitted: Admitted,
 ) -> (StatusCode, Json<HealthBody>) {
     let sees_names = admitted.0.as_ref().is_ok_and(Caller::sees_all);
-    let readiness = app.readiness.load();
+    let readiness = app.rules.readiness();
     let mut problems = Vec::new();
     let stall_limit = readiness.check_interval * 3 + std::time::Duration::from_secs(5);
     // Measured on the monotonic clock, so a step of the wall clock can neither hide a
@@ -315,7 +315,7 @@ pub(super) fn identify(
             Some(ApiKey::new(key.trim()))
         }
     };
-    app.access.load().identify(peer, bearer.as_ref())
+    app.rules.identify(peer, bearer.as_ref())
 }
 
 /// Who the request is from, as [`super::Service`] identified it before routing.

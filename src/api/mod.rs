@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{header, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +36,7 @@ pub use self::token::Answer;
 use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
+use crate::secret::ApiKey;
 use crate::token::AccountName;
 
 /// The largest request body accepted (an import is a few hundred bytes).
@@ -72,15 +72,46 @@ pub struct Readiness {
     pub started_at: tokio::time::Instant,
 }
 
+/// What the API reads of the configuration a reload changes: who may call, and what makes
+/// the daemon ready. The daemon keeps them in its one runtime value, with everything else a
+/// reload changes, and swaps that whole; [`FixedRules`] is the same for rules that never
+/// change.
+pub trait Rules: Send + Sync + std::fmt::Debug {
+    /// Identifies a caller from its connection and `Authorization` key, as [`Access`] does.
+    ///
+    /// # Errors
+    /// As [`Access::identify`].
+    fn identify(&self, peer: &Peer, bearer: Option<&ApiKey>) -> Result<Caller, ApiError>;
+    /// What `/readyz` checks.
+    fn readiness(&self) -> Readiness;
+}
+
+/// Rules that never change.
+#[derive(Debug)]
+pub struct FixedRules {
+    /// Who may call.
+    pub access: Access,
+    /// What makes the daemon ready.
+    pub readiness: Readiness,
+}
+
+impl Rules for FixedRules {
+    fn identify(&self, peer: &Peer, bearer: Option<&ApiKey>) -> Result<Caller, ApiError> {
+        self.access.identify(peer, bearer)
+    }
+
+    fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+}
+
 /// Everything the handlers need.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The core.
     pub broker: Broker,
-    /// Caller identification.
-    pub access: Arc<ArcSwap<Access>>,
-    /// Readiness rules.
-    pub readiness: Arc<ArcSwap<Readiness>>,
+    /// Caller identification and readiness, as the current configuration has them.
+    pub rules: Arc<dyn Rules>,
     /// The clock.
     pub clock: SharedClock,
     /// Base of the OAuth redirect URI and of connect links.

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -70,15 +69,11 @@ pub(super) async fn api() -> Api {
     );
     let provider = Arc::new(Provider::new(fake.provider_config("fake")).unwrap());
     let clock: crate::clock::SharedClock = Arc::new(SystemClock);
-    let config = broker::Config {
-        policy: RefreshPolicy::default(),
-        max_concurrent: 2,
-    };
     let broker = Broker::open(
         store,
-        vec![provider],
+        broker::Fixed::new(vec![provider], RefreshPolicy::default()),
         clock.clone(),
-        config,
+        2,
         TaskTracker::new(),
     )
     .unwrap();
@@ -94,21 +89,17 @@ pub(super) async fn api() -> Api {
     let metrics = Arc::new(crate::metrics::Metrics::new(
         crate::metrics::Detail::PerAccount,
     ));
-    let access = Arc::new(ArcSwap::from_pointee(Access::new(
-        &[],
-        999_999,
-        clients,
-        &metrics,
-    )));
-    let readiness = Arc::new(ArcSwap::from_pointee(Readiness {
-        required: vec!["corp".parse().unwrap()],
-        check_interval: Duration::from_secs(30),
-        started_at: clock.monotonic(),
-    }));
+    let rules = Arc::new(FixedRules {
+        access: Access::new(&[], 999_999, clients, &metrics),
+        readiness: Readiness {
+            required: vec!["corp".parse().unwrap()],
+            check_interval: Duration::from_secs(30),
+            started_at: clock.monotonic(),
+        },
+    });
     let state = AppState {
         broker,
-        access,
-        readiness,
+        rules,
         clock,
         public_url: "http://127.0.0.1:8765".parse().unwrap(),
         metrics,
@@ -503,33 +494,31 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
         .unwrap(),
     );
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-    let config = broker::Config {
-        policy: RefreshPolicy::default(),
-        max_concurrent: 2,
-    };
     let providers = vec![Arc::new(
         Provider::new(fake.provider_config("fake")).unwrap(),
     )];
     let broker = Broker::open(
         store,
-        providers,
+        broker::Fixed::new(providers, RefreshPolicy::default()),
         Arc::new(clock.clone()),
-        config,
+        2,
         TaskTracker::new(),
     )
     .unwrap();
-    let readiness = Arc::new(ArcSwap::from_pointee(Readiness {
-        required: vec![],
-        check_interval: Duration::from_secs(30),
-        started_at: clock.monotonic(),
-    }));
     let metrics = Arc::new(crate::metrics::Metrics::new(
         crate::metrics::Detail::PerAccount,
     ));
+    let rules = Arc::new(FixedRules {
+        access: Access::new(&[], 0, vec![], &metrics),
+        readiness: Readiness {
+            required: vec![],
+            check_interval: Duration::from_secs(30),
+            started_at: clock.monotonic(),
+        },
+    });
     let state = AppState {
         broker: broker.clone(),
-        access: Arc::new(ArcSwap::from_pointee(Access::new(&[], 0, vec![], &metrics))),
-        readiness,
+        rules,
         clock: Arc::new(clock.clone()),
         public_url: "http://127.0.0.1:8765".parse().unwrap(),
         metrics,

@@ -18,12 +18,11 @@
 //! parts share; `engine` refreshes, `grants` imports, seeds, removes and re-keys, `slot` is
 //! one account in memory, `types` what callers see, `connect` the flows that connect one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -39,7 +38,8 @@ pub use self::connect::{
 };
 use self::slot::{view, Slot, SlotState};
 pub use self::types::{
-    AccountView, BrokerError, Config, Observer, Outcome, ServedToken, ShutdownReport, Status,
+    AccountView, BrokerError, Config, Fixed, Observer, Outcome, ServedToken, ShutdownReport,
+    Status, Tuning,
 };
 use crate::clock::SharedClock;
 use crate::provider::Provider;
@@ -73,10 +73,8 @@ struct Inner {
     /// interval) end at once.
     cancel: tokio_util::sync::CancellationToken,
     clock: SharedClock,
-    providers: RwLock<HashMap<String, Arc<Provider>>>,
-    /// Read for every token served, changed only by a reload: an `ArcSwap`, whose reads
-    /// write to no memory another thread reads.
-    policy: ArcSwap<RefreshPolicy>,
+    /// The providers and the refresh policy, as the current configuration has them.
+    tuning: Arc<dyn Tuning>,
     observers: RwLock<Vec<Arc<dyn Observer>>>,
     accounts: RwLock<BTreeMap<AccountName, Arc<Slot>>>,
     /// Calls to providers in flight at most (`max_concurrent`).
@@ -126,19 +124,20 @@ impl Broker {
     /// # Errors
     /// The store cannot be read.
     /// Every task the broker starts is spawned on `tasks`, which the caller owns; the
-    /// broker closes it and waits for it in `shut_down`.
+    /// broker closes it and waits for it in `shut_down`. Providers and the refresh policy
+    /// are read from `tuning` whenever they are needed; `max_concurrent` is fixed.
     pub fn open(
         store: Arc<dyn Store>,
-        providers: Vec<Arc<Provider>>,
+        tuning: Arc<dyn Tuning>,
         clock: SharedClock,
-        config: Config,
+        max_concurrent: usize,
         tasks: TaskTracker,
     ) -> Result<Self, StoreError> {
         Self::open_with_random(
             store,
-            providers,
+            tuning,
             clock,
-            config,
+            max_concurrent,
             tasks,
             Arc::new(rand::random::<f64>),
         )
@@ -150,9 +149,9 @@ impl Broker {
     /// The store cannot be read.
     pub fn open_with_random(
         store: Arc<dyn Store>,
-        providers: Vec<Arc<Provider>>,
+        tuning: Arc<dyn Tuning>,
         clock: SharedClock,
-        config: Config,
+        max_concurrent: usize,
         tasks: TaskTracker,
         random: RandomSource,
     ) -> Result<Self, StoreError> {
@@ -164,12 +163,11 @@ impl Broker {
             closing: AtomicBool::new(false),
             cancel: tokio_util::sync::CancellationToken::new(),
             clock,
-            providers: RwLock::new(by_name(providers)),
-            policy: ArcSwap::from_pointee(config.policy),
+            tuning,
             observers: RwLock::new(Vec::new()),
             accounts: RwLock::new(BTreeMap::new()),
-            permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
-            max_concurrent: config.max_concurrent.max(1),
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            max_concurrent: max_concurrent.max(1),
             queue: Mutex::new(Queue::default()),
             random,
             last_tick: Mutex::new(None),
@@ -191,13 +189,11 @@ impl Broker {
         write(&self.inner.observers).push(observer);
     }
 
-    /// Takes a reloaded configuration: providers and the refresh policy apply from the next
-    /// refresh on. Tokens and refreshes in flight are kept; an account whose provider is gone
-    /// keeps serving its token and fails its next refresh as unconfigured. `max_concurrent`
-    /// is fixed for the broker's life.
-    pub fn reconfigure(&self, providers: Vec<Arc<Provider>>, policy: RefreshPolicy) {
-        *write(&self.inner.providers) = by_name(providers);
-        self.inner.policy.store(Arc::new(policy));
+    /// After a reload changed what `tuning` gives: providers and the refresh policy apply
+    /// from the next refresh on. Tokens and refreshes in flight are kept; an account whose
+    /// provider is gone keeps serving its token and fails its next refresh as unconfigured.
+    pub fn retune(&self) {
+        let policy = self.policy();
         // Accounts on their regular schedule move to the new margin; those backing off keep
         // their retry time.
         for slot in read(&self.inner.accounts).values() {
@@ -619,14 +615,14 @@ impl Broker {
     }
 
     fn provider(&self, name: &str) -> Result<Arc<Provider>, BrokerError> {
-        read(&self.inner.providers)
-            .get(name)
-            .cloned()
+        self.inner
+            .tuning
+            .provider(name)
             .ok_or_else(|| BrokerError::UnknownProvider(name.to_owned()))
     }
 
     fn policy(&self) -> RefreshPolicy {
-        **self.inner.policy.load()
+        self.inner.tuning.policy()
     }
 
     fn notify(&self, tell: impl Fn(&dyn Observer)) {
@@ -638,13 +634,6 @@ impl Broker {
     fn now(&self) -> SystemTime {
         self.inner.clock.now()
     }
-}
-
-fn by_name(providers: Vec<Arc<Provider>>) -> HashMap<String, Arc<Provider>> {
-    providers
-        .into_iter()
-        .map(|p| (p.name().to_owned(), p))
-        .collect()
 }
 
 fn read<T: ?Sized>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

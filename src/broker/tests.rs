@@ -22,7 +22,28 @@ struct Harness {
     /// Set: every store write fails with ENOSPC, as on a full disk.
     disk_full: Arc<std::sync::atomic::AtomicBool>,
     broker: Broker,
+    /// What the broker reads its providers and policy from; a test may swap it (a reload).
+    tuning: Arc<Reloadable>,
     _dir: tempfile::TempDir,
+}
+
+/// Providers and a policy that a test replaces, as a reload replaces the daemon's.
+struct Reloadable(arc_swap::ArcSwap<Fixed>);
+
+impl Reloadable {
+    fn set(&self, providers: Vec<Arc<Provider>>, policy: RefreshPolicy) {
+        self.0.store(Fixed::new(providers, policy));
+    }
+}
+
+impl Tuning for Reloadable {
+    fn policy(&self) -> RefreshPolicy {
+        self.0.load().policy()
+    }
+
+    fn provider(&self, name: &str) -> Option<Arc<Provider>> {
+        self.0.load().provider(name)
+    }
 }
 
 /// The real store, whose writes fail while `full` is set.
@@ -82,14 +103,15 @@ async fn harness_with(policy: RefreshPolicy) -> Harness {
         store: store.clone(),
         full: disk_full.clone(),
     };
+    let tuning = Arc::new(Reloadable(arc_swap::ArcSwap::new(Fixed::new(
+        vec![Arc::new(provider)],
+        policy,
+    ))));
     let broker = Broker::open_with_random(
         Arc::new(disk),
-        vec![Arc::new(provider)],
+        tuning.clone(),
         Arc::new(clock.clone()),
-        Config {
-            policy,
-            max_concurrent: 4,
-        },
+        4,
         TaskTracker::new(),
         Arc::new(|| 0.5),
     )
@@ -100,6 +122,7 @@ async fn harness_with(policy: RefreshPolicy) -> Harness {
         store,
         disk_full,
         broker,
+        tuning,
         _dir: dir,
     }
 }
@@ -147,12 +170,12 @@ impl Harness {
         config.endpoints = crate::provider::EndpointSource::Fixed(endpoints);
         Broker::open_with_random(
             self.store.clone(),
-            vec![Arc::new(Provider::new(config).unwrap())],
+            Fixed::new(
+                vec![Arc::new(Provider::new(config).unwrap())],
+                RefreshPolicy::default(),
+            ),
             Arc::new(self.clock.clone()),
-            Config {
-                policy: RefreshPolicy::default(),
-                max_concurrent: 1,
-            },
+            1,
             tasks,
             Arc::new(|| 0.5),
         )
@@ -794,7 +817,7 @@ async fn a_reconfigured_policy_reschedules_accounts_on_their_regular_schedule() 
     let providers = vec![Arc::new(
         Provider::new(h.fake.provider_config("fake")).unwrap(),
     )];
-    h.broker.reconfigure(
+    h.tuning.set(
         providers,
         RefreshPolicy {
             ahead: HOUR * 2,
@@ -802,6 +825,7 @@ async fn a_reconfigured_policy_reschedules_accounts_on_their_regular_schedule() 
             ..RefreshPolicy::default()
         },
     );
+    h.broker.retune();
     h.clock.advance(HOUR * 2 - Duration::from_secs(1));
     h.sweep().await;
     assert_eq!(h.fake.token_calls(), 1, "not yet due");
@@ -811,7 +835,8 @@ async fn a_reconfigured_policy_reschedules_accounts_on_their_regular_schedule() 
 
     // A provider dropped by a reload: the token is still served, the next refresh fails as
     // a configuration error without a call.
-    h.broker.reconfigure(vec![], RefreshPolicy::default());
+    h.tuning.set(vec![], RefreshPolicy::default());
+    h.broker.retune();
     assert!(h.broker.token(&name("a"), None).await.is_ok());
     h.clock.advance(HOUR * 4);
     h.sweep().await;

@@ -17,6 +17,47 @@ pub struct Config {
     pub max_concurrent: usize,
 }
 
+/// Where the broker reads what a reload may change: the providers and the refresh policy.
+/// The daemon keeps them in its one runtime value, with everything else a reload changes,
+/// and swaps that whole; [`Fixed`] is the same for a broker nothing reconfigures.
+pub trait Tuning: Send + Sync {
+    /// When to refresh and how to back off. Read for every token served: it must be cheap.
+    fn policy(&self) -> RefreshPolicy;
+    /// The configured provider named `name`.
+    fn provider(&self, name: &str) -> Option<std::sync::Arc<crate::provider::Provider>>;
+}
+
+/// Providers and a policy that never change.
+#[derive(Debug)]
+pub struct Fixed {
+    providers: std::collections::HashMap<String, std::sync::Arc<crate::provider::Provider>>,
+    policy: RefreshPolicy,
+}
+
+impl Fixed {
+    /// These providers, by their names, and this policy.
+    pub fn new(
+        providers: Vec<std::sync::Arc<crate::provider::Provider>>,
+        policy: RefreshPolicy,
+    ) -> std::sync::Arc<Self> {
+        let providers = providers
+            .into_iter()
+            .map(|provider| (provider.name().to_owned(), provider))
+            .collect();
+        std::sync::Arc::new(Self { providers, policy })
+    }
+}
+
+impl Tuning for Fixed {
+    fn policy(&self) -> RefreshPolicy {
+        self.policy
+    }
+
+    fn provider(&self, name: &str) -> Option<std::sync::Arc<crate::provider::Provider>> {
+        self.providers.get(name).cloned()
+    }
+}
+
 /// How a refresh attempt ended, for observers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {

@@ -15,25 +15,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::reload::Live;
 pub use self::reload::Loader;
-use crate::api::{self, listen, Access, AppState, Readiness};
+use self::reload::Reloader;
+use self::runtime::Runtime;
+use crate::api::{self, listen, AppState};
 use crate::broker::{Broker, ShutdownReport};
 use crate::clock::SharedClock;
 use crate::config::{DeclaredAccount, Settings};
 use crate::metrics::Metrics;
-use crate::provider::Provider;
 use crate::scheduler::Scheduler;
 use crate::sink::{self, Sinks};
 use crate::store::{SledStore, Store};
 
 mod activation;
 mod reload;
+mod runtime;
 
 /// Extra time, beyond the connection drain, that tasks get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -121,34 +121,27 @@ pub async fn run(
             .await
             .context("while opening the store")??,
     );
-    let providers = providers(&settings).context("while setting up providers")?;
+    let metrics = Arc::new(Metrics::new(settings.metrics));
+    let own_uid = rustix::process::getuid().as_raw();
+    let runtime = Runtime::new(&settings, own_uid, &metrics, clock.monotonic())
+        .context("while setting up providers")?;
+    let runtime = runtime::Live::new(runtime);
     // The broker's tasks (refreshes, imports, device flows) are on a tracker of their own:
     // shutdown waits for them longer than for connections.
     let broker = Broker::open(
         store,
-        providers,
+        Arc::new(runtime.clone()),
         clock.clone(),
-        settings.broker.clone(),
+        settings.broker.max_concurrent,
         TaskTracker::new(),
     )
     .context("while loading accounts")?;
     seed_declared_accounts(&broker, &settings.accounts).await?;
-
-    let metrics = Arc::new(Metrics::new(settings.metrics));
     broker.add_observer(metrics.clone());
 
-    let own_uid = rustix::process::getuid().as_raw();
-    let access = Arc::new(ArcSwap::from_pointee(access_rules(
-        &settings, own_uid, &metrics,
-    )));
-    let readiness = Arc::new(ArcSwap::from_pointee(readiness_rules(
-        &settings,
-        clock.monotonic(),
-    )));
     let state = AppState {
         broker: broker.clone(),
-        access: access.clone(),
-        readiness: readiness.clone(),
+        rules: Arc::new(runtime.clone()),
         clock,
         public_url: settings.api.public_url.clone(),
         metrics: metrics.clone(),
@@ -165,7 +158,7 @@ pub async fn run(
     if let Some(tcp) = tcp {
         tasks.spawn(listen::serve_tcp(tcp, api, cancel.clone()));
     }
-    let (sinks, sink_changes) = Sinks::new(sink_configs(&settings));
+    let (sinks, sink_changes) = Sinks::new(Arc::new(runtime.clone()));
     broker.add_observer(sinks.clone());
     tasks.spawn(sink::run(
         sinks.clone(),
@@ -191,10 +184,9 @@ pub async fn run(
         "tokenbroker ready"
     );
 
-    let mut live = Live {
+    let mut live = Reloader {
         broker: broker.clone(),
-        access,
-        readiness,
+        runtime,
         sinks,
         metrics,
         own_uid,
@@ -278,49 +270,6 @@ fn shutdown_outcome(report: &ShutdownReport, wait: Duration) -> anyhow::Result<(
             names.join(", ")
         }
     )
-}
-
-/// The configured providers, ready to call.
-fn providers(settings: &Settings) -> Result<Vec<Arc<Provider>>, crate::provider::ProviderError> {
-    settings
-        .providers
-        .iter()
-        .cloned()
-        .map(|config| Provider::new(config).map(Arc::new))
-        .collect()
-}
-
-/// Who may call, from the configuration.
-fn access_rules(settings: &Settings, own_uid: u32, metrics: &Metrics) -> Access {
-    Access::new(
-        &settings.api.admin_uids,
-        own_uid,
-        settings.api.clients.clone(),
-        metrics,
-    )
-}
-
-/// What `/readyz` checks, from the configuration.
-fn readiness_rules(settings: &Settings, started_at: tokio::time::Instant) -> Readiness {
-    Readiness {
-        required: settings
-            .accounts
-            .iter()
-            .filter(|a| a.required)
-            .map(|a| a.name.clone())
-            .collect(),
-        check_interval: settings.scheduler.check_interval,
-        started_at,
-    }
-}
-
-/// Every declared account's token sinks.
-fn sink_configs(settings: &Settings) -> Vec<sink::Config> {
-    settings
-        .accounts
-        .iter()
-        .flat_map(|account| account.sinks.iter().cloned())
-        .collect()
 }
 
 /// Installs the SIGTERM and SIGINT handlers at once and returns what completes on the first

@@ -8,12 +8,8 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use super::{
-    access_rules, notify, providers, readiness_rules, seed_declared_accounts, sink_configs,
-};
-use crate::api::{Access, Readiness};
+use super::runtime::{Live, Runtime};
+use super::{notify, seed_declared_accounts};
 use crate::broker::Broker;
 use crate::config::{ConfigError, Settings};
 use crate::metrics::Metrics;
@@ -22,18 +18,18 @@ use crate::sink::Sinks;
 /// Loads the configuration afresh (the same file and environment as at start-up).
 pub type Loader = Box<dyn Fn() -> Result<Settings, ConfigError> + Send + Sync>;
 
-/// What a reload changes, and the configuration in force.
-pub(super) struct Live {
+/// What a reload changes (the runtime, swapped whole), what acts on the change, and the
+/// configuration in force.
+pub(super) struct Reloader {
     pub(super) broker: Broker,
-    pub(super) access: Arc<ArcSwap<Access>>,
-    pub(super) readiness: Arc<ArcSwap<Readiness>>,
+    pub(super) runtime: Live,
     pub(super) sinks: Arc<Sinks>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) own_uid: u32,
     pub(super) settings: Settings,
 }
 
-impl Live {
+impl Reloader {
     /// Applies the configuration `load` gives, or keeps the current one if it fails.
     pub(super) async fn reload(&mut self, load: Option<&Loader>) {
         let Some(load) = load else {
@@ -61,19 +57,14 @@ impl Live {
         for warning in &new.warnings {
             tracing::warn!("{warning}");
         }
-        let providers =
-            providers(&new).map_err(|error| format!("a provider cannot be set up: {error}"))?;
         let applied = self.keep_fixed(new);
-        self.broker.reconfigure(providers, applied.broker.policy);
-        self.access.store(Arc::new(access_rules(
-            &applied,
-            self.own_uid,
-            &self.metrics,
-        )));
-        let started_at = self.readiness.load().started_at;
-        self.readiness
-            .store(Arc::new(readiness_rules(&applied, started_at)));
-        self.sinks.replace(sink_configs(&applied));
+        let started_at = self.runtime.load().started_at();
+        let runtime = Runtime::new(&applied, self.own_uid, &self.metrics, started_at)
+            .map_err(|error| format!("a provider cannot be set up: {error}"))?;
+        // One swap: from here on every reader sees the new configuration, all of it.
+        self.runtime.replace(runtime);
+        self.broker.retune();
+        self.sinks.write_all();
         let seeded = seed_declared_accounts(&self.broker, &applied.accounts).await;
         self.settings = applied;
         seeded.map_err(|error| format!("declared accounts could not all be seeded: {error:#}"))

@@ -2,7 +2,7 @@
 //!
 //! [`Service`] checks every request for a web page's marks and identifies its caller, once,
 //! then hands it to the token route or the router; `listen` owns the accept loops, their
-//! timeouts and connection limits. Handlers call only the broker.
+//! timeouts and connection limits. Handlers call the broker, and count through `metrics`.
 
 mod access;
 mod browser;

@@ -629,3 +629,66 @@ async fn the_audit_line_has_a_target_of_its_own() {
         "{logs}"
     );
 }
+
+/// `tokenbroker wait`, started before the daemon (no socket yet) and before the account
+/// exists, returns once the account holds a token, and not before; an account that never
+/// comes, or a token that cannot be good enough, times out with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_returns_once_the_account_is_ready_and_times_out_with_the_reason() {
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let mut waiting = std::process::Command::new(BINARY)
+        .args(["wait", "a", "--timeout", "60s"])
+        .env("TOKENBROKER_SOCKET", home.socket())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let daemon = home
+        .start(&home.config(&fake.token_url(), "", ""), &[])
+        .await;
+    let (status, _) = daemon.request("GET", "/readyz/a", None).await;
+    assert_eq!(status, 404, "no account a yet");
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "wait returned before the account existed"
+    );
+    daemon.import("a", &fake.grant("a"));
+    let output = tokio::task::spawn_blocking(move || waiting.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "a is ready\n");
+
+    let unknown = daemon.cli(&["wait", "nope", "--timeout", "1s"], None);
+    assert_eq!(unknown.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("nope is not ready after 1s") && stderr.contains("no account named"),
+        "{stderr}"
+    );
+    let malformed = daemon.cli(&["wait", "Not-A-Name", "--timeout", "60s"], None);
+    assert_eq!(malformed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&malformed.stderr).contains("account names are"),
+        "{}",
+        String::from_utf8_lossy(&malformed.stderr)
+    );
+
+    let too_long = daemon.cli(
+        &["wait", "a", "--min-valid", "10h", "--timeout", "1s"],
+        None,
+    );
+    assert_eq!(too_long.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&too_long.stderr);
+    assert!(
+        stderr.contains("a is not ready after 1s")
+            && stderr.contains("less than a caller may be given"),
+        "{stderr}"
+    );
+}

@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use super::error::Segment;
 use super::token;
-use super::types::{AccountBody, AccountsBody, HealthBody, ImportBody, RejectedBody, MAX_PAGE};
+use super::types::{
+    AccountBody, AccountReadyBody, AccountsBody, HealthBody, ImportBody, RejectedBody, MAX_PAGE,
+};
 use super::{Admitted, ApiError, AppState, Caller, Peer, TokenClient};
 use crate::broker::BrokerError;
 use crate::secret::{AccessToken, ApiKey, RefreshToken};
@@ -27,6 +29,12 @@ pub(super) struct ListQuery {
     limit: Option<usize>,
     /// Start after this name (a page's `next`).
     after: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReadyQuery {
+    min_valid: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +295,61 @@ pub(super) async fn readyz(
             problems,
         }),
     )
+}
+
+/// One account's readiness, for a client allowed the account: `200` when its token would be
+/// served at once (with `?min_valid=` left, as `GET /v1/token` takes it), else `503` with
+/// the reason. `tokenbroker wait` asks this.
+pub(super) async fn account_ready(
+    State(app): State<AppState>,
+    caller: Caller,
+    Segment(account): Segment,
+    query: Result<Query<ReadyQuery>, QueryRejection>,
+) -> Result<(StatusCode, Json<AccountReadyBody>), ApiError> {
+    let name = readable(&caller, &account)?;
+    let Query(query) = query?;
+    let min_valid = query.min_valid.map(std::time::Duration::from_secs);
+    let view = app
+        .broker
+        .account(&name)
+        .map_err(|e| hide_unknown(&caller, e))?;
+    if app.broker.cached_token(&name, min_valid).is_some() {
+        let body = AccountReadyBody {
+            status: "ok".into(),
+            reason: None,
+        };
+        return Ok((StatusCode::OK, Json(body)));
+    }
+    let body = AccountReadyBody {
+        status: "unavailable".into(),
+        reason: Some(not_ready_because(&view, app.clock.now())),
+    };
+    Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)))
+}
+
+/// Why an account's token cannot be served at once, in words for the person or job waiting.
+fn not_ready_because(view: &crate::broker::AccountView, now: std::time::SystemTime) -> String {
+    use crate::broker::Status;
+    let mut reason = match (view.status, view.expires_at) {
+        (Status::NeedsReauth, _) => {
+            "the provider refused its grant: connect the account again".to_owned()
+        }
+        (_, None) => "it has no token yet".to_owned(),
+        (_, Some(at)) => {
+            let left = at.duration_since(now).unwrap_or_default().as_secs();
+            format!("its token has {left}s left, less than a caller may be given")
+        }
+    };
+    if view.status == Status::Refreshing {
+        reason.push_str("; a refresh is under way");
+    }
+    if view.status != Status::NeedsReauth {
+        if let Some(error) = &view.last_error {
+            reason.push_str("; the last refresh failed: ");
+            reason.push_str(error);
+        }
+    }
+    reason
 }
 
 pub(super) async fn method_not_allowed() -> ApiError {

@@ -279,6 +279,7 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/callback", get(connect::oauth_callback))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
+        .route("/readyz/{account}", get(handlers::account_ready))
         .route("/metrics", get(handlers::metrics))
         .route_layer(axum::middleware::map_response(label_route))
         .fallback(handlers::not_found)

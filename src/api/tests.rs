@@ -459,6 +459,53 @@ async fn readiness_needs_required_accounts_and_a_ticking_scheduler() {
     );
 }
 
+/// `/readyz/{account}` tells a client allowed the account whether its token would be served
+/// at once, and why not; others learn nothing about it.
+#[tokio::test]
+async fn an_account_is_ready_when_its_token_would_be_served_at_once() {
+    let api = api().await;
+    api.fake.set_expires_in(json!(3600));
+    let sidecar = Some("sidecar-key");
+    let ready = |key: Option<&'static str>, path: &'static str| {
+        let api = &api;
+        async move {
+            let auth = key.map(|k| format!("Bearer {k}"));
+            let mut headers = vec![("host", "127.0.0.1:8765")];
+            headers.extend(auth.iter().map(|a| ("authorization", a.as_str())));
+            let (status, _, body) = api.call(TCP, "GET", path, &headers, None).await;
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, body) = ready(Some("ops-key"), "/readyz/corp").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    api.import("corp").await;
+    let (status, body) = ready(sidecar, "/readyz/corp").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, body) = ready(sidecar, "/readyz/corp?min_valid=7200").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("less than a caller may be given"),
+        "{body}"
+    );
+    // Not the sidecar's account, existing or not; no key at all.
+    for (key, path, expected) in [
+        (sidecar, "/readyz/dropbox-main", StatusCode::FORBIDDEN),
+        (sidecar, "/readyz/nope", StatusCode::FORBIDDEN),
+        (None, "/readyz/corp", StatusCode::UNAUTHORIZED),
+    ] {
+        let (status, body) = ready(key, path).await;
+        assert_eq!(status, expected, "{key:?} {path}: {body}");
+        assert!(body.get("reason").is_none(), "{body}");
+    }
+}
+
 /// `/metrics` names accounts and clients: it is for admins and clients allowed it, not for
 /// whoever can reach the port.
 #[tokio::test]

@@ -134,6 +134,21 @@ pub enum Command {
         #[command(flatten)]
         daemon: Daemon,
     },
+    /// Wait until an account holds a token a job would be given at once (exit 0), or time out
+    /// (exit 1, saying why it is not ready). Also waits for a daemon that is not running yet.
+    Wait {
+        /// The account.
+        name: String,
+        /// Give up after this long (e.g. 30s, 10m).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        timeout: Duration,
+        /// The token must have at least this long left (as for `token`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_valid: Option<Duration>,
+        /// How to reach the daemon.
+        #[command(flatten)]
+        daemon: Daemon,
+    },
     /// Ask the daemon's /healthz or /readyz over its socket; exit 0 if it answers 200. For
     /// container health checks and Kubernetes exec probes (the API is on loopback only).
     Probe {

@@ -7,13 +7,15 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde::de::DeserializeOwned;
 
-use crate::api::types::{ErrorBody, HealthBody};
+use crate::api::types::{AccountReadyBody, ErrorBody, HealthBody};
 use crate::config::{self, Env};
 
 use super::args::Daemon;
 
 /// How long a client command waits for the daemon (a token may need a refresh first).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often `wait` asks again.
+const WAIT_POLL: Duration = Duration::from_millis(250);
 
 pub(super) struct Client {
     http: reqwest::Client,
@@ -128,6 +130,64 @@ impl Client {
             bail!("{route}: {} ({})", body.status, body.problems.join("; "));
         }
         Ok(body)
+    }
+
+    /// Asks `/readyz/{account}` until it answers 200, for at most `timeout`. A daemon that
+    /// cannot be reached yet (not started, its socket not there) and an account that does
+    /// not exist yet are waited for too; a refusal that waiting cannot change ends it at
+    /// once.
+    ///
+    /// # Errors
+    /// The timeout passed (saying why the account is not ready), or the daemon refused.
+    pub(super) async fn wait_ready(
+        &self,
+        account: &str,
+        timeout: Duration,
+        min_valid: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let query = min_valid
+            .map(|d| format!("?min_valid={}", d.as_secs()))
+            .unwrap_or_default();
+        let url = format!(
+            "http://localhost/readyz/{}{query}",
+            super::commands::segment(account)
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let why = match self.http.get(&url).send().await {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    let body: AccountReadyBody = response
+                        .json()
+                        .await
+                        .context("the daemon's answer is not what this client expects")?;
+                    body.reason.unwrap_or(body.status)
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let said = match response.json::<ErrorBody>().await {
+                        Ok(error) => format!("{} ({})", error.message, error.error),
+                        Err(_) => format!("the daemon answered HTTP {status}"),
+                    };
+                    // An account may be imported or connected while we wait (and a client
+                    // restricted to some accounts is told 403 for one that does not exist
+                    // yet); any other refusal would not change.
+                    if !matches!(status.as_u16(), 403 | 404) {
+                        bail!("{said}");
+                    }
+                    said
+                }
+                Err(error) => format!("{:#}", unreachable(&self.socket, &error)),
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                bail!(
+                    "{account} is not ready after {}: {why}",
+                    humantime::format_duration(timeout)
+                );
+            }
+            tokio::time::sleep(WAIT_POLL.min(deadline - now)).await;
+        }
     }
 
     pub(super) async fn call_empty(

@@ -100,6 +100,19 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
                 write_stdout(accounts_table(&body.accounts, SystemClock.now()).as_bytes())?;
             }
         }
+        Command::Wait {
+            name,
+            timeout,
+            min_valid,
+            daemon,
+        } => {
+            // A name that cannot exist never becomes ready: no reason to wait for it.
+            name.parse::<AccountName>()
+                .map_err(|error| anyhow::anyhow!("{name:?}: {error}"))?;
+            let client = Client::new(&daemon, env)?;
+            client.wait_ready(&name, timeout, min_valid).await?;
+            say!("{name} is ready");
+        }
         Command::Probe { route, daemon } => {
             let client = Client::new(&daemon, env)?;
             let body = client.health(&route).await?;
@@ -467,7 +480,7 @@ fn read_refresh_token(file: Option<&Path>) -> anyhow::Result<String> {
 
 /// An account name as a path segment: anything not in the name alphabet is escaped, so a
 /// bad name reaches the daemon (and is refused there) rather than changing the path.
-fn segment(name: &str) -> String {
+pub(super) fn segment(name: &str) -> String {
     url::form_urlencoded::byte_serialize(name.as_bytes())
         .collect::<String>()
         .replace('+', "%20")

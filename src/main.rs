@@ -1,5 +1,6 @@
 //! The `tokenbroker` binary: parse the command line, run the daemon or a client command,
-//! and map the outcome to an exit status (0 ok, 1 failure, 2 usage, 78 configuration).
+//! and map the outcome to an exit status (0 ok, 1 failure, 2 usage, 69 no token for `exec`'s
+//! command, 78 configuration).
 #![allow(clippy::print_stdout, clippy::print_stderr)] // the edge of the program reports here
 
 use std::process::ExitCode;
@@ -34,6 +35,10 @@ async fn main() -> ExitCode {
             if error.downcast_ref::<cli::StdoutClosed>().is_some() {
                 // Whoever read our output has what they wanted (`| head`).
                 return ExitCode::SUCCESS;
+            }
+            if error.downcast_ref::<cli::NoToken>().is_some() {
+                eprintln!("tokenbroker exec: {error:#}");
+                return ExitCode::from(cli::NoToken::EXIT_STATUS);
             }
             if let Some(config_error) = error.downcast_ref::<ConfigError>() {
                 eprintln!("tokenbroker: configuration error in {config_error}");

@@ -185,7 +185,11 @@ async fn exec_passes_a_fresh_token_and_the_commands_exit_status() {
         "a signal's death is reported as 128 + signal"
     );
     let refused = daemon.cli(&["exec", "--account", "nope", "--", "true"], None);
-    assert_eq!(refused.status.code(), Some(1), "no token, no command");
+    assert_eq!(
+        refused.status.code(),
+        Some(69),
+        "no token, no command, and a status no command of its own gave"
+    );
 }
 
 #[test]
@@ -691,4 +695,97 @@ async fn wait_returns_once_the_account_is_ready_and_times_out_with_the_reason() 
             && stderr.contains("less than a caller may be given"),
         "{stderr}"
     );
+}
+
+/// `exec --file` for a job that outlives three token lifetimes: every second the job reads
+/// its token file and uses the token against the provider's API, which accepts only tokens
+/// that have not expired. The file is private, and gone once the job exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_with_a_file_keeps_a_long_jobs_token_fresh_and_removes_it() {
+    let fake = FakeProvider::start().await;
+    fake.set_expires_in(serde_json::json!(4));
+    let home = Home::new();
+    let refresh =
+        "check_interval = \"1s\"\nmin_interval = \"1s\"\njitter = \"0s\"\nmin_valid = \"1s\"";
+    let daemon = home
+        .start(&home.config(&fake.token_url(), refresh, ""), &[])
+        .await;
+    daemon.import("long-job", &fake.grant("long-job"));
+    let job = format!(
+        r#"test "$BEARER_TOKEN_FILE" = "$LONG_JOB_TOKEN_FILE" || exit 10
+stat -c %a "$BEARER_TOKEN_FILE"
+for i in $(seq 14); do
+  curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$BEARER_TOKEN_FILE")" {check} || exit 11
+  sleep 1
+done
+echo "$BEARER_TOKEN_FILE""#,
+        check = fake.check_url()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        daemon.cli(
+            &[
+                "exec",
+                "--account",
+                "long-job",
+                "--file",
+                "--min-valid",
+                "2s",
+                "--",
+                "sh",
+                "-c",
+                &job,
+            ],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{:?} {stdout} {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("600"), "{stdout}");
+    let file = lines.next().unwrap();
+    assert!(
+        !std::path::Path::new(file).exists(),
+        "{file} is still there"
+    );
+    assert!(
+        fake.token_calls() >= 4,
+        "the job outlived at least three tokens"
+    );
+}
+
+/// `exec --file` passes the signals it gets on to its command (a service manager stopping
+/// the job reaches the job), and exits with the command's status.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_with_a_file_passes_signals_on_to_the_command() {
+    use std::io::BufRead as _;
+    let fake = FakeProvider::start().await;
+    let home = Home::new();
+    let daemon = home
+        .start(&home.config(&fake.token_url(), "", ""), &[])
+        .await;
+    daemon.import("a", &fake.grant("a"));
+    let job = r#"trap 'echo "got TERM"; exit 3' TERM; echo ready; while :; do sleep 0.1; done"#;
+    let mut exec = std::process::Command::new(BINARY)
+        .args(["exec", "--account", "a", "--file", "--", "sh", "-c", job])
+        .env("TOKENBROKER_SOCKET", home.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(exec.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = rustix::process::Pid::from_raw(i32::try_from(exec.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "got TERM\n");
+    assert_eq!(exec.wait().unwrap().code(), Some(3));
 }

@@ -127,6 +127,11 @@ pub enum Command {
         /// refresh.min_valid, capped at half the token's lifetime, as for `token`).
         #[arg(long, value_parser = humantime::parse_duration)]
         min_valid: Option<Duration>,
+        /// For jobs that outlive a token: keep a private token file (0600, yours) fresh for
+        /// as long as the command runs, named in `BEARER_TOKEN_FILE` and `NAME_TOKEN_FILE`,
+        /// and remove it when the command exits. Signals are passed on to the command.
+        #[arg(long, conflicts_with = "env")]
+        file: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,

@@ -17,4 +17,4 @@ mod client;
 mod commands;
 
 pub use self::args::{Cli, Command, Daemon, LogFormat};
-pub use self::commands::{accounts_table, exec, run_client, write_stdout, StdoutClosed};
+pub use self::commands::{accounts_table, exec, run_client, write_stdout, NoToken, StdoutClosed};

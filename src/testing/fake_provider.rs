@@ -99,6 +99,8 @@ struct Inner {
     codes: std::collections::HashMap<String, CodeGrant>,
     /// Access token → the refresh token it was minted from (for Dropbox-style revocation).
     minted_from: std::collections::HashMap<String, String>,
+    /// Access token → when it stops being accepted by `/api/check` (numeric `expires_in`).
+    accepted_until: std::collections::HashMap<String, tokio::time::Instant>,
     /// Whether the user approved the pending device flow.
     device_approved: bool,
     /// `iss` added to authorization redirects, if set.
@@ -166,6 +168,7 @@ impl FakeProvider {
                 max_in_flight: 0,
                 codes: std::collections::HashMap::new(),
                 minted_from: std::collections::HashMap::new(),
+                accepted_until: std::collections::HashMap::new(),
                 device_approved: false,
                 callback_iss: None,
                 dropbox_mode: false,
@@ -191,6 +194,7 @@ impl FakeProvider {
                 axum::routing::delete(revoke_github),
             )
             .route("/.well-known/openid-configuration", get(discovery))
+            .route("/api/check", get(check_access_token))
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -210,6 +214,11 @@ impl FakeProvider {
     /// The token endpoint.
     pub fn token_url(&self) -> String {
         format!("http://{}/oauth2/token", self.addr)
+    }
+
+    /// The resource API that accepts the fake's unexpired access tokens (`GET`, bearer).
+    pub fn check_url(&self) -> String {
+        format!("http://{}/api/check", self.addr)
     }
 
     /// A generic public-client provider configuration pointing at this fake, with short
@@ -789,8 +798,33 @@ fn issue(shared: &Shared, form: &BTreeMap<String, String>, has_basic: bool) -> R
     } else {
         presented.unwrap_or_default()
     };
+    if let Some(seconds) = inner.expires_in.as_u64() {
+        let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        inner.accepted_until.insert(access_token.clone(), until);
+    }
     inner.minted_from.insert(access_token, refresh);
     Json(body).into_response()
+}
+
+/// The fake's resource API: 200 for an access token it issued that has not expired yet
+/// (by the `expires_in` it was issued with), 401 for anything else.
+async fn check_access_token(State(shared): State<Shared>, headers: HeaderMap) -> StatusCode {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let inner = shared
+        .inner
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let valid = token
+        .and_then(|token| inner.accepted_until.get(token))
+        .is_some_and(|until| tokio::time::Instant::now() < *until);
+    if valid {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    }
 }
 
 fn status_code(status: u16) -> StatusCode {

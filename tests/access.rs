@@ -140,13 +140,9 @@ async fn flooded_daemon() -> (FakeProvider, Home, support::Daemon, u16) {
     let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, limit);
     let fake = FakeProvider::start().await;
     let home = Home::new();
-    let extra = format!(
-        "\n[[clients]]\nname = \"svc\"\napi_key_sha256 = \"{}\"\naccounts = [\"*\"]\n",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(CLIENT_KEY))
-    );
-    let config = home.config(&fake.token_url(), "", &extra);
-    let (config, port) = home.with_tcp(&config);
-    let daemon = home.start(&config, &[]).await;
+    let (daemon, port) = home
+        .start_with_tcp_client(&fake.token_url(), "svc", CLIENT_KEY)
+        .await;
     daemon.import("a", &fake.grant("a"));
     (fake, home, daemon, port)
 }

@@ -85,6 +85,11 @@ async fn the_python_snippet_gets_a_token_and_reports_an_error_without_a_tracebac
         Command::new("python3")
             .arg("-c")
             .arg(&snippet)
+            // What `pip install ./clients/python` makes importable.
+            .env(
+                "PYTHONPATH",
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python"),
+            )
             .env("TOKENBROKER_SOCKET", &daemon.socket)
             .env("ACCOUNT", account)
             .output()

@@ -75,6 +75,24 @@ timeout = "2s"
         (self.write("config-tcp.toml", &text), port)
     }
 
+    /// Starts the daemon on `token_url`'s provider `fake`, on the socket and on loopback TCP
+    /// (a free port, returned), with a client `name` known by the API key `key` and allowed
+    /// every account.
+    pub async fn start_with_tcp_client(
+        &self,
+        token_url: &str,
+        name: &str,
+        key: &str,
+    ) -> (Daemon, u16) {
+        let extra = format!(
+            "\n[[clients]]\nname = \"{name}\"\napi_key_sha256 = \"{}\"\naccounts = [\"*\"]\n",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key))
+        );
+        let config = self.config(token_url, "", &extra);
+        let (config, port) = self.with_tcp(&config);
+        (self.start(&config, &[]).await, port)
+    }
+
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.path(name);
         std::fs::write(&path, text).unwrap();

@@ -286,8 +286,9 @@ impl Metrics {
     }
 
     /// The counters of token requests from `client` (`unidentified` when it could not be
-    /// told) on `route` answered `status`: the route's and the client's. The fast path keeps
-    /// them, so that counting one is two increments.
+    /// told) on `route` answered `status`: the route's and the client's. The API keeps each
+    /// client's `200` counters with the client, so that counting a token served is two
+    /// increments.
     pub fn token_counters(&self, client: &str, route: &'static str, status: u16) -> TokenCounters {
         TokenCounters {
             route: self

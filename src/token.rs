@@ -172,6 +172,8 @@ pub struct AccountRecord {
     pub last_refresh: Option<SystemTime>,
     /// The last failure, in words that carry no secret.
     pub last_error: Option<String>,
+    /// When the refresh token itself ends, when the provider said how long it lasts.
+    pub refresh_token_expires_at: Option<SystemTime>,
 }
 
 impl AccountRecord {
@@ -186,6 +188,7 @@ impl AccountRecord {
             needs_reauth: false,
             last_refresh: None,
             last_error: None,
+            refresh_token_expires_at: None,
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct AccountBody {
     pub last_error: Option<String>,
     /// RFC 3339 time of the next scheduled refresh or retry.
     pub next_refresh: Option<String>,
+    /// RFC 3339 time at which the grant (the refresh token itself) ends, for providers
+    /// that say (GitHub, Box); after it the account must be connected again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_expires_at: Option<String>,
 }
 
 impl AccountBody {
@@ -88,6 +92,7 @@ impl AccountBody {
             last_refresh: view.last_refresh.map(rfc3339),
             last_error: view.last_error.clone(),
             next_refresh: view.next_refresh.map(rfc3339),
+            refresh_token_expires_at: view.refresh_token_expires_at.map(rfc3339),
         }
     }
 }

@@ -469,8 +469,16 @@ pub(super) fn with_response(
             .scope
             .or_else(|| record.token.as_ref().and_then(|t| t.scope.clone())),
     ));
+    // A refresh token's own expiry is known only as long as the provider keeps saying it:
+    // a new refresh token without it has an unknown one.
+    let rotated = response.refresh_token.is_some();
     if let Some(rotated) = response.refresh_token {
         record.refresh_token = rotated;
+    }
+    match response.refresh_token_lifetime {
+        Some(lifetime) => record.refresh_token_expires_at = Some(now + lifetime),
+        None if rotated => record.refresh_token_expires_at = None,
+        None => {}
     }
     record.provider_user_id = response.user_id.or(record.provider_user_id);
     record.needs_reauth = false;

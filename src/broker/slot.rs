@@ -60,6 +60,7 @@ pub(super) fn view(slot: &Slot) -> AccountView {
         last_refresh: record.last_refresh,
         last_error: record.last_error.clone(),
         next_refresh: (!record.needs_reauth).then_some(state.due_at),
+        refresh_token_expires_at: record.refresh_token_expires_at,
     }
 }
 

@@ -208,6 +208,44 @@ async fn a_fresh_token_is_served_from_memory() {
     assert_eq!(h.fake.token_calls(), 1);
 }
 
+/// A provider that says how long its refresh tokens last (GitHub, Box): the grant's end is
+/// kept with the account, stored, and moved on by each refresh that says so again; a
+/// rotated refresh token without it has an end no one knows.
+#[tokio::test]
+async fn the_refresh_tokens_own_expiry_is_kept_when_the_provider_says_it() {
+    let h = harness().await;
+    let half_a_year = Duration::from_secs(15_897_600);
+    h.fake
+        .set_refresh_token_expires_in(Some(serde_json::json!(half_a_year.as_secs())));
+    h.import().await;
+    let grant_ends = |h: &Harness| {
+        h.broker
+            .account(&name("a"))
+            .unwrap()
+            .refresh_token_expires_at
+    };
+    assert_eq!(grant_ends(&h), Some(h.clock.now() + half_a_year));
+    let stored = h.store.load_all().unwrap();
+    assert_eq!(stored[0].refresh_token_expires_at, grant_ends(&h), "stored");
+
+    h.clock.advance(HOUR * 3);
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 2);
+    assert_eq!(
+        grant_ends(&h),
+        Some(h.clock.now() + half_a_year),
+        "moved on"
+    );
+
+    // Not said again with a rotated refresh token: unknown.
+    h.fake.set_refresh_token_expires_in(None);
+    h.fake.set_rotation(true);
+    h.clock.advance(HOUR * 3);
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 3);
+    assert_eq!(grant_ends(&h), None);
+}
+
 #[tokio::test]
 async fn the_sweep_refreshes_ahead_of_expiry_and_not_before() {
     let h = harness().await;

@@ -156,6 +156,8 @@ pub struct AccountView {
     pub last_error: Option<String>,
     /// When the next refresh (or retry) is due.
     pub next_refresh: Option<SystemTime>,
+    /// When the refresh token itself ends, when the provider said.
+    pub refresh_token_expires_at: Option<SystemTime>,
 }
 
 /// What `Broker::shut_down` could not finish.

@@ -677,6 +677,7 @@ pub fn accounts_table(accounts: &[AccountBody], now: SystemTime) -> String {
         "STATUS",
         "EXPIRES IN",
         "LAST REFRESH",
+        "GRANT ENDS IN",
         "LAST ERROR",
     ]
     .map(String::from)];
@@ -702,10 +703,18 @@ pub fn accounts_table(accounts: &[AccountBody], now: SystemTime) -> String {
                 .expires_in
                 .map_or_else(|| "-".to_owned(), format_secs),
             last_refresh,
+            account
+                .refresh_token_expires_at
+                .as_deref()
+                .and_then(|text| humantime::parse_rfc3339(text).ok())
+                .map_or_else(
+                    || "-".to_owned(),
+                    |at| format_secs(at.duration_since(now).unwrap_or_default().as_secs()),
+                ),
             account.last_error.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| {
             rows.iter()
                 .map(|row| row[i].chars().count())
@@ -731,6 +740,8 @@ fn format_secs(seconds: u64) -> String {
     match (h, m) {
         (0, 0) => format!("{s}s"),
         (0, _) => format!("{m}m{s:02}s"),
+        // A grant's lifetime, in days once it is two or more.
+        _ if h >= 48 => format!("{}d", h / 24),
         _ => format!("{h}h{m:02}m"),
     }
 }
@@ -757,16 +768,30 @@ mod tests {
             ),
             last_error: None,
             next_refresh: None,
+            refresh_token_expires_at: None,
         };
-        let table = accounts_table(&[account], now);
+        let github = AccountBody {
+            name: "gh".into(),
+            provider: "github".into(),
+            refresh_token_expires_at: Some(
+                humantime::format_rfc3339_seconds(now + Duration::from_secs(183 * 86_400))
+                    .to_string(),
+            ),
+            ..account.clone()
+        };
+        let table = accounts_table(&[account, github], now);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME          PROVIDER  STATUS  EXPIRES IN  LAST REFRESH  LAST ERROR"
+            "NAME          PROVIDER  STATUS  EXPIRES IN  LAST REFRESH  GRANT ENDS IN  LAST ERROR"
         );
         assert_eq!(
             lines[1],
-            "dropbox-main  dropbox   active  3h59m       1m01s ago     -"
+            "dropbox-main  dropbox   active  3h59m       1m01s ago     -              -"
+        );
+        assert_eq!(
+            lines[2],
+            "gh            github    active  3h59m       1m01s ago     183d           -"
         );
     }
 

@@ -13,6 +13,8 @@ use crate::secret::{AccessToken, RefreshToken};
 /// The longest `expires_in` we believe (a day); larger values are clamped, so a hostile or
 /// garbled answer cannot stop an account from being refreshed for a year.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The longest refresh-token lifetime believed (`refresh_token_expires_in`): ten years.
+const MAX_REFRESH_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// The longest `Retry-After` we honour; a hostile value cannot silence an account for longer.
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The longest token we accept.
@@ -63,6 +65,9 @@ pub struct TokenResponse {
     pub scope: Option<String>,
     /// The provider's user id (Dropbox `account_id`, `team_id`, or OIDC-style `user_id`).
     pub user_id: Option<String>,
+    /// How long the refresh token itself lasts, when the provider says
+    /// (`refresh_token_expires_in`: GitHub, Box, some OAuth 2.1 servers).
+    pub refresh_token_lifetime: Option<Duration>,
 }
 
 /// The headers of an answer that bear on when to ask again, as sent.
@@ -163,6 +168,11 @@ fn success(
         .find_map(|key| object.get(*key).and_then(Value::as_str))
         .filter(|id| is_plain(id, 256))
         .map(str::to_owned);
+    let refresh_token_lifetime = object
+        .get("refresh_token_expires_in")
+        .and_then(seconds)
+        .filter(|lifetime| !lifetime.is_zero())
+        .map(|lifetime| lifetime.min(MAX_REFRESH_LIFETIME));
     Ok(TokenResponse {
         access_token,
         token_type,
@@ -170,23 +180,27 @@ fn success(
         refresh_token,
         scope,
         user_id,
+        refresh_token_lifetime,
     })
+}
+
+/// A number of seconds (a number, or a numeric string as some providers send), whole and at
+/// most [`MAX_REFRESH_LIFETIME`]; none for anything else, or below one second.
+fn seconds(value: &Value) -> Option<Duration> {
+    let seconds = match value {
+        Value::Number(number) => number.as_f64(),
+        Value::String(text) => text.trim().parse::<f64>().ok(),
+        _ => None,
+    }?;
+    // `as` saturates, and the value is finite and positive here.
+    (seconds.is_finite() && seconds >= 1.0)
+        .then(|| Duration::from_secs(seconds.min(MAX_REFRESH_LIFETIME.as_secs_f64()) as u64))
 }
 
 /// `expires_in` (a number, or a numeric string as some providers send) as whole seconds,
 /// clamped to [`MAX_LIFETIME`]; zero for anything below one second or not a number.
 fn expires_in(value: &Value) -> Duration {
-    let seconds = match value {
-        Value::Number(number) => number.as_f64(),
-        Value::String(text) => text.trim().parse::<f64>().ok(),
-        _ => None,
-    };
-    match seconds {
-        Some(seconds) if seconds.is_finite() && seconds >= 1.0 => {
-            Duration::from_secs(seconds.min(MAX_LIFETIME.as_secs_f64()) as u64)
-        }
-        _ => Duration::ZERO,
-    }
+    seconds(value).map_or(Duration::ZERO, |lifetime| lifetime.min(MAX_LIFETIME))
 }
 
 /// Tokens go into HTTP headers and environment variables: printable ASCII only.
@@ -338,6 +352,23 @@ mod tests {
 
     fn ok(body: &str) -> TokenResponse {
         parse(200, Headers::default(), body.as_bytes(), HOUR, &[]).unwrap()
+    }
+
+    #[test]
+    fn a_refresh_tokens_own_lifetime_is_read_when_sent_and_sane() {
+        let with = |value: &str| {
+            ok(&format!(
+                r#"{{"access_token":"at","expires_in":28800,"refresh_token_expires_in":{value}}}"#
+            ))
+            .refresh_token_lifetime
+        };
+        assert_eq!(with("15897600"), Some(Duration::from_secs(15_897_600)));
+        assert_eq!(with("\"5184000\""), Some(Duration::from_secs(5_184_000)));
+        assert_eq!(with("1e300"), Some(MAX_REFRESH_LIFETIME));
+        for nonsense in ["0", "-5", "null", "\"soon\"", "[1]"] {
+            assert_eq!(with(nonsense), None, "{nonsense}");
+        }
+        assert_eq!(ok(r#"{"access_token":"at"}"#).refresh_token_lifetime, None);
     }
 
     fn err(status: u16, header: Option<&str>, body: &str) -> ProviderError {

@@ -19,7 +19,7 @@ use crate::token::{AccountName, AccountRecord, IssuedToken};
 /// The schema version this build writes and reads. 2: rows carry their write version, and
 /// removals are stored; a build that knows only 1 refuses such a store with a clear message
 /// rather than failing on the first row.
-pub(super) const SCHEMA_VERSION: u32 = 2;
+pub(super) const SCHEMA_VERSION: u32 = 3;
 
 /// Value format 1: a version byte followed by a JSON `Row` in the clear (read only).
 const FORMAT_JSON_V1: u8 = 1;
@@ -41,6 +41,9 @@ struct Row {
     needs_reauth: bool,
     last_refresh_ms: Option<u64>,
     last_error: Option<String>,
+    /// When the refresh token itself ends, when the provider said (schema 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token_expires_at_ms: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -96,6 +99,7 @@ pub(super) fn encode(record: &AccountRecord, version: u64, key: &StoreKey) -> Ve
         needs_reauth: record.needs_reauth,
         last_refresh_ms: record.last_refresh.map(to_millis),
         last_error: record.last_error.clone(),
+        refresh_token_expires_at_ms: record.refresh_token_expires_at.map(to_millis),
     };
     let plaintext = zeroize::Zeroizing::new(
         serde_json::to_vec(&row).expect("a row of strings and numbers always serializes"),
@@ -213,6 +217,7 @@ pub(super) fn decode_versioned(
         needs_reauth: row.needs_reauth,
         last_refresh: row.last_refresh_ms.map(from_millis),
         last_error: row.last_error,
+        refresh_token_expires_at: row.refresh_token_expires_at_ms.map(from_millis),
     };
     Ok(Versioned {
         version,
@@ -251,6 +256,7 @@ mod tests {
             needs_reauth: false,
             last_refresh: Some(from_millis(1_799_985_600_000)),
             last_error: None,
+            refresh_token_expires_at: Some(from_millis(1_815_000_000_000)),
         }
     }
 

@@ -936,8 +936,8 @@ mod tests {
         let store = open(tmp.path()).unwrap();
         assert_eq!(
             stored_schema(&store),
-            2,
-            "rows now carry versions: schema 2"
+            3,
+            "rows now carry versions (2) and may carry the refresh token's expiry (3)"
         );
     }
 

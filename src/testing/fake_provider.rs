@@ -77,6 +77,8 @@ struct Inner {
     valid_refresh_tokens: HashSet<String>,
     rotate: bool,
     expires_in: Value,
+    /// Sent as `refresh_token_expires_in` when set (GitHub, Box).
+    refresh_token_expires_in: Option<Value>,
     issued: u64,
     issued_access_tokens: Vec<String>,
     requests: Vec<RecordedRequest>,
@@ -154,6 +156,7 @@ impl FakeProvider {
                 valid_refresh_tokens: HashSet::new(),
                 rotate: false,
                 expires_in: json!(14400),
+                refresh_token_expires_in: None,
                 issued: 0,
                 issued_access_tokens: Vec::new(),
                 requests: Vec::new(),
@@ -265,6 +268,12 @@ impl FakeProvider {
     /// The `expires_in` value of issued tokens (any JSON, to test odd values).
     pub fn set_expires_in(&self, value: Value) {
         self.lock().expires_in = value;
+    }
+
+    /// Sends `refresh_token_expires_in` (GitHub's and Box's refresh-token lifetime) with
+    /// every token from now on; `None` stops it.
+    pub fn set_refresh_token_expires_in(&self, value: Option<Value>) {
+        self.lock().refresh_token_expires_in = value;
     }
 
     /// Queues scripted replies, answered in order before normal behaviour resumes.
@@ -787,6 +796,9 @@ fn issue(shared: &Shared, form: &BTreeMap<String, String>, has_basic: bool) -> R
     access_token.extend(std::iter::repeat_n('x', padding));
     inner.issued_access_tokens.push(access_token.clone());
     let mut body = json!({"access_token": access_token, "token_type": "bearer", "expires_in": inner.expires_in.clone(), "account_id": "dbid:fake-user"});
+    if let Some(lifetime) = &inner.refresh_token_expires_in {
+        body["refresh_token_expires_in"] = lifetime.clone();
+    }
     let refresh = if with_refresh {
         let rotated = format!("fake-refresh-{}-issued-{}", shared.nonce, inner.issued);
         if let Some(old) = &presented {

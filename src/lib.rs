@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod dev;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod provider;
 pub mod scheduler;
 pub mod secret;

@@ -126,6 +126,12 @@ struct BuildLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NotificationLabels {
+    event: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
     route: Cow<'static, str>,
     status: u16,
@@ -178,6 +184,7 @@ pub struct Metrics {
     last_tick: Seconds,
     requests: Family<RequestLabels, Counter>,
     token_requests: Family<TokenRequestLabels, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
 }
 
 impl Metrics {
@@ -197,6 +204,7 @@ impl Metrics {
             last_tick: Seconds::default(),
             requests: Family::default(),
             token_requests: Family::default(),
+            notifications: Family::default(),
         };
         {
             let mut registry = metrics.lock();
@@ -268,6 +276,11 @@ impl Metrics {
                 "Token requests by client, route and status",
                 metrics.token_requests.clone(),
             );
+            registry.register(
+                "notifications",
+                "Notifications by event and outcome (delivered, or failed after every retry)",
+                metrics.notifications.clone(),
+            );
         }
         metrics
     }
@@ -276,6 +289,14 @@ impl Metrics {
         self.registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts one notification `event`, delivered or failed after every retry.
+    pub fn notification(&self, event: &'static str, delivered: bool) {
+        let outcome = if delivered { "delivered" } else { "failed" };
+        self.notifications
+            .get_or_create(&NotificationLabels { event, outcome })
+            .inc();
     }
 
     /// Counts one API request under its route template.

@@ -56,6 +56,10 @@ secret_type!(
     RefreshToken
 );
 secret_type!(
+    /// The key that signs a notification webhook's body (HMAC-SHA256).
+    WebhookSecret
+);
+secret_type!(
     /// An OAuth client secret from the configuration.
     ClientSecret
 );

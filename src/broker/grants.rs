@@ -88,6 +88,7 @@ impl Broker {
         }
         let has_token = slot.state().record.token.is_some();
         write(&self.inner.accounts).insert(name.clone(), slot);
+        self.notify(|observer| observer.grant_installed(&name));
         if has_token {
             self.notify(|observer| observer.token_changed(&name));
         }
@@ -140,6 +141,7 @@ impl Broker {
                 .map_err(|e| BrokerError::Store(e.to_string()))?;
             write(&broker.inner.accounts).remove(&name);
             tracing::info!(account = %name, revoked = revoke, "account removed");
+            broker.notify(|observer| observer.account_removed(&name));
             Ok(())
         })
         .await?

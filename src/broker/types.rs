@@ -95,6 +95,16 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     fn token_changed(&self, account: &AccountName) {
         let _ = account;
     }
+
+    /// `account` has a new grant, imported or connected (and stored).
+    fn grant_installed(&self, account: &AccountName) {
+        let _ = account;
+    }
+
+    /// `account` was removed (and the removal stored).
+    fn account_removed(&self, account: &AccountName) {
+        let _ = account;
+    }
 }
 
 /// An account's state as clients see it.

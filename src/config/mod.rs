@@ -4,6 +4,7 @@
 //! on disk, collecting every problem into one `ConfigError` that names the file and the key.
 //! The result, `Settings`, is assembled from each module's own plain `Config`.
 
+mod notify;
 mod raw;
 mod resolve;
 
@@ -42,6 +43,8 @@ pub struct Settings {
     pub accounts: Vec<DeclaredAccount>,
     /// What `/metrics` shows of each account.
     pub metrics: crate::metrics::Detail,
+    /// Who is told of account events (`[[notify]]`).
+    pub notify: Vec<crate::notify::Config>,
     /// What is allowed but unwise (a secret other users can read), for the log.
     pub warnings: Vec<String>,
 }

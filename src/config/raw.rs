@@ -21,6 +21,20 @@ pub(super) struct Raw {
     pub(super) clients: Vec<Client>,
     #[serde(default)]
     pub(super) accounts: BTreeMap<String, Account>,
+    #[serde(default)]
+    pub(super) notify: Vec<Notify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Notify {
+    #[serde(default)]
+    pub(super) events: Vec<String>,
+    #[serde(default)]
+    pub(super) accounts: Vec<String>,
+    pub(super) command: Option<Vec<String>>,
+    pub(super) webhook: Option<String>,
+    pub(super) secret_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

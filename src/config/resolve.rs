@@ -75,6 +75,7 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
         .iter()
         .filter_map(|(name, account)| declared_account(name, account, &raw, context, &mut problems))
         .collect();
+    let notify = super::notify::entries(&raw.notify, context, &mut problems);
     let metrics = match raw.server.metrics.as_deref() {
         None | Some("per_account") => crate::metrics::Detail::PerAccount,
         Some("aggregate") => crate::metrics::Detail::Aggregate,
@@ -127,6 +128,7 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
         providers,
         accounts,
         metrics,
+        notify,
         warnings: Vec::new(),
     })
 }
@@ -621,7 +623,7 @@ fn store_key_path(key_file: Option<&Path>, store_dir: &Path, context: &Context) 
 
 /// Reads a secret file: absolute as given; relative in `$CREDENTIALS_DIRECTORY` first, then
 /// beside the configuration file. Surrounding whitespace (a trailing newline) is dropped.
-fn read_secret(
+pub(super) fn read_secret(
     file: &str,
     key: &str,
     context: &Context,

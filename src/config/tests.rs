@@ -261,6 +261,12 @@ fn every_error_names_its_key() {
         ("[accounts.a]\nprovider = \"dropbox\"\nsinks = [{ path = \"/t\", mode = \"0999\" }]", &[], "accounts.a.sinks[0].mode"),
         ("[accounts.a]\nprovider = \"dropbox\"\nsinks = [{ path = \"/t\", owner = \"no-such-user-x\" }]", &[], "accounts.a.sinks[0].owner"),
         ("[accounts.a]\nprovider = \"dropbox\"\nsinks = [{ path = \"/t\", colour = \"red\" }]", &[], "colour"),
+        ("[[notify]]\nevents = [\"paged\"]\ncommand = [\"true\"]", &[], "notify[0].events: unknown event \"paged\""),
+        ("[[notify]]\ncommand = [\"true\"]\nwebhook = \"https://h/x\"", &[], "give exactly one of command and webhook"),
+        ("[[notify]]\nevents = [\"degraded\"]", &[], "notify[0].command"),
+        ("[[notify]]\nwebhook = \"http://hooks.example.com/x\"", &[], "notify[0].webhook: must use https"),
+        ("[[notify]]\nwebhook = \"https://h/x\"\nsecret_file = \"missing\"", &[], "notify[0].secret_file"),
+        ("[[notify]]\ncommand = []", &[], "notify[0].command: must name a program"),
     ];
     for (toml, env, key) in cases {
         let text = error(toml, env);

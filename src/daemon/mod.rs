@@ -112,6 +112,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     reload: Option<Loader>,
 ) -> anyhow::Result<()> {
+    // Before anything answers on the listeners: a SIGHUP sent as soon as the daemon
+    // answers must reload it, not end it (the signal's default action).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("while installing the SIGHUP handler")?;
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
@@ -139,6 +143,7 @@ pub async fn run(
     seed_declared_accounts(&broker, &settings.accounts).await?;
     broker.add_observer(metrics.clone());
 
+    let state_clock = clock.clone();
     let state = AppState {
         broker: broker.clone(),
         rules: Arc::new(runtime.clone()),
@@ -158,6 +163,20 @@ pub async fn run(
     if let Some(tcp) = tcp {
         tasks.spawn(listen::serve_tcp(tcp, api, cancel.clone()));
     }
+    let (notifier, happenings) = crate::notify::Notifier::new();
+    broker.add_observer(notifier);
+    tasks.spawn(crate::notify::run(
+        happenings,
+        broker.clone(),
+        Arc::new(runtime.clone()),
+        state_clock,
+        tasks.clone(),
+        {
+            let metrics = metrics.clone();
+            Arc::new(move |event, delivered| metrics.notification(event.as_str(), delivered))
+        },
+        cancel.clone(),
+    ));
     let (sinks, sink_changes) = Sinks::new(Arc::new(runtime.clone()));
     broker.add_observer(sinks.clone());
     tasks.spawn(sink::run(
@@ -192,8 +211,6 @@ pub async fn run(
         own_uid,
         settings,
     };
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("while installing the SIGHUP handler")?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -24,6 +24,7 @@ pub(super) struct Runtime {
     access: Access,
     readiness: Readiness,
     sinks: Arc<[sink::Config]>,
+    notify: Arc<[crate::notify::Config]>,
 }
 
 impl Runtime {
@@ -71,6 +72,7 @@ impl Runtime {
             access,
             readiness,
             sinks,
+            notify: settings.notify.clone().into(),
         })
     }
 
@@ -116,6 +118,12 @@ impl Rules for Live {
 
     fn readiness(&self) -> Readiness {
         self.0.load().readiness.clone()
+    }
+}
+
+impl crate::notify::Entries for Live {
+    fn entries(&self) -> Arc<[crate::notify::Config]> {
+        Arc::clone(&self.0.load().notify)
     }
 }
 

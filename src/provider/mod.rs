@@ -128,6 +128,22 @@ pub struct Provider {
     discovered: OnceCell<Endpoints>,
 }
 
+/// An HTTP client for requests the daemon sends on its own behalf (notification webhooks),
+/// built like a provider's: timeouts set, redirects off, rustls only.
+///
+/// # Panics
+/// The TLS stack cannot be set up (it was when the providers' clients were built).
+pub fn outbound_client(timeout: std::time::Duration) -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(USER_AGENT)
+        .build()
+        .expect("the TLS stack was set up for the providers")
+}
+
 impl Provider {
     /// Builds the provider's HTTP client: timeouts set, redirects off (a 307 would resend
     /// the refresh token elsewhere), rustls only.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
@@ -31,6 +31,10 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IN_FLIGHT: usize = 16;
 /// Failed refreshes in a row that make an account degraded.
 const FAILURES_TO_DEGRADE: u32 = 3;
+/// A refresh token that ends within this is told of.
+const EXPIRING_WITHIN: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Refresh tokens' ends are looked at on a sweep at most this often.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// What an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -46,16 +50,19 @@ pub enum Event {
     Connected,
     /// The account was removed.
     Removed,
+    /// The refresh token itself ends within a week (providers that say when: GitHub, Box).
+    RefreshTokenExpiring,
 }
 
 impl Event {
     /// Every event, in the order the configuration lists them.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::NeedsReauth,
         Self::Degraded,
         Self::Recovered,
         Self::Connected,
         Self::Removed,
+        Self::RefreshTokenExpiring,
     ];
 
     /// The event's name, as configured and sent.
@@ -66,6 +73,7 @@ impl Event {
             Self::Recovered => "recovered",
             Self::Connected => "connected",
             Self::Removed => "removed",
+            Self::RefreshTokenExpiring => "refresh_token_expiring",
         }
     }
 
@@ -163,6 +171,8 @@ enum Standing {
 #[derive(Debug, Default)]
 pub struct Tracker {
     accounts: HashMap<AccountName, (Standing, u32)>,
+    /// The refresh-token end each account was told of.
+    expiring_told: HashMap<AccountName, SystemTime>,
 }
 
 impl Tracker {
@@ -176,6 +186,7 @@ impl Tracker {
     ) -> Vec<Event> {
         if happening == Happening::Removed {
             self.accounts.remove(account);
+            self.expiring_told.remove(account);
             return vec![Event::Removed];
         }
         let (standing, failures) = self.accounts.entry(account.clone()).or_default();
@@ -219,17 +230,42 @@ impl Tracker {
             Happening::Removed => unreachable!("handled above"),
         }
     }
+
+    /// `refresh_token_expiring`, once for each end an account's refresh token has, when it
+    /// ends within a week of `now`.
+    pub fn expiry(
+        &mut self,
+        account: &AccountName,
+        ends: SystemTime,
+        now: SystemTime,
+    ) -> Option<Event> {
+        let soon = ends.duration_since(now).unwrap_or_default() <= EXPIRING_WITHIN;
+        if !soon || self.expiring_told.get(account) == Some(&ends) {
+            return None;
+        }
+        self.expiring_told.insert(account.clone(), ends);
+        Some(Event::RefreshTokenExpiring)
+    }
 }
 
 /// The observer the broker tells; returns at once.
 #[derive(Debug)]
 pub struct Notifier {
-    happened: mpsc::UnboundedSender<(AccountName, Happening)>,
+    happened: mpsc::UnboundedSender<Told>,
+}
+
+/// What the broker told.
+#[derive(Debug)]
+enum Told {
+    /// Something happened to an account.
+    Account(AccountName, Happening),
+    /// A sweep ran at this time.
+    Swept(SystemTime),
 }
 
 /// The receiving end, for [`run`].
 #[derive(Debug)]
-pub struct Happenings(mpsc::UnboundedReceiver<(AccountName, Happening)>);
+pub struct Happenings(mpsc::UnboundedReceiver<Told>);
 
 impl Notifier {
     /// The observer, and the queue [`run`] takes.
@@ -240,7 +276,9 @@ impl Notifier {
 
     fn tell(&self, account: &AccountName, happening: Happening) {
         // The receiver lives as long as the daemon; after it, no one is told.
-        let _ = self.happened.send((account.clone(), happening));
+        let _ = self
+            .happened
+            .send(Told::Account(account.clone(), happening));
     }
 }
 
@@ -255,6 +293,10 @@ impl Observer for Notifier {
 
     fn account_removed(&self, account: &AccountName) {
         self.tell(account, Happening::Removed);
+    }
+
+    fn swept(&self, now: SystemTime) {
+        let _ = self.happened.send(Told::Swept(now));
     }
 }
 
@@ -290,34 +332,92 @@ pub async fn run(
     count: Counter,
     cancel: CancellationToken,
 ) {
+    let deliveries = Deliveries {
+        entries,
+        tasks,
+        http: crate::provider::outbound_client(ATTEMPT_TIMEOUT),
+        count,
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        cancel: cancel.clone(),
+    };
     let mut tracker = Tracker::default();
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let http = crate::provider::outbound_client(ATTEMPT_TIMEOUT);
+    let mut expiry_checked: Option<SystemTime> = None;
     loop {
-        let (account, happening) = tokio::select! {
+        let told = tokio::select! {
             () = cancel.cancelled() => return,
             next = happenings.0.recv() => match next {
                 Some(next) => next,
                 None => return,
             },
         };
-        let view = broker.account(&account).ok();
         let now = clock.now();
-        let token_gone = view
-            .as_ref()
-            .is_none_or(|v| v.expires_at.is_none_or(|at| at <= now));
-        let messages: Vec<Message> = tracker
-            .on(&account, happening, token_gone)
+        match told {
+            Told::Account(account, happening) => {
+                let view = broker.account(&account).ok();
+                let token_gone = view
+                    .as_ref()
+                    .is_none_or(|v| v.expires_at.is_none_or(|at| at <= now));
+                let mut events = tracker.on(&account, happening, token_gone);
+                // A new grant or refresh may bring a refresh token that ends soon; time
+                // passing is caught by the sweeps.
+                if happening != Happening::Removed {
+                    let ends = view.as_ref().and_then(|v| v.refresh_token_expires_at);
+                    events.extend(ends.and_then(|ends| tracker.expiry(&account, ends, now)));
+                }
+                deliveries.send(&account, view.as_ref(), events, now);
+            }
+            Told::Swept(at) => {
+                let due = expiry_checked.is_none_or(|last| {
+                    at.duration_since(last).unwrap_or_default() >= EXPIRY_CHECK_INTERVAL
+                });
+                if !due {
+                    continue;
+                }
+                expiry_checked = Some(at);
+                for view in broker.accounts() {
+                    let event = view
+                        .refresh_token_expires_at
+                        .and_then(|ends| tracker.expiry(&view.name, ends, at));
+                    if let Some(event) = event {
+                        deliveries.send(&view.name, Some(&view), vec![event], now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What delivering needs: the entries in force, where the tasks go, the webhook client,
+/// the counter, and the bound on deliveries in flight.
+struct Deliveries {
+    entries: Arc<dyn Entries>,
+    tasks: TaskTracker,
+    http: reqwest::Client,
+    count: Counter,
+    in_flight: Arc<Semaphore>,
+    cancel: CancellationToken,
+}
+
+impl Deliveries {
+    /// Hands `account`'s `events` to every entry that wants them, in order, on a task per
+    /// entry.
+    fn send(
+        &self,
+        account: &AccountName,
+        view: Option<&crate::broker::AccountView>,
+        events: Vec<Event>,
+        now: SystemTime,
+    ) {
+        let messages: Vec<Message> = events
             .into_iter()
             .map(|event| Message {
                 event,
                 account: account.to_string(),
-                provider: view.as_ref().map(|v| v.provider.clone()),
-                status: view.as_ref().map(|v| v.status.as_str().to_owned()),
-                reason: view.as_ref().and_then(|v| v.last_error.clone()),
+                provider: view.map(|v| v.provider.clone()),
+                status: view.map(|v| v.status.as_str().to_owned()),
+                reason: view.and_then(|v| v.last_error.clone()),
                 at: humantime::format_rfc3339_seconds(now).to_string(),
                 expires_at: view
-                    .as_ref()
                     .and_then(|v| v.expires_at)
                     .map(|at| humantime::format_rfc3339_seconds(at).to_string()),
             })
@@ -325,12 +425,10 @@ pub async fn run(
         for message in &messages {
             tracing::info!(account = %account, event = message.event.as_str(), "account event");
         }
-        for entry in entries.entries().iter() {
-            // The events of one happening (`connected` then `recovered`) reach each
-            // receiver in order, from one task.
+        for entry in self.entries.entries().iter() {
             let wanted: Vec<Message> = messages
                 .iter()
-                .filter(|message| entry.wants(message.event, &account))
+                .filter(|message| entry.wants(message.event, account))
                 .cloned()
                 .collect();
             if wanted.is_empty() {
@@ -338,12 +436,12 @@ pub async fn run(
             }
             let (target, http, count, in_flight, cancel) = (
                 entry.target.clone(),
-                http.clone(),
-                count.clone(),
-                in_flight.clone(),
-                cancel.clone(),
+                self.http.clone(),
+                self.count.clone(),
+                Arc::clone(&self.in_flight),
+                self.cancel.clone(),
             );
-            tasks.spawn(async move {
+            self.tasks.spawn(async move {
                 let Ok(_permit) = in_flight.acquire_owned().await else {
                     return;
                 };
@@ -529,6 +627,32 @@ mod tests {
             ],
         );
         assert_eq!(events, [Event::Degraded, Event::Recovered, Event::Degraded]);
+    }
+
+    #[test]
+    fn a_refresh_token_ending_within_a_week_is_told_once_per_end() {
+        let mut tracker = Tracker::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            tracker.expiry(&name(), now + day * 30, now),
+            None,
+            "a month away"
+        );
+        assert_eq!(
+            tracker.expiry(&name(), now + day * 6, now),
+            Some(Event::RefreshTokenExpiring)
+        );
+        assert_eq!(
+            tracker.expiry(&name(), now + day * 6, now + day),
+            None,
+            "told already"
+        );
+        // A refresh moved the end (and it is still close): told of the new end.
+        assert_eq!(
+            tracker.expiry(&name(), now + day * 7, now + day),
+            Some(Event::RefreshTokenExpiring)
+        );
     }
 
     #[test]

@@ -156,3 +156,56 @@ command = ["sleep", "1000"]
         "{metrics}"
     );
 }
+
+/// A grant whose refresh token the provider says ends in six days is told of once, however
+/// many sweeps and refreshes follow (until its end moves).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_token_that_ends_within_a_week_is_told_once() {
+    let fake = FakeProvider::start().await;
+    fake.set_refresh_token_expires_in(Some(json!(6 * 86_400)));
+    let home = Home::new();
+    let lines = home.path("events.jsonl");
+    let notify = format!(
+        "\n[[notify]]\nevents = [\"refresh_token_expiring\"]\ncommand = [\"sh\", \"-c\", \"cat >> '{}'; echo >> '{}'\"]\n",
+        lines.display(),
+        lines.display()
+    );
+    let daemon = home
+        .start(
+            &home.config(&fake.token_url(), "check_interval = \"1s\"", &notify),
+            &[],
+        )
+        .await;
+    daemon.import("gh", &fake.grant("gh"));
+    eventually(
+        "refresh_token_expiring told",
+        Duration::from_secs(10),
+        || async {
+            std::fs::read_to_string(&lines)
+                .is_ok_and(|text| text.contains("refresh_token_expiring"))
+        },
+    )
+    .await;
+    // Three more sweeps (one a second): still one event.
+    let (_, _, before) = daemon.get_text("/metrics").await;
+    let tick = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("tokenbroker_scheduler_last_tick_timestamp_seconds "))
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let first = tick(&before);
+    eventually("three more sweeps", Duration::from_secs(10), || async {
+        tick(&daemon.get_text("/metrics").await.2) >= first + 3.0
+    })
+    .await;
+    let text = std::fs::read_to_string(&lines).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{text}");
+    assert_eq!(events[0]["account"], "gh");
+}

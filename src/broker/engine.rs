@@ -95,6 +95,8 @@ impl Broker {
                     .spawn(async move { broker.dispatch().await }),
             );
         }
+        drop(queue);
+        self.notify(|observer| observer.swept(now));
         started
     }
 

@@ -105,6 +105,11 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     fn account_removed(&self, account: &AccountName) {
         let _ = account;
     }
+
+    /// A sweep ran at `now` (by the broker's clock).
+    fn swept(&self, now: SystemTime) {
+        let _ = now;
+    }
 }
 
 /// An account's state as clients see it.

@@ -209,3 +209,71 @@ async fn a_refresh_token_that_ends_within_a_week_is_told_once() {
     assert_eq!(events.len(), 1, "{text}");
     assert_eq!(events[0]["account"], "gh");
 }
+
+/// A flapping provider (it fails, then answers, over and over) pages no one: the account
+/// never fails three times in a row and its token never runs out. A reload that adds an
+/// entry takes effect at once: the new entry is told of the next change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_provider_pages_no_one_and_a_reload_adds_a_receiver() {
+    let fake = FakeProvider::start().await;
+    fake.set_expires_in(json!(4));
+    let home = Home::new();
+    let first = home.path("first.jsonl");
+    let second = home.path("second.jsonl");
+    let entry = |path: &std::path::Path| {
+        format!(
+            "\n[[notify]]\ncommand = [\"sh\", \"-c\", \"cat >> '{}'; echo >> '{}'\"]\n",
+            path.display(),
+            path.display()
+        )
+    };
+    let config = home.config(&fake.token_url(), FAST, &entry(&first));
+    let daemon = home.start(&config, &[]).await;
+    daemon.import("a", &fake.grant("a"));
+    let unavailable = || Reply::Json(503, json!({"error": "temporarily_unavailable"}), vec![]);
+    fake.push((0..4).flat_map(|_| [unavailable(), Reply::Issue]));
+    let calls = fake.token_calls();
+    fake.wait_for_calls(calls + 8, Duration::from_secs(30))
+        .await;
+    let told = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"].clone())
+            .collect::<Vec<_>>()
+    };
+    eventually("connected told", Duration::from_secs(5), || async {
+        !told(&first).is_empty()
+    })
+    .await;
+    assert_eq!(told(&first), [json!("connected")], "flapping told someone");
+
+    // SIGHUP with a second entry: it hears of the next change, removing the account.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(home.config(
+            &fake.token_url(),
+            FAST,
+            &format!("{}{}", entry(&first), entry(&second)),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(daemon.pid()).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    eventually("the reload", Duration::from_secs(10), || async {
+        daemon.logs().contains("configuration reloaded")
+    })
+    .await;
+    let (status, _) = daemon.request("DELETE", "/v1/accounts/a", None).await;
+    assert_eq!(status, 204);
+    eventually("removed told to both", Duration::from_secs(10), || async {
+        told(&second) == [json!("removed")]
+            && told(&first) == [json!("connected"), json!("removed")]
+    })
+    .await;
+}

@@ -66,5 +66,5 @@ async fn the_python_client_works_against_a_running_daemon() {
     .unwrap();
     let report = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{report}");
-    assert!(report.contains("Ran 6 tests"), "{report}");
+    assert!(report.contains("Ran 7 tests"), "{report}");
 }

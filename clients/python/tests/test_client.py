@@ -62,7 +62,32 @@ class StaleToken:
         return 3600
 
 
+class NearlyExpired:
+    """A cached token with less time left than the auth asks for."""
+
+    access_token = "about-to-expire"
+
+    def seconds_left(self):
+        return 5
+
+
 class AuthTest(unittest.TestCase):
+    def test_a_token_about_to_expire_is_replaced_before_the_request(self):
+        import httpx
+        import requests
+
+        auth = RequestsAuth(Broker(), ACCOUNT, min_valid=60)
+        auth._cached._token = NearlyExpired()
+        with requests.Session() as session:
+            response = session.get(CHECK_URL, auth=auth)
+        self.assertEqual((response.status_code, response.history), (200, []))
+
+        auth = HttpxAuth(Broker(), ACCOUNT, min_valid=60)
+        auth._cached._token = NearlyExpired()
+        with httpx.Client(auth=auth) as client:
+            response = client.get(CHECK_URL)
+        self.assertEqual((response.status_code, response.history), (200, []))
+
     def test_requests_attaches_the_token_and_retries_a_401_once(self):
         import requests
 

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use crate::metrics::{Metrics, TokenCounters};
 use crate::secret::ApiKey;
 
-/// The other end of a connection, attached to every request by the listener.
+/// The other end of a connection, as the listener found it at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     /// A Unix-socket peer.

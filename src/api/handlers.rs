@@ -62,16 +62,10 @@ pub(super) async fn post_token(
             .await
             .map_err(|e| hide_unknown(caller, e))?;
         let wants_text = token::wants_text(headers.get(header::ACCEPT));
-        let body = if wants_text {
-            served.token.access_token.expose().as_bytes().to_vec()
-        } else {
-            served.json()
-        };
-        Ok(token::response(
+        Ok(token::served_response(
             caller,
             name.as_str(),
-            served.expires_in,
-            body,
+            &served,
             wants_text,
         ))
     })
@@ -444,7 +438,7 @@ pub(super) fn may_have(caller: &Caller, account: &str) -> Result<(), ApiError> {
 }
 
 /// The name of an account that may exist: one that cannot is 404, like one that does not.
-fn existing(account: &str) -> Result<AccountName, ApiError> {
+pub(super) fn existing(account: &str) -> Result<AccountName, ApiError> {
     account.parse().map_err(|_| no_such_account(account))
 }
 

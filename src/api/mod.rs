@@ -201,9 +201,7 @@ impl Service {
                 let accept = request.headers().get(header::ACCEPT);
                 token::get(state, caller, request.uri(), accept)
             } else {
-                let extensions = request.extensions_mut();
-                extensions.insert(peer);
-                extensions.insert(Admitted(caller));
+                request.extensions_mut().insert(Admitted(caller));
                 let service = self.clone();
                 Answer::Later(Box::pin(async move { service.route(request).await }))
             };
@@ -250,7 +248,8 @@ impl Service {
     }
 }
 
-/// The API's routes. The router reads the caller's [`Peer`] from the request's extensions.
+/// The API's routes. The router reads who is calling from the request's `Admitted` extension,
+/// which [`Service::answer`] puts there.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route(token::ROUTE, get(token::route).post(handlers::post_token))

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
-use super::handlers::{hide_unknown, may_have, readable};
+use super::handlers::{existing, hide_unknown, may_have};
 use super::{Admitted, ApiError, AppState, Caller};
 use crate::token::IssuedToken;
 
@@ -91,16 +91,7 @@ pub(super) fn get(
             let app = app.clone();
             Answer::Later(Box::pin(async move {
                 let response = match app.broker.token(&account, min_valid).await {
-                    Ok(served) => {
-                        let body = body(&served.token, served.expires_in, wants_text);
-                        response(
-                            &caller,
-                            account.as_str(),
-                            served.expires_in,
-                            body,
-                            wants_text,
-                        )
-                    }
+                    Ok(served) => served_response(&caller, account.as_str(), &served, wants_text),
                     Err(error) => hide_unknown(&caller, error).into_response(),
                 };
                 counted(&app, Some(&caller), response)
@@ -164,7 +155,8 @@ fn from_memory(
         Some((body, left)) => Ok(Found::Served(response(
             caller, &account, left, body, wants_text,
         ))),
-        None => Ok(Found::Refresh(readable(caller, &account)?, min_valid)),
+        // `may_have` passed above: the name is valid, so this makes it an `AccountName`.
+        None => Ok(Found::Refresh(existing(&account)?, min_valid)),
     }
 }
 
@@ -177,8 +169,19 @@ fn body(token: &IssuedToken, left: Duration, wants_text: bool) -> Vec<u8> {
     }
 }
 
+/// The answer with a token the broker handed out (after a refresh, or for a rejected one).
+pub(super) fn served_response(
+    caller: &Caller,
+    account: &str,
+    served: &crate::broker::ServedToken,
+    wants_text: bool,
+) -> Response {
+    let body = body(&served.token, served.expires_in, wants_text);
+    response(caller, account, served.expires_in, body, wants_text)
+}
+
 /// The answer with a token, which is logged.
-pub(super) fn response(
+fn response(
     caller: &Caller,
     account: &str,
     expires_in: Duration,

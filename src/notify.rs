@@ -101,9 +101,10 @@ impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Command(command) => f.debug_tuple("Command").field(command).finish(),
+            // A webhook's path is often its credential (Slack's, say): the host only.
             Self::Webhook { url, secret } => f
                 .debug_struct("Webhook")
-                .field("url", &url.as_str())
+                .field("host", &url.host_str().unwrap_or_default())
                 .field("secret", secret)
                 .finish(),
         }
@@ -353,7 +354,18 @@ pub async fn run(
         let now = clock.now();
         match told {
             Told::Account(account, happening) => {
-                let view = broker.account(&account).ok();
+                // The account is looked at only when a failure must be weighed or someone
+                // may be told: a refresh storm with no `[[notify]]` costs a queue entry each.
+                let failed = matches!(
+                    happening,
+                    Happening::Refreshed(Outcome::Transient | Outcome::Configuration)
+                );
+                let listening = !deliveries.entries.entries().is_empty();
+                let view = if failed || listening {
+                    broker.account(&account).ok()
+                } else {
+                    None
+                };
                 let token_gone = view
                     .as_ref()
                     .is_none_or(|v| v.expires_at.is_none_or(|at| at <= now));
@@ -545,7 +557,11 @@ async fn post(
     match request.send().await {
         Ok(answer) if answer.status().is_success() => Ok(()),
         Ok(answer) => Err(format!("the webhook answered HTTP {}", answer.status())),
-        Err(error) => Err(format!("the webhook cannot be reached: {error}")),
+        // Without the URL, whose path may be a credential.
+        Err(error) => Err(format!(
+            "the webhook cannot be reached: {}",
+            error.without_url()
+        )),
     }
 }
 
@@ -653,6 +669,27 @@ mod tests {
             tracker.expiry(&name(), now + day * 7, now + day),
             Some(Event::RefreshTokenExpiring)
         );
+    }
+
+    /// A webhook URL's path can be its credential: neither `Debug` nor a failed delivery's
+    /// error shows it.
+    #[tokio::test]
+    async fn a_webhooks_path_reaches_no_log() {
+        let url: Url = "http://127.0.0.1:9/services/T0/B0/secret-path-part"
+            .parse()
+            .unwrap();
+        let target = Target::Webhook {
+            url: url.clone(),
+            secret: Some(WebhookSecret::new("signing-key")),
+        };
+        let shown = format!("{target:?}");
+        assert!(
+            !shown.contains("secret-path-part") && !shown.contains("signing-key"),
+            "{shown}"
+        );
+        let http = crate::provider::outbound_client(Duration::from_secs(2));
+        let error = post(&http, &url, None, b"{}").await.unwrap_err();
+        assert!(!error.contains("secret-path-part"), "{error}");
     }
 
     #[test]

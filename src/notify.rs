@@ -167,8 +167,8 @@ enum Standing {
     NeedsReauth,
 }
 
-/// Each account's standing and failures in a row: the events that changes of state make,
-/// never one per attempt.
+/// The standing and failures in a row of each account in trouble (a healthy account has
+/// no entry): the events that changes of state make, never one per attempt.
 #[derive(Debug, Default)]
 pub struct Tracker {
     accounts: HashMap<AccountName, (Standing, u32)>,
@@ -185,51 +185,43 @@ impl Tracker {
         happening: Happening,
         token_gone: bool,
     ) -> Vec<Event> {
-        if happening == Happening::Removed {
-            self.accounts.remove(account);
-            self.expiring_told.remove(account);
-            return vec![Event::Removed];
-        }
-        let (standing, failures) = self.accounts.entry(account.clone()).or_default();
-        let was = *standing;
-        match happening {
-            Happening::Installed => {
-                *standing = Standing::Fine;
-                *failures = 0;
-                let mut events = vec![Event::Connected];
-                if was != Standing::Fine {
-                    events.push(Event::Recovered);
-                }
-                events
+        let (was, failures) = self.accounts.get(account).copied().unwrap_or_default();
+        let (standing, failures, events) = match happening {
+            Happening::Removed => {
+                self.accounts.remove(account);
+                self.expiring_told.remove(account);
+                return vec![Event::Removed];
             }
-            Happening::Refreshed(Outcome::Refreshed) => {
-                *standing = Standing::Fine;
-                *failures = 0;
-                if was == Standing::Fine {
-                    vec![]
-                } else {
-                    vec![Event::Recovered]
-                }
+            Happening::Installed if was == Standing::Fine => {
+                (Standing::Fine, 0, vec![Event::Connected])
+            }
+            Happening::Installed => (Standing::Fine, 0, vec![Event::Connected, Event::Recovered]),
+            Happening::Refreshed(Outcome::Refreshed) if was == Standing::Fine => {
+                (Standing::Fine, 0, vec![])
+            }
+            Happening::Refreshed(Outcome::Refreshed) => (Standing::Fine, 0, vec![Event::Recovered]),
+            Happening::Refreshed(Outcome::Reauth) if was == Standing::NeedsReauth => {
+                (was, failures, vec![])
             }
             Happening::Refreshed(Outcome::Reauth) => {
-                *standing = Standing::NeedsReauth;
-                if was == Standing::NeedsReauth {
-                    vec![]
-                } else {
-                    vec![Event::NeedsReauth]
-                }
+                (Standing::NeedsReauth, failures, vec![Event::NeedsReauth])
             }
             Happening::Refreshed(Outcome::Transient | Outcome::Configuration) => {
-                *failures += 1;
-                if was == Standing::Fine && (*failures >= FAILURES_TO_DEGRADE || token_gone) {
-                    *standing = Standing::Degraded;
-                    vec![Event::Degraded]
+                let failures = failures + 1;
+                if was == Standing::Fine && (failures >= FAILURES_TO_DEGRADE || token_gone) {
+                    (Standing::Degraded, failures, vec![Event::Degraded])
                 } else {
-                    vec![]
+                    (was, failures, vec![])
                 }
             }
-            Happening::Removed => unreachable!("handled above"),
+        };
+        // Only accounts in trouble are kept: a healthy one costs nothing, however many.
+        if standing == Standing::Fine && failures == 0 {
+            self.accounts.remove(account);
+        } else {
+            self.accounts.insert(account.clone(), (standing, failures));
         }
+        events
     }
 
     /// `refresh_token_expiring`, once for each end an account's refresh token has, when it

@@ -40,8 +40,8 @@ impl fmt::Debug for TokenBody {
     }
 }
 
-/// A token's JSON once rendered, kept with the token. It takes no part in comparing tokens,
-/// and a clone shares it.
+/// A token's JSON once rendered, kept with the token, without a second copy of the token
+/// itself. It takes no part in comparing tokens, and a clone shares it.
 #[derive(Clone, Default)]
 pub(super) struct Kept(OnceLock<Arc<Rendered>>);
 
@@ -55,12 +55,13 @@ impl Kept {
         let kept = self.0.get_or_init(|| Arc::new(Rendered::of(token)));
         if kept.expires_at == token.expires_at {
             debug_assert!(
-                kept.with_expires_in(expires_in) == Rendered::of(token).with_expires_in(expires_in),
+                kept.with_expires_in(token, expires_in)
+                    == Rendered::of(token).with_expires_in(token, expires_in),
                 "a kept token JSON is another token's"
             );
-            kept.with_expires_in(expires_in)
+            kept.with_expires_in(token, expires_in)
         } else {
-            Rendered::of(token).with_expires_in(expires_in)
+            Rendered::of(token).with_expires_in(token, expires_in)
         }
     }
 }
@@ -83,17 +84,23 @@ impl fmt::Debug for Kept {
     }
 }
 
-/// The text of [`TokenBody`] before and after its `expires_in` number. The part before holds
-/// the token, so it is wiped when dropped, like the token itself.
+/// The text of [`TokenBody`] around the access token and the `expires_in` number. The token
+/// is taken from the `IssuedToken` each time: keeping its text here too would double what
+/// every served account holds (a Dropbox token is 1.3 KB). Only a token that JSON must
+/// escape (none that providers issue) is kept, escaped, and wiped when dropped.
 pub(super) struct Rendered {
     /// The expiry it was rendered with.
     expires_at: std::time::SystemTime,
-    /// `{"access_token":…,"token_type":…,"expires_at":…,"expires_in":`
-    before: Zeroizing<Vec<u8>>,
+    /// The token as a JSON string, when that is not the token between quotes.
+    escaped: Option<Zeroizing<Box<[u8]>>>,
+    /// `,"token_type":…,"expires_at":…,"expires_in":`
+    middle: Box<[u8]>,
     /// `,"scope":…}`
     after: Box<[u8]>,
 }
 
+/// What serde writes before the token.
+const HEAD: &[u8] = br#"{"access_token":"#;
 /// What comes right before the number. A JSON string escapes every `"` in it, so `":` can
 /// only end a key: this is found once, where serde wrote the key.
 const EXPIRES_IN_KEY: &[u8] = br#""expires_in":"#;
@@ -102,25 +109,44 @@ impl Rendered {
     fn of(token: &IssuedToken) -> Self {
         let mut body = token.body(0);
         let json = Zeroizing::new(serde_json::to_vec(&body).expect("strings always serialise"));
+        let string = Zeroizing::new(
+            serde_json::to_vec(&body.access_token).expect("strings always serialise"),
+        );
         body.access_token.zeroize();
+        debug_assert!(json.starts_with(HEAD) && json[HEAD.len()..].starts_with(&string));
+        let middle_starts = HEAD.len() + string.len();
         let key = json
             .windows(EXPIRES_IN_KEY.len())
             .position(|window| window == EXPIRES_IN_KEY)
             .expect("serde writes every field");
         let number = key + EXPIRES_IN_KEY.len();
         debug_assert_eq!(json[number], b'0');
+        let plain = string.len() == token.access_token.expose().len() + 2;
         Self {
             expires_at: token.expires_at,
-            before: Zeroizing::new(json[..number].to_vec()),
+            escaped: (!plain).then(|| Zeroizing::new(string.as_slice().into())),
+            middle: json[middle_starts..number].into(),
             after: json[number + 1..].into(),
         }
     }
 
-    fn with_expires_in(&self, expires_in: u64) -> Vec<u8> {
+    fn with_expires_in(&self, token: &IssuedToken, expires_in: u64) -> Vec<u8> {
         let mut number = itoa::Buffer::new();
         let number = number.format(expires_in);
-        let mut json = Vec::with_capacity(self.before.len() + number.len() + self.after.len());
-        json.extend_from_slice(&self.before);
+        let raw = token.access_token.expose().as_bytes();
+        let mut json = Vec::with_capacity(
+            HEAD.len() + raw.len() + 2 + self.middle.len() + number.len() + self.after.len(),
+        );
+        json.extend_from_slice(HEAD);
+        match &self.escaped {
+            Some(escaped) => json.extend_from_slice(escaped),
+            None => {
+                json.push(b'"');
+                json.extend_from_slice(raw);
+                json.push(b'"');
+            }
+        }
+        json.extend_from_slice(&self.middle);
         json.extend_from_slice(number.as_bytes());
         json.extend_from_slice(&self.after);
         json
@@ -185,6 +211,18 @@ mod tests {
         token.expires_at -= Duration::from_secs(3600);
         let read: TokenBody = serde_json::from_slice(&token.json(Duration::ZERO)).unwrap();
         assert_eq!(read.expires_at, "2026-11-18T10:06:40Z");
+    }
+
+    /// What is kept per served token holds no second copy of it (a Dropbox token is 1.3 KB,
+    /// and every account served keeps its JSON): only a token JSON must escape is kept.
+    #[test]
+    fn the_kept_json_holds_no_copy_of_a_plain_token() {
+        let long = format!("sl.{}", "x".repeat(1300));
+        let rendered = Rendered::of(&token(&long, Some("read")));
+        assert!(rendered.escaped.is_none());
+        assert!(rendered.middle.len() + rendered.after.len() < 200);
+        let quoted = Rendered::of(&token(r#"with "quotes""#, None));
+        assert!(quoted.escaped.is_some());
     }
 
     #[test]

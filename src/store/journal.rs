@@ -12,32 +12,26 @@
 //! stops at a frame that cannot be framed (a torn tail, a damaged length) and reports where.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use super::StoreError;
 
 /// The journal's file name in the store directory.
 pub(super) const FILE: &str = "journal";
 const MAGIC: &[u8] = b"tokenbroker-journal-1\n";
 /// No frame is larger: a length above this is damage, not a record.
 const MAX_FRAME: usize = 1 << 20;
+/// What is read or written at a time. The journal is read and rewritten in pieces of this
+/// size, never held whole: at 100k accounts it is 160 MB.
+const BUFFER: usize = 1 << 16;
 
-/// One frame as read: where its account name and sealed value are in the file's bytes.
-/// (Ranges, not copies: at 100k accounts the copies were 170 MB of small allocations that
-/// outlived the open as fragmented heap.)
+/// What reading a journal found, besides the frames handed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Frame {
-    name: std::ops::Range<usize>,
-    value: std::ops::Range<usize>,
-}
-
-/// The journal as found on disk.
-#[derive(Debug, Default)]
-pub(super) struct Contents {
-    /// The file's bytes.
-    bytes: Vec<u8>,
-    /// Every frame that could be framed, in order.
-    frames: Vec<Frame>,
+pub(super) struct Found {
+    /// How many frames could be framed.
+    pub(super) frames: u64,
     /// Where reading had to stop, and why; `None` when the whole file was read.
     pub(super) damage: Option<Damage>,
 }
@@ -51,95 +45,98 @@ pub(super) struct Damage {
     pub(super) reason: &'static str,
 }
 
-/// Reads the journal at `path`; `None` when there is none.
+/// Reads the journal at `path` from start to end, handing `each` every frame that can be
+/// framed, in order: the account name's bytes (checked when the value is opened) and the
+/// sealed value. `None` when there is no journal.
 ///
 /// # Errors
-/// The file exists but cannot be read.
-pub(super) fn read(path: &Path) -> io::Result<Option<Contents>> {
-    let mut bytes = Vec::new();
+/// The file exists but cannot be read, or `each` failed (its error is returned as is).
+pub(super) fn read(
+    path: &Path,
+    each: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<Option<Found>, StoreError> {
     match File::open(path) {
-        Ok(mut file) => file.read_to_end(&mut bytes)?,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
+        Ok(file) => frames(BufReader::with_capacity(BUFFER, file), each).map(Some),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(read_error(error)),
+    }
+}
+
+fn read_error(cause: io::Error) -> StoreError {
+    StoreError::Io {
+        operation: "journal read",
+        cause: cause.into(),
+    }
+}
+
+fn frames(
+    mut input: impl Read,
+    mut each: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<Found, StoreError> {
+    let mut found = Found {
+        frames: 0,
+        damage: None,
     };
-    Ok(Some(parse(bytes)))
-}
-
-impl Contents {
-    /// Every frame that could be framed, in order: the account name's bytes (checked when
-    /// the value is opened) and the sealed value.
-    pub(super) fn frames(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.frames.iter().map(|frame| {
-            (
-                &self.bytes[frame.name.clone()],
-                &self.bytes[frame.value.clone()],
-            )
-        })
-    }
-
-    /// How many frames could be framed.
-    pub(super) fn frame_count(&self) -> usize {
-        self.frames.len()
-    }
-}
-
-fn parse(bytes: Vec<u8>) -> Contents {
-    let frames_and_damage = frames(&bytes);
-    Contents {
-        bytes,
-        frames: frames_and_damage.0,
-        damage: frames_and_damage.1,
-    }
-}
-
-fn frames(bytes: &[u8]) -> (Vec<Frame>, Option<Damage>) {
-    let mut frames = Vec::new();
-    let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
-        let damage = Damage {
+    let mut magic = [0; MAGIC.len()];
+    if fill(&mut input, &mut magic)? < MAGIC.len() || magic != MAGIC {
+        found.damage = Some(Damage {
             offset: 0,
             reason: "it does not start as a tokenbroker journal",
-        };
-        return (frames, Some(damage));
-    };
-    let mut damage = None;
-    while !rest.is_empty() {
-        let at = bytes.len() - rest.len();
-        let offset = at as u64;
+        });
+        return Ok(found);
+    }
+    let mut offset = MAGIC.len() as u64;
+    // One frame at a time, in a buffer that is reused.
+    let mut payload = Vec::new();
+    loop {
         let stop = |reason| Some(Damage { offset, reason });
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            damage = stop("a frame's length is cut off (a torn write)");
-            break;
-        };
-        let len = u32::from_be_bytes(*len) as usize;
+        let mut len = [0; 4];
+        match fill(&mut input, &mut len)? {
+            0 => break,
+            4 => {}
+            _ => {
+                found.damage = stop("a frame's length is cut off (a torn write)");
+                break;
+            }
+        }
+        let len = u32::from_be_bytes(len) as usize;
         if len > MAX_FRAME {
-            damage = stop("a frame's length is impossible (damaged)");
+            found.damage = stop("a frame's length is impossible (damaged)");
             break;
         }
-        let Some((payload, tail)) = tail.split_at_checked(len) else {
-            damage = stop("a frame is cut off (a torn write)");
+        payload.resize(len, 0);
+        if fill(&mut input, &mut payload)? < len {
+            found.damage = stop("a frame is cut off (a torn write)");
             break;
-        };
+        }
         match payload
             .split_first()
             .and_then(|(&name_len, body)| body.split_at_checked(usize::from(name_len)))
         {
-            Some((name, value)) if !name.is_empty() && !value.is_empty() => {
-                // The payload starts after the 4-byte length; the name after its length byte.
-                let name_at = at + 4 + 1;
-                let value_at = name_at + name.len();
-                frames.push(Frame {
-                    name: name_at..value_at,
-                    value: value_at..value_at + value.len(),
-                });
-            }
+            Some((name, value)) if !name.is_empty() && !value.is_empty() => each(name, value)?,
             _ => {
-                damage = stop("a frame holds no name and value (damaged)");
+                found.damage = stop("a frame holds no name and value (damaged)");
                 break;
             }
         }
-        rest = tail;
+        found.frames += 1;
+        offset += 4 + len as u64;
     }
-    (frames, damage)
+    Ok(found)
+}
+
+/// Reads into `buffer` until it is full or the input ends; returns how much was read.
+fn fill(input: &mut impl Read, buffer: &mut [u8]) -> Result<usize, StoreError> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match input.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(read_error(error)),
+        }
+    }
+    Ok(filled)
 }
 
 /// Appends the frame for `name`'s `value` to `buffer`.
@@ -150,6 +147,37 @@ pub(super) fn push_frame(buffer: &mut Vec<u8>, name: &str, value: &[u8]) {
     buffer.push(name_len);
     buffer.extend_from_slice(name.as_bytes());
     buffer.extend_from_slice(value);
+}
+
+/// A journal being rewritten: each frame pushed goes to the new file.
+pub(super) struct Frames {
+    out: BufWriter<File>,
+    /// What a failed write is reported as.
+    operation: &'static str,
+    /// The frame being encoded, reused.
+    frame: Vec<u8>,
+    len: u64,
+    count: u64,
+}
+
+impl Frames {
+    /// Writes the frame for `name`'s `value`.
+    ///
+    /// # Errors
+    /// `StoreError::Io`: the write failed.
+    pub(super) fn push(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.frame.clear();
+        push_frame(&mut self.frame, name, value);
+        self.out
+            .write_all(&self.frame)
+            .map_err(|cause| StoreError::Io {
+                operation: self.operation,
+                cause: cause.into(),
+            })?;
+        self.len += self.frame.len() as u64;
+        self.count += 1;
+        Ok(())
+    }
 }
 
 /// The journal open for appending.
@@ -164,44 +192,71 @@ pub(super) struct Journal {
 }
 
 impl Journal {
-    /// Writes a new journal holding exactly `frames` (an encoded run of frames, `count` of
-    /// them) and makes it the journal: temp file, fsync, rename, fsync of the directory.
+    /// Writes a new journal holding the frames `fill` pushes and makes it the journal: temp
+    /// file, fsync, rename, fsync of the directory. The frames go to the file as they are
+    /// pushed, not into memory first.
     ///
     /// # Errors
-    /// Any write, sync or rename failed; the previous journal is then untouched.
-    pub(super) fn rewrite(dir: &Path, frames: &[u8], count: u64) -> io::Result<Self> {
+    /// Any write, sync or rename failed (`StoreError::Io`, doing `operation`), or `fill`
+    /// failed; the previous journal is then untouched.
+    pub(super) fn rewrite(
+        dir: &Path,
+        operation: &'static str,
+        fill: impl FnOnce(&mut Frames) -> Result<(), StoreError>,
+    ) -> Result<Self, StoreError> {
+        let io = |cause: io::Error| StoreError::Io {
+            operation,
+            cause: cause.into(),
+        };
         let path = dir.join(FILE);
         let tmp = dir.join(format!("{FILE}.tmp"));
         match fs::remove_file(&tmp) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error),
+            Err(error) => return Err(io(error)),
         }
         let written = (|| {
-            let mut file = OpenOptions::new()
+            let file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&tmp)?;
-            file.write_all(MAGIC)?;
-            file.write_all(frames)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(dir)?.sync_all()
+                .open(&tmp)
+                .map_err(io)?;
+            let mut frames = Frames {
+                out: BufWriter::with_capacity(BUFFER, file),
+                operation,
+                frame: Vec::new(),
+                len: MAGIC.len() as u64,
+                count: 0,
+            };
+            frames.out.write_all(MAGIC).map_err(io)?;
+            fill(&mut frames)?;
+            let Frames {
+                out, len, count, ..
+            } = frames;
+            let file = out.into_inner().map_err(|error| io(error.into_error()))?;
+            file.sync_all().map_err(io)?;
+            fs::rename(&tmp, &path).map_err(io)?;
+            File::open(dir).and_then(|dir| dir.sync_all()).map_err(io)?;
+            Ok((len, count))
         })();
-        if let Err(error) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(error);
-        }
+        let (len, count) = match written {
+            Ok(written) => written,
+            Err(error) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(error);
+            }
+        };
         let file = OpenOptions::new()
             .append(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)?;
+            .open(&path)
+            .map_err(io)?;
         Ok(Self {
             file,
             path,
-            len: (MAGIC.len() + frames.len()) as u64,
+            len,
             frames: count,
         })
     }
@@ -269,21 +324,77 @@ mod tests {
         buffer
     }
 
+    /// A frame's name and value, copied out.
+    type Copied = (Vec<u8>, Vec<u8>);
+
+    /// Every frame of `bytes`, copied out, and what reading found.
+    fn parse(bytes: &[u8]) -> (Vec<Copied>, Found) {
+        let mut read = Vec::new();
+        let found = super::frames(bytes, |name, value| {
+            read.push((name.to_vec(), value.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (read, found)
+    }
+
+    fn rewrite(dir: &Path, entries: &[(&str, &[u8])]) -> Journal {
+        Journal::rewrite(dir, "journal write", |frames| {
+            for (name, value) in entries {
+                frames.push(name, value)?;
+            }
+            Ok(())
+        })
+        .unwrap()
+    }
+
     #[test]
     fn appended_frames_read_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut journal = Journal::rewrite(dir.path(), &frames(&[("a", b"one")]), 1).unwrap();
+        let mut journal = rewrite(dir.path(), &[("a", b"one")]);
         journal
             .append(&frames(&[("b", b"two"), ("a", b"three")]), 2)
             .unwrap();
         assert_eq!(journal.frames(), 3);
-        let contents = read(&dir.path().join(FILE)).unwrap().unwrap();
-        assert_eq!(contents.damage, None);
-        let read: Vec<_> = contents.frames().collect();
+        let mut read = Vec::new();
+        let found = super::read(&dir.path().join(FILE), |name, value| {
+            read.push((name.to_vec(), value.to_vec()));
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            found,
+            Found {
+                frames: 3,
+                damage: None
+            }
+        );
+        let read: Vec<(&[u8], &[u8])> = read.iter().map(|(n, v)| (&n[..], &v[..])).collect();
         assert_eq!(
             read,
             [(&b"a"[..], &b"one"[..]), (b"b", b"two"), (b"a", b"three")]
         );
+    }
+
+    /// A journal rewritten through `Frames` is the same bytes as the frames encoded at once,
+    /// and a long one is read back whole across the read buffer's boundaries.
+    #[test]
+    fn a_rewritten_journal_reads_back_whole_across_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = vec![7u8; 3000];
+        let names: Vec<String> = (0..100).map(|i| format!("account-{i}")).collect();
+        let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &value[..])).collect();
+        let journal = rewrite(dir.path(), &entries);
+        assert_eq!(journal.frames(), 100);
+        let bytes = fs::read(dir.path().join(FILE)).unwrap();
+        assert!(bytes.len() > 4 * BUFFER);
+        assert_eq!(bytes, [MAGIC, &frames(&entries)].concat());
+        assert_eq!(journal.len, bytes.len() as u64);
+        let (read, found) = parse(&bytes);
+        assert_eq!(found.damage, None);
+        assert_eq!(read.len(), 100);
+        assert_eq!(read[99], (b"account-99".to_vec(), value));
     }
 
     #[test]
@@ -292,22 +403,56 @@ mod tests {
         let second = (MAGIC.len() + 4 + 1 + 1 + 3) as u64;
         for cut in 1..(whole.len() as u64 - second) {
             let torn = &whole[..whole.len() - cut as usize];
-            let contents = parse(torn.to_vec());
-            assert_eq!(contents.frame_count(), 1, "cut {cut}");
-            assert_eq!(contents.damage.unwrap().offset, second, "cut {cut}");
+            let (read, found) = parse(torn);
+            assert_eq!((read.len(), found.frames), (1, 1), "cut {cut}");
+            assert_eq!(found.damage.unwrap().offset, second, "cut {cut}");
         }
         let mut huge = whole.clone();
         huge[second as usize] = 0xff;
-        let contents = parse(huge);
-        assert_eq!(contents.frame_count(), 1);
-        assert!(contents.damage.unwrap().reason.contains("impossible"));
-        assert!(parse(b"something else".to_vec()).damage.is_some());
-        assert_eq!(parse(MAGIC.to_vec()).frame_count(), 0);
+        let (read, found) = parse(&huge);
+        assert_eq!(read.len(), 1);
+        assert!(found.damage.unwrap().reason.contains("impossible"));
+        assert!(parse(b"something else").1.damage.is_some());
+        assert!(parse(b"").1.damage.is_some());
+        assert_eq!(parse(&whole[..MAGIC.len() - 1]).1.damage.unwrap().offset, 0);
+        assert_eq!(
+            parse(MAGIC).1,
+            Found {
+                frames: 0,
+                damage: None
+            }
+        );
+        let mut empty_name = MAGIC.to_vec();
+        empty_name.extend_from_slice(&[0, 0, 0, 2, 0, b'x']);
+        assert!(parse(&empty_name)
+            .1
+            .damage
+            .unwrap()
+            .reason
+            .contains("no name"));
+    }
+
+    #[test]
+    fn a_frame_the_reader_refuses_stops_the_read_with_its_error() {
+        let whole = [MAGIC, &frames(&[("a", b"one"), ("b", b"two")])].concat();
+        let mut seen = 0;
+        let error = super::frames(&whole[..], |_, _| {
+            seen += 1;
+            Err(StoreError::WrongKey {
+                found: "x".into(),
+                loaded: "y".into(),
+            })
+        })
+        .unwrap_err();
+        assert!(matches!(error, StoreError::WrongKey { .. }));
+        assert_eq!(seen, 1);
     }
 
     #[test]
     fn no_journal_is_none() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read(&dir.path().join(FILE)).unwrap().is_none());
+        assert!(super::read(&dir.path().join(FILE), |_, _| Ok(()))
+            .unwrap()
+            .is_none());
     }
 }

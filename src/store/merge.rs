@@ -193,6 +193,15 @@ impl Merge {
             .map(|(name, newest)| (name.as_str(), newest))
     }
 
+    /// How many accounts there are (the newest copy of each is not a removal): what the
+    /// database holds once it is brought up to date.
+    pub(super) fn live(&self) -> u64 {
+        self.newest
+            .values()
+            .filter(|newest| !newest.removed())
+            .count() as u64
+    }
+
     /// Whether the journal holds the newest copy of every account and removal.
     pub(super) fn journal_complete(&self) -> bool {
         self.newest

@@ -333,12 +333,19 @@ impl Metrics {
     /// The metrics in `format`, the present read from `broker`.
     pub fn render(&self, broker: &Broker, now: SystemTime, format: Format) -> String {
         let registry = self.lock();
-        let views = broker.accounts();
         self.expires_in.clear();
         self.account_status.clear();
         let mut within = [0i64; EXPIRY_THRESHOLDS.len()];
+        let mut by_status = [0i64; Status::ALL.len()];
         let per_account = self.detail == Detail::PerAccount;
-        for view in &views {
+        broker.for_each_account(|view| {
+            if let Some(count) = Status::ALL
+                .iter()
+                .position(|status| *status == view.status)
+                .and_then(|at| by_status.get_mut(at))
+            {
+                *count += 1;
+            }
             if per_account || view.status != Status::Active {
                 self.account_status
                     .get_or_create(&AccountStatusLabels {
@@ -363,7 +370,7 @@ impl Metrics {
                     *count += i64::from(left <= threshold);
                 }
             }
-        }
+        });
         if !per_account {
             for ((label, _), count) in EXPIRY_THRESHOLDS.into_iter().zip(within) {
                 self.expiring_within
@@ -371,13 +378,12 @@ impl Metrics {
                     .set(count);
             }
         }
-        for status in Status::ALL {
-            let count = views.iter().filter(|v| v.status == status).count();
+        for (status, count) in Status::ALL.into_iter().zip(by_status) {
             self.accounts
                 .get_or_create(&StatusLabel {
                     status: status.as_str(),
                 })
-                .set(i64::try_from(count).unwrap_or(i64::MAX));
+                .set(count);
         }
         if let Some(tick) = broker.last_tick() {
             let since_epoch = tick

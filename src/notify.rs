@@ -378,14 +378,14 @@ pub async fn run(
                     continue;
                 }
                 expiry_checked = Some(at);
-                for view in broker.accounts() {
+                broker.for_each_account(|view| {
                     let event = view
                         .refresh_token_expires_at
                         .and_then(|ends| tracker.expiry(&view.name, ends, at));
                     if let Some(event) = event {
                         deliveries.send(&view.name, Some(&view), vec![event], now);
                     }
-                }
+                });
             }
         }
     }

@@ -392,8 +392,24 @@ impl Broker {
 
     /// Every account, by name.
     pub fn accounts(&self) -> Vec<AccountView> {
+        let mut views = Vec::new();
+        self.for_each_account(|view| views.push(view));
+        views
+    }
+
+    /// Hands `visit` a view of every account, by name, one at a time: what looks at every
+    /// account (a metrics scrape, the notifier's hourly check) holds one view at a time, not
+    /// 100k of them. The map is not locked while `visit` runs.
+    pub fn for_each_account(&self, mut visit: impl FnMut(AccountView)) {
         let slots: Vec<Arc<Slot>> = read(&self.inner.accounts).values().cloned().collect();
-        slots.iter().map(|slot| view(slot)).collect()
+        for slot in &slots {
+            visit(view(slot));
+        }
+    }
+
+    /// How many accounts there are.
+    pub fn account_count(&self) -> usize {
+        read(&self.inner.accounts).len()
     }
 
     /// One account.

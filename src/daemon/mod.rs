@@ -199,7 +199,7 @@ pub async fn run(
     tracing::info!(
         socket = %settings.api.socket.display(),
         http = settings.api.http.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-        accounts = broker.accounts().len(),
+        accounts = broker.account_count(),
         "tokenbroker ready"
     );
 

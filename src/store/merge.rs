@@ -5,11 +5,12 @@
 //! disagree; every copy carries the version it was written as, sealed with it, so the newest
 //! valid one is known. This module only decides; `sled.rs` applies the decision.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::schema::{self, Entry};
 use super::seal::Keyring;
 use super::StoreError;
+use crate::token::AccountRecord;
 
 /// Where a copy was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +35,8 @@ pub(super) struct Newest {
     /// nonce). Two copies with the same fingerprint are the same write, so the second need
     /// not be opened.
     fingerprint: Fingerprint,
-    /// The account as decoded; `None` for a removal.
-    pub(super) record: Option<crate::token::AccountRecord>,
+    /// Where the account as decoded is in [`Merge::records`]; `None` for a removal.
+    record: Option<usize>,
     /// Where it came from.
     pub(super) source: Source,
     /// The database's version of this account, if it holds one that could be read.
@@ -52,6 +53,9 @@ pub(super) struct Merge {
     /// The newest copy of each account, by name. A hash map: one table, not a tree of
     /// small nodes that would leave the heap fragmented once the open is over.
     pub(super) newest: HashMap<String, Newest>,
+    /// The accounts as decoded, apart from the table: they become the store's answer in
+    /// place, without a second vector of 100k records beside the table.
+    records: Vec<AccountRecord>,
     /// The highest version seen anywhere: the next write takes the one after it.
     pub(super) max_version: u64,
     /// Copies that could not be opened: the account's name and where (never contents).
@@ -118,8 +122,18 @@ impl Merge {
             Entry::Put(record) => Some(record),
             Entry::Removed => None,
         };
-        let slot = self.newest.entry(text);
-        let candidate = Newest {
+        let records = &mut self.records;
+        let mut keep = |record: AccountRecord, at: Option<usize>| match at {
+            Some(at) => {
+                records[at] = record;
+                at
+            }
+            None => {
+                records.push(record);
+                records.len() - 1
+            }
+        };
+        let candidate = |record| Newest {
             version,
             value: if source == Source::Database {
                 Vec::new()
@@ -133,9 +147,9 @@ impl Merge {
             database_unreadable: false,
             in_journal: (source == Source::Journal).then_some(version),
         };
-        match slot {
+        match self.newest.entry(text) {
             std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(candidate);
+                vacant.insert(candidate(record.map(|record| keep(record, None))));
             }
             std::collections::hash_map::Entry::Occupied(mut occupied) => {
                 let held = occupied.get_mut();
@@ -148,16 +162,38 @@ impl Merge {
                 // Ties go to the copy offered first (the database is offered first), so a
                 // store whose copies agree needs no repair.
                 if version > held.version {
+                    // A removal leaves the older record where it was, unclaimed.
+                    let at = record.map(|record| keep(record, held.record));
                     *held = Newest {
                         in_database: held.in_database,
                         database_unreadable: held.database_unreadable,
                         in_journal: held.in_journal,
-                        ..candidate
+                        ..candidate(at)
                     };
                 }
             }
         }
         Ok(())
+    }
+
+    /// Every account, in name order, and every removal with its version: what the merge
+    /// decided, taken apart.
+    pub(super) fn into_accounts(self) -> (Vec<AccountRecord>, BTreeMap<String, u64>) {
+        let mut claimed = vec![false; self.records.len()];
+        let mut removed = BTreeMap::new();
+        for (name, newest) in self.newest {
+            match newest.record {
+                Some(at) => claimed[at] = true,
+                None => {
+                    removed.insert(name, newest.version);
+                }
+            }
+        }
+        let mut accounts = self.records;
+        let mut claimed = claimed.into_iter();
+        accounts.retain(|_| claimed.next().unwrap_or(false));
+        accounts.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        (accounts, removed)
     }
 
     /// Checks that every account the database could not read has a copy elsewhere.
@@ -281,6 +317,41 @@ mod tests {
         );
         assert_eq!(merge.newest["a"].in_journal, Some(5));
         assert!(merge.journal_complete());
+    }
+
+    /// The accounts handed out are the newest puts, in name order: a record a later removal
+    /// superseded is not among them, nor one a later put replaced.
+    #[test]
+    fn the_accounts_are_the_newest_puts_in_name_order() {
+        let keys = keyring();
+        let removal = |name: &str, version| {
+            schema::encode_removal(&name.parse().unwrap(), version, &keys.current)
+        };
+        let mut merge = Merge::default();
+        let offers: [(&[u8], Vec<u8>); 6] = [
+            (b"c", value("c", "rt-c1", 1)),
+            (b"a", value("a", "rt-a2", 2)),
+            (b"b", value("b", "rt-b3", 3)),
+            (b"c", removal("c", 4)),
+            (b"a", value("a", "rt-a5", 5)),
+            (b"b", removal("b", 6)),
+        ];
+        for (name, value) in &offers {
+            merge.offer(Source::Journal, name, value, &keys).unwrap();
+        }
+        merge
+            .offer(Source::Journal, b"b", &value("b", "rt-b7", 7), &keys)
+            .unwrap();
+        let (accounts, removed) = merge.finish().unwrap().into_accounts();
+        let accounts: Vec<(&str, &str)> = accounts
+            .iter()
+            .map(|a| (a.name.as_str(), a.refresh_token.expose()))
+            .collect();
+        assert_eq!(accounts, [("a", "rt-a5"), ("b", "rt-b7")]);
+        assert_eq!(
+            removed.into_iter().collect::<Vec<_>>(),
+            [("c".to_owned(), 4)]
+        );
     }
 
     #[test]

@@ -215,18 +215,7 @@ impl SledStore {
         state.version = state.version.max(merge.max_version);
         let live = merge.live();
         let complete = journal_whole && merge.journal_complete();
-        let mut removed = BTreeMap::new();
-        let mut decoded = Vec::with_capacity(merge.newest.len());
-        for (name, newest) in merge.newest {
-            match newest.record {
-                Some(record) => decoded.push(record),
-                None => {
-                    removed.insert(name, newest.version);
-                }
-            }
-        }
-        // In name order, as the database lists them.
-        decoded.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let (decoded, removed) = merge.into_accounts();
         let mut open = Open {
             journal: match journal {
                 Some(found) if found.damage.is_none() => {

@@ -77,8 +77,10 @@ fn frames(
         frames: 0,
         damage: None,
     };
-    let mut magic = [0; MAGIC.len()];
-    if fill(&mut input, &mut magic)? < MAGIC.len() || magic != MAGIC {
+    // The magic line and each frame's length, then each frame's payload, in buffers that
+    // are reused.
+    let (mut head, mut payload) = (Vec::new(), Vec::new());
+    if read_up_to(&mut input, MAGIC.len(), &mut head)? < MAGIC.len() || head != MAGIC {
         found.damage = Some(Damage {
             offset: 0,
             reason: "it does not start as a tokenbroker journal",
@@ -86,26 +88,21 @@ fn frames(
         return Ok(found);
     }
     let mut offset = MAGIC.len() as u64;
-    // One frame at a time, in a buffer that is reused.
-    let mut payload = Vec::new();
     loop {
         let stop = |reason| Some(Damage { offset, reason });
-        let mut len = [0; 4];
-        match fill(&mut input, &mut len)? {
+        let len = match read_up_to(&mut input, 4, &mut head)? {
             0 => break,
-            4 => {}
+            4 => u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize,
             _ => {
                 found.damage = stop("a frame's length is cut off (a torn write)");
                 break;
             }
-        }
-        let len = u32::from_be_bytes(len) as usize;
+        };
         if len > MAX_FRAME {
             found.damage = stop("a frame's length is impossible (damaged)");
             break;
         }
-        payload.resize(len, 0);
-        if fill(&mut input, &mut payload)? < len {
+        if read_up_to(&mut input, len, &mut payload)? < len {
             found.damage = stop("a frame is cut off (a torn write)");
             break;
         }
@@ -125,18 +122,18 @@ fn frames(
     Ok(found)
 }
 
-/// Reads into `buffer` until it is full or the input ends; returns how much was read.
-fn fill(input: &mut impl Read, buffer: &mut [u8]) -> Result<usize, StoreError> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match input.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(read) => filled += read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(read_error(error)),
-        }
-    }
-    Ok(filled)
+/// Reads the next `len` bytes of `input` into `buffer`, or as many as are left; returns how
+/// many that was.
+fn read_up_to(
+    input: &mut impl Read,
+    len: usize,
+    buffer: &mut Vec<u8>,
+) -> Result<usize, StoreError> {
+    buffer.clear();
+    input
+        .take(len as u64)
+        .read_to_end(buffer)
+        .map_err(read_error)
 }
 
 /// Appends the frame for `name`'s `value` to `buffer`.

@@ -163,7 +163,6 @@ impl SledStore {
             merge.offer(Source::Snapshot, name, value, &keyring)?;
         }
         let merge = merge.finish()?;
-        let journal_whole = journal.as_ref().is_some_and(|found| found.damage.is_none());
         if let Some(damage) = journal.as_ref().and_then(|found| found.damage.as_ref()) {
             tracing::warn!(
                 journal = %journal_path.display(),
@@ -214,14 +213,16 @@ impl SledStore {
         let (db, accounts) = reopen_database(&self.dir)?;
         state.version = state.version.max(merge.max_version);
         let live = merge.live();
-        let complete = journal_whole && merge.journal_complete();
+        // A damaged journal is rewritten like a missing one.
+        let whole = journal.filter(|found| found.damage.is_none());
+        let complete = whole.is_some() && merge.journal_complete();
         let (decoded, removed) = merge.into_accounts();
         let mut open = Open {
-            journal: match journal {
-                Some(found) if found.damage.is_none() => {
+            journal: match whole {
+                Some(found) => {
                     Journal::reopen(&self.dir, found.frames).map_err(io_error("journal open"))?
                 }
-                _ => Journal::rewrite(&self.dir, "journal write", |_| Ok(()))?,
+                None => Journal::rewrite(&self.dir, "journal write", |_| Ok(()))?,
             },
             db,
             accounts,

@@ -339,12 +339,8 @@ impl Metrics {
         let mut by_status = [0i64; Status::ALL.len()];
         let per_account = self.detail == Detail::PerAccount;
         broker.for_each_account(|view| {
-            if let Some(count) = Status::ALL
-                .iter()
-                .position(|status| *status == view.status)
-                .and_then(|at| by_status.get_mut(at))
-            {
-                *count += 1;
+            for (count, status) in by_status.iter_mut().zip(Status::ALL) {
+                *count += i64::from(status == view.status);
             }
             if per_account || view.status != Status::Active {
                 self.account_status

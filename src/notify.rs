@@ -336,12 +336,8 @@ pub async fn run(
     let mut tracker = Tracker::default();
     let mut expiry_checked: Option<SystemTime> = None;
     loop {
-        let told = tokio::select! {
-            () = cancel.cancelled() => return,
-            next = happenings.0.recv() => match next {
-                Some(next) => next,
-                None => return,
-            },
+        let Some(Some(told)) = cancel.run_until_cancelled(happenings.0.recv()).await else {
+            return;
         };
         let now = clock.now();
         match told {

@@ -147,12 +147,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     loop {
-        let account = tokio::select! {
-            () = cancel.cancelled() => return,
-            account = changes.0.recv() => match account {
-                Some(account) => account,
-                None => return,
-            },
+        let Some(Some(account)) = cancel.run_until_cancelled(changes.0.recv()).await else {
+            return;
         };
         let configs = sinks.of(&account);
         let Some(token) = broker.cached_token(&account, Some(Duration::ZERO)) else {

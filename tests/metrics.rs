@@ -204,10 +204,7 @@ fn promtool_accepts(text: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn();
     let Ok(mut promtool) = promtool else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install promtool (Debian package prometheus; .ci/run does)"
-        );
+        support::missing("promtool (Debian package prometheus)");
         return;
     };
     use std::io::Write as _;

@@ -95,7 +95,7 @@ async fn the_python_snippet_gets_a_token_and_reports_an_error_without_a_tracebac
             .output()
     };
     let Ok(output) = python("demo") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must have python3");
+        support::missing("python3");
         return;
     };
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -119,11 +119,7 @@ const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 #[tokio::test(flavor = "multi_thread")]
 async fn socket_activation_serves_the_passed_sockets_and_leaves_them_to_systemd() {
     if !std::path::Path::new(SOCKET_ACTIVATE).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install systemd (.ci/run does)"
-        );
-        eprintln!("skipped: {SOCKET_ACTIVATE} is missing (Debian package systemd)");
+        support::missing(&format!("{SOCKET_ACTIVATE} (Debian package systemd)"));
         return;
     }
     let fake = FakeProvider::start().await;

@@ -430,6 +430,18 @@ where
     }
 }
 
+/// What a test needs from outside the repository (a Debian package, root) is missing. In CI
+/// (`CI` set), where `.ci/run` provides all of it, the test fails; elsewhere it is skipped,
+/// saying why on stderr. The caller returns after.
+#[allow(clippy::print_stderr)]
+pub fn missing(what: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide what this test needs (.ci/run does): {what}"
+    );
+    eprintln!("skipped: {what}");
+}
+
 /// A small tmpfs mounted for one test (a disk that can be filled); unmounted when dropped.
 /// Mounting needs root: outside CI a test without it is skipped, in CI it fails.
 pub struct Tmpfs {
@@ -456,14 +468,9 @@ impl Tmpfs {
                 path: path.to_owned(),
             }),
             other => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "CI runs as root and must be able to mount a tmpfs: {other:?}"
-                );
-                #[allow(clippy::print_stderr)]
-                {
-                    eprintln!("skipped: cannot mount a tmpfs here (needs root): {other:?}");
-                }
+                missing(&format!(
+                    "cannot mount a tmpfs here (needs root): {other:?}"
+                ));
                 None
             }
         }

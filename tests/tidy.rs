@@ -13,6 +13,34 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
+/// The product's source files (not the test-support fake, not test modules of their own),
+/// each with its path relative to `src/` and its text.
+fn product_sources() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files
+        .iter()
+        .filter_map(|path| {
+            let relative = path
+                .strip_prefix(&src)
+                .expect("under src")
+                .display()
+                .to_string();
+            let test_only = relative.starts_with("testing/") || relative.ends_with("tests.rs");
+            (!test_only).then(|| {
+                let text = std::fs::read_to_string(path).expect("readable file");
+                (relative, text)
+            })
+        })
+        .collect()
+}
+
+/// A file's code without its own unit tests, which come last, after `#[cfg(test)]`.
+fn without_tests(text: &str) -> &str {
+    text.split("#[cfg(test)]").next().unwrap_or_default()
+}
+
 #[test]
 fn every_source_file_says_what_it_owns() {
     let mut files = Vec::new();
@@ -82,20 +110,8 @@ const STATICS: &[(&str, &str, &str)] = &[
 
 #[test]
 fn global_state_is_only_where_it_is_allowed() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut found = Vec::new();
-    for path in files {
-        let relative = path
-            .strip_prefix(&src)
-            .expect("under src")
-            .display()
-            .to_string();
-        if relative.starts_with("testing/") || relative.ends_with("tests.rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).expect("readable file");
+    for (relative, text) in product_sources() {
         for line in text.lines() {
             let code = line.trim_start();
             let Some(rest) = code
@@ -157,23 +173,10 @@ const CLOCK_READERS: &[(&str, &str)] = &[
 
 /// The non-test source files containing `needle`, relative to `src/`.
 fn sources_containing(needle: &str) -> Vec<String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files
-        .iter()
-        .filter_map(|path| {
-            let relative = path
-                .strip_prefix(&src)
-                .expect("under src")
-                .display()
-                .to_string();
-            let text = std::fs::read_to_string(path).expect("readable file");
-            // A file's own unit tests come last, after `#[cfg(test)]`.
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-            let test_only = relative.starts_with("testing/") || relative.ends_with("tests.rs");
-            (!test_only && code.contains(needle)).then_some(relative)
-        })
+    product_sources()
+        .into_iter()
+        .filter(|(_, text)| without_tests(text).contains(needle))
+        .map(|(relative, _)| relative)
         .collect()
 }
 
@@ -227,4 +230,33 @@ fn one_function_answers_a_token_request() {
             .collect();
         assert_eq!(files, ["api/token.rs"], "{needle}");
     }
+}
+
+/// Lines of code a source file may have (its own unit tests, after `#[cfg(test)]`, not
+/// counted) before its header must say why it is one file.
+const LONG_FILE: usize = 500;
+/// The words a long file's `//!` header gives its reason after.
+const LONG_FILE_REASON: &str = "Why it is one file:";
+
+/// Files are split by concept (issue #14): one that grows past `LONG_FILE` lines either
+/// splits or says in its header why it does not.
+#[test]
+fn a_long_source_file_says_why_it_is_one_file() {
+    let mut unexplained = Vec::new();
+    for (relative, text) in product_sources() {
+        let code = without_tests(&text);
+        let header: Vec<&str> = text
+            .lines()
+            .take_while(|line| line.starts_with("//!"))
+            .collect();
+        let says_why = header.iter().any(|line| line.contains(LONG_FILE_REASON));
+        let lines = code.lines().count();
+        if lines > LONG_FILE && !says_why {
+            unexplained.push(format!("{relative} ({lines} lines)"));
+        }
+    }
+    assert!(
+        unexplained.is_empty(),
+        "over {LONG_FILE} lines with no \"{LONG_FILE_REASON}\" in the header: {unexplained:?}"
+    );
 }

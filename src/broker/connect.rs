@@ -4,6 +4,9 @@
 //! A flow lives 10 minutes. Its `state` is bound to its ticket and so to one provider: a
 //! callback is accepted only for the provider it was issued for (and, when the provider
 //! names itself with `iss`, only if that matches), so several providers cannot be mixed up.
+//!
+//! Why it is one file: the browser, no-redirect and device flows share one table of
+//! tickets and states, their expiry and the install of the grant they end in.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -17,6 +17,9 @@
 //! This file is the facade (opening, serving tokens, listing, shutdown) and the state the
 //! parts share; `engine` refreshes, `grants` imports, seeds, removes and re-keys, `slot` is
 //! one account in memory, `types` what callers see, `connect` the flows that connect one.
+//!
+//! Why it is one file: it is the core's whole public surface, each operation a short
+//! method over the parts named above, with the state they share.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,5 @@
 //! The command line: clap types (`args`), the client that talks to the daemon (`client`),
-//! and what each command does (`commands`).
+//! and what each command does (`commands`, with `exec` and `connect` apart).
 //!
 //! Client commands never open the store (the daemon is its one writer); they call the HTTP
 //! API over the Unix socket and share its request and response types (`api::types`).
@@ -15,6 +15,9 @@ macro_rules! say {
 mod args;
 mod client;
 mod commands;
+mod connect;
+mod exec;
 
 pub use self::args::{Cli, Command, Daemon, LogFormat};
-pub use self::commands::{accounts_table, exec, run_client, write_stdout, NoToken, StdoutClosed};
+pub use self::commands::{accounts_table, run_client, write_stdout, StdoutClosed};
+pub use self::exec::{exec, NoToken};

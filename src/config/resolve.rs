@@ -3,6 +3,9 @@
 //! Problems are collected, not returned at the first, so one run of `check-config` shows
 //! them all. Each names its key. Secret files are read here; their contents never appear
 //! in a message.
+//!
+//! Why it is one file: one resolver per section of the file, in the file's order, all
+//! adding to the one list of problems; split, each would take and return the list.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

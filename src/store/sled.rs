@@ -7,6 +7,10 @@
 //! I/O error (a full disk) sled fails every later call until it is reopened, so the store
 //! drops it and reopens it on the next write. Values are sealed (`seal.rs`); the key is
 //! loaded, or generated for a new store, here.
+//!
+//! Why it is one file: the open (merge, repair, reopen), the writes, recovery after an I/O
+//! error, compaction and rekey all act under the one writer lock on the same open state;
+//! the journal's format, the merge, the schema and the sealing are modules of their own.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};

@@ -15,7 +15,9 @@ use tracing_subscriber::EnvFilter;
 
 /// jemalloc rather than glibc's allocator: at 100k accounts the daemon sat at 403 MB after
 /// start with glibc (freed memory held in per-thread arenas and fragments) and 325 MB with
-/// jemalloc, which returns unused pages to the system (`docs/BENCHMARKS.md`).
+/// jemalloc, which returns unused pages to the system. It is built with one arena
+/// (`.cargo/config.toml`), so that what one thread frees the others reuse
+/// (`docs/BENCHMARKS.md`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

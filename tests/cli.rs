@@ -789,3 +789,27 @@ async fn exec_with_a_file_passes_signals_on_to_the_command() {
     assert_eq!(line, "got TERM\n");
     assert_eq!(exec.wait().unwrap().code(), Some(3));
 }
+
+/// The binary's jemalloc has one arena (`.cargo/config.toml`): with jemalloc's default of
+/// one per thread, what a refresh storm freed stayed with the arena that allocated it, about
+/// 100 MB at 100k accounts (docs/BENCHMARKS.md). jemalloc says how it was built when asked
+/// to print its statistics at exit.
+#[test]
+fn the_allocator_is_built_with_one_arena() {
+    let output = std::process::Command::new(BINARY)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stats = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stats.contains("config.malloc_conf: \"narenas:1\"") && stats.contains("opt.narenas: 1"),
+        "jemalloc's build-time configuration: {}",
+        stats
+            .lines()
+            .filter(|line| line.contains("malloc_conf") || line.contains("narenas"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}

@@ -1,5 +1,5 @@
-//! The client side of the HTTP API over the Unix socket: finding the daemon, asking it,
-//! and turning its errors into messages.
+//! The client side of the HTTP API over the Unix socket: finding the daemon, asking it (an
+//! account name always as one escaped path segment), and turning its errors into messages.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -148,10 +148,7 @@ impl Client {
         let query = min_valid
             .map(|d| format!("?min_valid={}", d.as_secs()))
             .unwrap_or_default();
-        let url = format!(
-            "http://localhost/readyz/{}{query}",
-            super::commands::segment(account)
-        );
+        let url = format!("http://localhost/readyz/{}{query}", segment(account));
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let why = match self.http.get(&url).send().await {
@@ -196,5 +193,24 @@ impl Client {
         path: &str,
     ) -> anyhow::Result<()> {
         self.send(method, path, None).await.map(drop)
+    }
+}
+
+/// An account name as a path segment: anything not in the name alphabet is escaped, so a
+/// bad name reaches the daemon (and is refused there) rather than changing the path.
+pub(super) fn segment(name: &str) -> String {
+    url::form_urlencoded::byte_serialize(name.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_change_the_request_path() {
+        assert_eq!(segment("a/../b"), "a%2F..%2Fb");
+        assert_eq!(segment("ok-name.1"), "ok-name.1");
     }
 }

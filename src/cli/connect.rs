@@ -5,8 +5,7 @@ use anyhow::bail;
 
 use crate::api::types::{ConnectBody, ConnectRequest, ConnectStatusBody};
 
-use super::client::Client;
-use super::commands::segment;
+use super::client::{segment, Client};
 
 /// Runs a connect flow to its end, printing what the person must do.
 pub(super) async fn connect(

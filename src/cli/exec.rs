@@ -10,8 +10,7 @@ use crate::config::Env;
 use crate::token::AccountName;
 
 use super::args::Command;
-use super::client::Client;
-use super::commands::segment;
+use super::client::{segment, Client};
 
 /// `exec` could not get the account's token, so the command was never started; told apart
 /// from the command's own failures by its exit status, [`NoToken::EXIT_STATUS`].

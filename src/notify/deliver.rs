@@ -104,9 +104,11 @@ impl Deliveries {
                     return;
                 };
                 for message in wanted {
-                    let delivered = tokio::select! {
-                        () = cancel.cancelled() => return,
-                        delivered = deliver(&message, &target, &http) => delivered,
+                    let Some(delivered) = cancel
+                        .run_until_cancelled(deliver(&message, &target, &http))
+                        .await
+                    else {
+                        return;
                     };
                     count(message.event, delivered);
                 }

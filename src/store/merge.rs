@@ -328,20 +328,18 @@ mod tests {
             schema::encode_removal(&name.parse().unwrap(), version, &keys.current)
         };
         let mut merge = Merge::default();
-        let offers: [(&[u8], Vec<u8>); 6] = [
+        let offers: [(&[u8], Vec<u8>); 7] = [
             (b"c", value("c", "rt-c1", 1)),
             (b"a", value("a", "rt-a2", 2)),
             (b"b", value("b", "rt-b3", 3)),
             (b"c", removal("c", 4)),
             (b"a", value("a", "rt-a5", 5)),
             (b"b", removal("b", 6)),
+            (b"b", value("b", "rt-b7", 7)),
         ];
         for (name, value) in &offers {
             merge.offer(Source::Journal, name, value, &keys).unwrap();
         }
-        merge
-            .offer(Source::Journal, b"b", &value("b", "rt-b7", 7), &keys)
-            .unwrap();
         let (accounts, removed) = merge.finish().unwrap().into_accounts();
         let accounts: Vec<(&str, &str)> = accounts
             .iter()

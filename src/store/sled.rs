@@ -84,7 +84,10 @@ impl SledStore {
         let dir = config.dir.clone();
         prepare_dir(&dir)?;
         // Check the key against the journal before the database is opened (opening it
-        // writes sled's own files): a wrong or missing key must change nothing at all.
+        // writes sled's own files): a wrong or missing key must change nothing at all. This
+        // is a pass of its own over the journal, which `reconcile` reads again: the merge
+        // takes the database's copies first (so that it keeps no bytes of theirs) and needs
+        // it open for that.
         let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE));
         let found = read_keyring(&config.key_file)?;
         let mut sealed_outside = false;

@@ -64,6 +64,7 @@ fn main() {
         let config = Config {
             dir: tmp.path().join("store"),
             key_file: tmp.path().join("store").join("store-key"),
+            backend: tokenbroker::store::Backend::Sled,
         };
         let store = SledStore::open(&config).unwrap();
         let started = Instant::now();

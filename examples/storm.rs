@@ -134,6 +134,7 @@ fn store_config(dir: &Path) -> Config {
     Config {
         dir: dir.to_owned(),
         key_file: dir.join("store-key"),
+        backend: tokenbroker::store::Backend::Sled,
     }
 }
 

@@ -10,6 +10,7 @@ use clap::Parser;
 use tokenbroker::cli::{self, Cli, Command, LogFormat};
 use tokenbroker::config::{self, ConfigError, Env};
 use tokenbroker::logging::{format as log_format, writer as log_writer};
+use tokenbroker::store::StoreError;
 use tokenbroker::{daemon, dev};
 use tracing_subscriber::EnvFilter;
 
@@ -44,6 +45,18 @@ async fn main() -> ExitCode {
             }
             if let Some(config_error) = error.downcast_ref::<ConfigError>() {
                 eprintln!("tokenbroker: configuration error in {config_error}");
+                return ExitCode::from(EX_CONFIG);
+            }
+            // The store's key is the configuration's (`store.key_file`): another key is
+            // the operator's to fix, and restarting will not.
+            let wrong_key = error.chain().any(|cause| {
+                matches!(
+                    cause.downcast_ref::<StoreError>(),
+                    Some(StoreError::WrongKey { .. })
+                )
+            });
+            if wrong_key {
+                eprintln!("tokenbroker: {error:#}");
                 return ExitCode::from(EX_CONFIG);
             }
             eprintln!("tokenbroker: {error:#}");

@@ -64,6 +64,10 @@ secret_type!(
     ClientSecret
 );
 secret_type!(
+    /// A PostgreSQL URL: it may carry a password.
+    DatabaseUrl
+);
+secret_type!(
     /// An API key presented by a TCP client.
     ApiKey
 );

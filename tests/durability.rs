@@ -183,6 +183,7 @@ fn seed_due_accounts(home: &Home, fake: &FakeProvider, count: usize) {
     let store = SledStore::open(&Config {
         dir: home.store(),
         key_file: home.store().join("store-key"),
+        backend: tokenbroker::store::Backend::Sled,
     })
     .unwrap();
     let expires_at = std::time::SystemTime::now() + Duration::from_secs(50 * 60);
@@ -230,6 +231,7 @@ async fn sigterm_in_the_middle_of_a_refresh_storm_loses_no_grant() {
     let store = tokenbroker::store::SledStore::open(&tokenbroker::store::Config {
         dir: home.store(),
         key_file: home.store().join("store-key"),
+        backend: tokenbroker::store::Backend::Sled,
     })
     .unwrap();
     let stored = tokenbroker::store::Store::load_all(&store).unwrap();

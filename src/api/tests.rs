@@ -64,6 +64,7 @@ pub(super) async fn api() -> Api {
         SledStore::open(&store::Config {
             key_file: dir.path().to_owned().join("store-key"),
             dir: dir.path().to_owned(),
+            backend: store::Backend::Sled,
         })
         .unwrap(),
     );
@@ -537,6 +538,7 @@ async fn a_stalled_scheduler_makes_the_daemon_unready() {
         SledStore::open(&store::Config {
             key_file: dir.path().to_owned().join("store-key"),
             dir: dir.path().to_owned(),
+            backend: store::Backend::Sled,
         })
         .unwrap(),
     );

@@ -8,9 +8,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::outcome::AttemptError;
 use super::{read, Broker, BrokerError, Outcome, Slot, SlotState, Trigger, CLOCK_STEP_TOLERANCE};
-use crate::provider::{FailureKind, ProviderError, TokenResponse};
-use crate::token::{AccountRecord, IssuedToken};
+use crate::provider::FailureKind;
+use crate::store::{Claim, Lease};
+use crate::token::AccountName;
+use crate::token::AccountRecord;
 
 impl Broker {
     /// Queues a refresh of every account that is due and not already queued, most urgent
@@ -130,7 +133,9 @@ impl Broker {
                 .expect("the semaphore is never closed");
             let broker = self.clone();
             running.spawn(self.inner.tasks.track_future(async move {
-                broker.attempt(&slot, flight, Some(permit)).await;
+                broker
+                    .attempt(&slot, flight, Some(permit), Trigger::Schedule)
+                    .await;
             }));
         }
         while running.join_next().await.is_some() {}
@@ -210,7 +215,7 @@ impl Broker {
         let attempt = self
             .inner
             .tasks
-            .spawn(async move { broker.attempt(&detached_slot, guard, None).await });
+            .spawn(async move { broker.attempt(&detached_slot, guard, None, trigger).await });
         let succeeded = attempt
             .await
             .map_err(|_| BrokerError::Internal("a refresh task failed".into()))?;
@@ -247,53 +252,66 @@ impl Broker {
     }
 
     /// One call to the provider and its consequences. Holds the flight lock throughout, and a
-    /// provider permit (`permit`, or one it waits for) during the call. Returns whether it
-    /// succeeded; why it failed is in the account's state.
+    /// provider permit (`permit`, or one it waits for) during the call. The account is
+    /// claimed in the store first: a newer copy stored elsewhere is adopted (and may make the
+    /// call needless), and the outcome is committed under the claim. Returns whether the
+    /// account has a fresh token afterwards; why not is in the account's state.
     pub(super) async fn attempt(
         &self,
         slot: &Slot,
         _flight: OwnedMutexGuard<()>,
         permit: Option<OwnedSemaphorePermit>,
+        trigger: Trigger,
     ) -> bool {
-        let (name, provider_name, refresh_token) = {
+        let (name, provider_name) = {
             let state = slot.state();
-            (
-                state.record.name.clone(),
-                state.record.provider.clone(),
-                state.record.refresh_token.clone(),
-            )
+            (state.record.name.clone(), state.record.provider.clone())
         };
         let started = tokio::time::Instant::now();
-        let answer = match self.provider(&provider_name) {
-            Ok(provider) => {
-                let _permit = match permit {
-                    Some(permit) => permit,
-                    None => self
-                        .inner
-                        .permits
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed"),
-                };
-                if self.closing() {
-                    // Shutdown began while this attempt waited for a permit: no new call.
-                    return false;
-                }
-                tracing::debug!(account = %name, provider = provider_name, "refreshing");
-                provider.refresh(&refresh_token).await.map_err(Into::into)
+        let provider = match self.provider(&provider_name) {
+            Ok(provider) => provider,
+            Err(error) => {
+                let lease = Lease::local();
+                self.on_failure(slot, lease, AttemptError::Unconfigured(error), self.now())
+                    .await;
+                return self.finish_attempt(slot, &name, Outcome::Configuration, started.elapsed());
             }
-            Err(error) => Err(AttemptError::Unconfigured(error)),
         };
+        let _permit = match permit {
+            Some(permit) => permit,
+            None => self
+                .inner
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed"),
+        };
+        if self.closing() {
+            // Shutdown began while this attempt waited for a permit: no new call.
+            return false;
+        }
+        let lease = match self.claim(slot, &name, trigger).await {
+            Claimed::Go(lease) => lease,
+            Claimed::Settled(fresh) => {
+                let mut state = slot.state();
+                state.attempts += 1;
+                state.last_attempt_ok = fresh;
+                return fresh;
+            }
+        };
+        let refresh_token = slot.state().record.refresh_token.clone();
+        tracing::debug!(account = %name, provider = provider_name, "refreshing");
+        let answer = provider.refresh(&refresh_token).await;
         let took = started.elapsed();
         let now = self.now();
         let outcome = match answer {
             Ok(response) if response.lifetime.is_zero() => {
-                self.on_lifeless(slot, response, now).await;
+                self.on_lifeless(slot, lease, response, now).await;
                 Outcome::Transient
             }
             Ok(response) => {
-                self.on_success(slot, response, now).await;
+                self.on_success(slot, lease, response, now).await;
                 Outcome::Refreshed
             }
             Err(error) => {
@@ -302,189 +320,84 @@ impl Broker {
                     FailureKind::Reauth => Outcome::Reauth,
                     FailureKind::Configuration => Outcome::Configuration,
                 };
-                self.on_failure(slot, error, now).await;
+                self.on_failure(slot, lease, error.into(), now).await;
                 outcome
             }
         };
+        self.finish_attempt(slot, &name, outcome, took)
+    }
+
+    /// Records an attempt's outcome and tells the observers; returns whether it succeeded.
+    fn finish_attempt(
+        &self,
+        slot: &Slot,
+        name: &AccountName,
+        outcome: Outcome,
+        took: Duration,
+    ) -> bool {
         let succeeded = outcome == Outcome::Refreshed;
         {
             let mut state = slot.state();
             state.attempts += 1;
             state.last_attempt_ok = succeeded;
         }
-        self.notify(|observer| observer.refresh_finished(&name, outcome, took));
+        self.notify(|observer| observer.refresh_finished(name, outcome, took));
         if succeeded {
-            self.notify(|observer| observer.token_changed(&name));
+            self.notify(|observer| observer.token_changed(name));
         }
         succeeded
     }
 
-    pub(super) async fn on_success(&self, slot: &Slot, response: TokenResponse, now: SystemTime) {
-        let rotated = response.refresh_token.is_some();
-        let lifetime = response.lifetime;
-        let expires_mono = self.inner.clock.monotonic() + lifetime;
-        let record = with_response(slot.state().record.clone(), response, now);
-        // The new grant reaches the disk before its access token can be served.
-        let saved = self.persist(record.clone()).await;
-        let mut state = slot.state();
-        let token = record
-            .token
-            .as_ref()
-            .expect("a successful refresh holds a token");
-        state.due_at = self.policy().due_at(token, (self.inner.random)());
-        state.not_before = None;
-        state.failures = 0;
-        state.record = record;
-        state.expires_mono = Some(expires_mono);
-        match saved {
-            Ok(()) => {
-                state.unsaved = false;
-                tracing::info!(account = %state.record.name, expires_in = lifetime.as_secs(), rotated, "refreshed");
+    /// Claims the account in the store before its provider is called. A store shared with
+    /// other brokers may hold a newer copy (adopted here; if its token is fresh, there is
+    /// nothing to do), or another broker may be refreshing it (its outcome is adopted; this
+    /// broker never calls the provider then). A store that cannot be reached allows no call:
+    /// a rotated grant could not be stored.
+    async fn claim(&self, slot: &Slot, name: &AccountName, trigger: Trigger) -> Claimed {
+        let wait = trigger != Trigger::Schedule;
+        let before = slot.state().record.token.clone();
+        let claimed = self.inner.store.claim(name, wait).await;
+        // A token another broker stored, adopted by the claim or meanwhile by the store's
+        // change feed, settles the attempt when it is fresh.
+        // (Held: only a token that changed settles it, since a forced refresh of a fresh
+        // token is still wanted. Elsewhere: this broker may not call, so any fresh token.)
+        let fresh = |broker: &Self, newer: Option<AccountRecord>, changed_only: bool| {
+            if let Some(record) = newer {
+                broker.adopt_into(slot, record);
             }
+            let state = slot.state();
+            (!changed_only || state.record.token != before)
+                && state.record.token.is_some()
+                && !state.record.needs_reauth
+                && broker.now() < state.due_at
+        };
+        match claimed {
+            Ok(Claim::Held { lease, newer }) => {
+                if fresh(self, newer, true) {
+                    Claimed::Settled(true)
+                } else {
+                    Claimed::Go(lease)
+                }
+            }
+            Ok(Claim::Elsewhere { newer }) => Claimed::Settled(fresh(self, newer, false)),
             Err(error) => {
-                // The provider may have rotated the grant already: keep the new one in memory,
-                // serve it, and let the sweep retry the write.
-                state.unsaved = true;
-                state.record.last_error =
-                    Some(format!("refreshed, but the store write failed: {error}"));
-                tracing::error!(account = %state.record.name, error = %error, "refreshed, but the store write failed; retrying on the next tick");
+                // No backoff: the account stays due, and the next tick claims it again, so a
+                // store that is back is used at once.
+                self.note_store(Err(&error));
+                let mut state = slot.state();
+                state.failures = state.failures.saturating_add(1);
+                state.record.last_error = Some(error.to_string());
+                tracing::warn!(account = %name, error = %error, "not refreshing: the store cannot be reached, so a new grant could not be kept");
+                Claimed::Settled(false)
             }
-        }
-    }
-
-    /// The provider answered with a token but gave it no lifetime (`expires_in` zero,
-    /// negative or not a number). A rotated refresh token in it is kept like any other; the
-    /// access token is never served (its lifetime is zero), and the account is retried after
-    /// a backoff, as after a transient failure, rather than refreshed on every tick.
-    pub(super) async fn on_lifeless(&self, slot: &Slot, response: TokenResponse, now: SystemTime) {
-        let record = with_response(slot.state().record.clone(), response, now);
-        let saved = self.persist(record.clone()).await;
-        let mut state = slot.state();
-        state.expires_mono = Some(self.inner.clock.monotonic());
-        let policy = self.policy();
-        state.failures = state.failures.saturating_add(1);
-        state.due_at = now + policy.backoff(state.failures, None, (self.inner.random)());
-        state.record = record;
-        state.unsaved = saved.is_err();
-        let message = "the provider's answer gave the access token no lifetime (expires_in zero, negative or not a number); it is not served";
-        state.record.last_error = Some(message.into());
-        tracing::warn!(account = %state.record.name, failures = state.failures, "{message}; will retry");
-    }
-
-    pub(super) async fn on_failure(&self, slot: &Slot, error: AttemptError, now: SystemTime) {
-        let (kind, message) = (error.kind(), error.to_string());
-        let record = {
-            let mut state = slot.state();
-            match &error {
-                AttemptError::Provider(provider_error) => {
-                    self.note_failure(&mut state, provider_error, now)
-                }
-                AttemptError::Unconfigured(_) => {
-                    state.failures += 1;
-                    state.due_at = now + self.policy().backoff_max;
-                }
-            }
-            state.record.last_error = Some(message.clone());
-            if kind == FailureKind::Reauth {
-                state.record.needs_reauth = true;
-            }
-            let name = &state.record.name;
-            match kind {
-                FailureKind::Reauth => {
-                    tracing::error!(account = %name, error = %message, "grant refused; the account must be connected again")
-                }
-                FailureKind::Configuration => {
-                    tracing::error!(account = %name, error = %message, "refresh refused: configuration error")
-                }
-                FailureKind::Transient => {
-                    tracing::warn!(account = %name, error = %message, failures = state.failures, "refresh failed; will retry")
-                }
-            }
-            state.record.clone()
-        };
-        // Best effort: the status survives a restart if the disk allows. The record may hold
-        // a rotation that is not stored yet, so a failed write leaves it unsaved (retried).
-        match self.persist(record).await {
-            Ok(()) => slot.state().unsaved = false,
-            Err(store_error) => {
-                slot.state().unsaved = true;
-                tracing::warn!(error = %store_error, "could not record the failure in the store");
-            }
-        }
-    }
-
-    /// Schedules the retry after a provider failure.
-    pub(super) fn note_failure(
-        &self,
-        state: &mut SlotState,
-        error: &ProviderError,
-        now: SystemTime,
-    ) {
-        let policy = self.policy();
-        state.failures = state.failures.saturating_add(1);
-        state.not_before = error.retry_after().map(|wait| now + wait);
-        state.due_at = match error.kind() {
-            FailureKind::Transient => {
-                now + policy.backoff(state.failures, error.retry_after(), (self.inner.random)())
-            }
-            FailureKind::Configuration => {
-                now + policy
-                    .backoff_max
-                    .max(error.retry_after().unwrap_or_default())
-            }
-            FailureKind::Reauth => now,
-        };
-    }
-}
-
-/// What stopped an attempt.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum AttemptError {
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    #[error(transparent)]
-    Unconfigured(BrokerError),
-}
-
-impl AttemptError {
-    pub(super) fn kind(&self) -> FailureKind {
-        match self {
-            Self::Provider(error) => error.kind(),
-            Self::Unconfigured(_) => FailureKind::Configuration,
         }
     }
 }
 
-/// The record after a successful refresh: a new refresh token replaces the old one only
-/// when the provider sent one (Dropbox never does).
-pub(super) fn with_response(
-    mut record: AccountRecord,
-    response: TokenResponse,
-    now: SystemTime,
-) -> AccountRecord {
-    record.token = Some(IssuedToken::new(
-        response.access_token,
-        response.token_type,
-        now + response.lifetime,
-        response.lifetime,
-        response
-            .scope
-            .or_else(|| record.token.as_ref().and_then(|t| t.scope.clone())),
-    ));
-    // A refresh token's own expiry is known only as long as the provider keeps saying it:
-    // a new refresh token without it has an unknown one.
-    let rotated = response.refresh_token.is_some();
-    if let Some(rotated) = response.refresh_token {
-        record.refresh_token = rotated;
-    }
-    match response.refresh_token_lifetime {
-        Some(lifetime) => record.refresh_token_expires_at = Some(now + lifetime),
-        None if rotated => record.refresh_token_expires_at = None,
-        None => {}
-    }
-    record.provider_user_id = response.user_id.or(record.provider_user_id);
-    record.needs_reauth = false;
-    record.last_refresh = Some(now);
-    record.last_error = None;
-    record
+/// What claiming an account said about the attempt.
+enum Claimed {
+    /// Call the provider; commit the outcome through this.
+    Go(Lease),
+    /// No call: the account has a fresh token (`true`) or may not be refreshed now.
+    Settled(bool),
 }

@@ -2,7 +2,7 @@
 //! it replaces anything), seed declared accounts, remove an account (revoking its grant at
 //! the provider first when asked), and re-seal the store under a new key.
 
-use super::engine::with_response;
+use super::outcome::with_response;
 use std::time::Duration;
 
 use super::{read, write, AccountView, Broker, BrokerError, Slot};

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 mod connect;
 mod engine;
 mod grants;
+mod outcome;
 mod slot;
 mod types;
 
@@ -47,7 +48,7 @@ pub use self::types::{
 use crate::clock::SharedClock;
 use crate::provider::Provider;
 use crate::secret::AccessToken;
-use crate::store::{Change, Store, StoreError, Writer};
+use crate::store::{Change, Lease, Store, StoreError, Stored, Writer};
 use crate::token::{AccountName, AccountRecord, IssuedToken, RefreshPolicy};
 
 /// A wall clock ahead of the monotonic one by less than this is not taken for a step.
@@ -604,13 +605,85 @@ impl Broker {
     /// Writes through the store's writer, keeping note of whether the store is writable.
     async fn write(&self, change: Change) -> Result<(), StoreError> {
         let written = self.inner.store.write(change).await;
+        self.note_store(written.as_ref().map(|_| ()));
+        written
+    }
+
+    /// Stores a refresh's outcome under its claim: in the claim's own transaction when the
+    /// store holds one, through the writer otherwise.
+    async fn commit(&self, lease: Lease, record: AccountRecord) -> Result<(), StoreError> {
+        match lease.into_held() {
+            Some(held) => {
+                let committed = held.commit(record).await;
+                self.note_store(committed.as_ref().map(|_| ()));
+                committed
+            }
+            None => self.persist(record).await,
+        }
+    }
+
+    /// Keeps note of whether the store could be written (or reached), for `/readyz`.
+    fn note_store(&self, outcome: Result<(), &StoreError>) {
         let mut problem = self
             .inner
             .store_problem
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *problem = written.as_ref().err().map(ToString::to_string);
-        written
+        *problem = outcome.err().map(ToString::to_string);
+    }
+
+    /// Takes what another broker stored for an account (reported by a shared store).
+    pub fn adopt(&self, stored: Stored) {
+        match stored {
+            Stored::Put(record) => {
+                let name = record.name.clone();
+                let existing = read(&self.inner.accounts).get(&name).cloned();
+                match existing {
+                    Some(slot) => {
+                        self.adopt_into(&slot, record);
+                    }
+                    None => {
+                        let slot = self.new_slot(record);
+                        write(&self.inner.accounts).insert(name.clone(), slot);
+                        tracing::info!(account = %name, "account added by another broker");
+                        self.notify(|observer| observer.token_changed(&name));
+                    }
+                }
+            }
+            Stored::Removed(name) => {
+                if write(&self.inner.accounts).remove(&name).is_some() {
+                    tracing::info!(account = %name, "account removed by another broker");
+                    self.notify(|observer| observer.account_removed(&name));
+                }
+            }
+        }
+    }
+
+    /// Replaces the account's record with one stored by another broker, and schedules its
+    /// next refresh from it; returns whether its token is fresh (not due for a refresh).
+    fn adopt_into(&self, slot: &Slot, record: AccountRecord) -> bool {
+        let now = self.now();
+        let policy = self.policy();
+        let mut state = slot.state();
+        let changed = state.record.token != record.token;
+        state.due_at = match &record.token {
+            Some(token) => policy.due_at(token, (self.inner.random)()),
+            None => now,
+        };
+        state.record = record;
+        state.failures = 0;
+        state.not_before = None;
+        state.unsaved = false;
+        state.expires_mono = None;
+        let fresh =
+            !state.record.needs_reauth && state.record.token.is_some() && now < state.due_at;
+        let name = state.record.name.clone();
+        drop(state);
+        if changed {
+            tracing::debug!(account = %name, "adopted a token another broker stored");
+            self.notify(|observer| observer.token_changed(&name));
+        }
+        fresh
     }
 
     /// Runs `work` as its own tracked task and waits for it, so that the caller hanging up

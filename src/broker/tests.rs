@@ -93,6 +93,7 @@ async fn harness_with(policy: RefreshPolicy) -> Harness {
         SledStore::open(&store::Config {
             key_file: dir.path().join("store").join("store-key"),
             dir: dir.path().join("store"),
+            backend: store::Backend::Sled,
         })
         .unwrap(),
     );

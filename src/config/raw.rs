@@ -53,8 +53,11 @@ pub(super) struct Server {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Store {
+    pub(super) backend: Option<String>,
     pub(super) dir: Option<PathBuf>,
     pub(super) key_file: Option<PathBuf>,
+    pub(super) url: Option<String>,
+    pub(super) url_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

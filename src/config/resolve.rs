@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -29,6 +30,8 @@ const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONCURRENT: usize = 8;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than the slowest provider call a refresh may hold its row in PostgreSQL.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// A secret file larger than this is surely the wrong file.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
@@ -104,12 +107,14 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
             key_file.display()
         ));
     }
+    let backend = store_backend(&raw.store, &providers, context, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
     let store = store::Config {
         dir: store_dir,
         key_file,
+        backend: backend.expect("no problems means the backend resolved"),
     };
     let (http, public_url) = checked.expect("no problems means the server section resolved");
     Ok(Settings {
@@ -134,6 +139,66 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
         notify,
         warnings: Vec::new(),
     })
+}
+
+/// `store.backend` and, for PostgreSQL, its URL (a password only through `url_file`) and how
+/// long a refresh may hold a row: the slowest provider's timeouts and a margin.
+fn store_backend(
+    raw: &raw::Store,
+    providers: &[provider::Config],
+    context: &Context,
+    problems: &mut Vec<String>,
+) -> Option<store::Backend> {
+    match raw.backend.as_deref() {
+        None | Some("sled") => {
+            if raw.url.is_some() || raw.url_file.is_some() {
+                problems.push("store.url: only for store.backend = \"postgres\"".into());
+            }
+            Some(store::Backend::Sled)
+        }
+        Some("postgres") => {
+            let url = match (&raw.url, &raw.url_file) {
+                (Some(_), Some(_)) => {
+                    problems.push("store: give url or url_file, not both".into());
+                    return None;
+                }
+                (Some(url), None) => {
+                    let has_password = tokio_postgres::Config::from_str(url)
+                        .map(|c| c.get_password().is_some())
+                        .unwrap_or(false);
+                    if has_password {
+                        problems.push("store.url: carries a password; put the URL in a file named by store.url_file instead (mode 600)".into());
+                        return None;
+                    }
+                    url.clone()
+                }
+                (None, Some(file)) => read_secret(file, "store.url_file", context, problems)?,
+                (None, None) => {
+                    problems.push(
+                        "store.backend = \"postgres\" needs store.url or store.url_file".into(),
+                    );
+                    return None;
+                }
+            };
+            if let Err(error) = tokio_postgres::Config::from_str(&url) {
+                problems.push(format!("store.url: not a PostgreSQL URL: {error}"));
+                return None;
+            }
+            let slowest = providers
+                .iter()
+                .map(|p| p.connect_timeout + p.timeout)
+                .max()
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT + DEFAULT_TIMEOUT);
+            Some(store::Backend::Postgres {
+                url: crate::secret::DatabaseUrl::new(url),
+                lease_timeout: slowest + LEASE_MARGIN,
+            })
+        }
+        Some(other) => {
+            problems.push(format!("store.backend: {other:?} is not sled or postgres"));
+            None
+        }
+    }
 }
 
 /// The socket path, and the TCP address with the public URL when both are valid.

@@ -539,3 +539,73 @@ fn a_store_directory_others_could_plant_files_in_is_refused() {
         assert!(text.contains("owned by uid 65534"), "{text}");
     }
 }
+
+#[test]
+fn the_postgres_backend_takes_its_url_from_a_file_when_it_has_a_password() {
+    let files = Files::new();
+    let store = files.dir.path().join("store");
+    let with = |store_lines: &str| {
+        format!(
+            "[store]\ndir = \"{}\"\n{store_lines}\n[providers.slow]\npreset = \"generic\"\nclient_id = \"x\"\nauth_method = \"none\"\ntoken_url = \"https://id.example/token\"\ntimeout = \"45s\"\nconnect_timeout = \"5s\"",
+            store.display()
+        )
+    };
+    let settings = files
+        .load(
+            &with("backend = \"postgres\"\nurl = \"postgres://tokenbroker@/tokenbroker?host=/run/postgresql\""),
+            &[],
+        )
+        .unwrap();
+    let store::Backend::Postgres { url, lease_timeout } = &settings.store.backend else {
+        panic!("{:?}", settings.store.backend);
+    };
+    assert_eq!(
+        url.expose(),
+        "postgres://tokenbroker@/tokenbroker?host=/run/postgresql"
+    );
+    // The slowest provider's timeouts, and a margin: only a holder that is gone loses it.
+    assert_eq!(*lease_timeout, std::time::Duration::from_secs(55));
+    assert!(
+        !format!("{settings:?}").contains("tokenbroker@"),
+        "the URL is redacted in Debug"
+    );
+
+    let inline = files
+        .load(
+            &with("backend = \"postgres\"\nurl = \"postgres://tb:pg-SECRET@db/tb\""),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        inline.contains("store.url") && inline.contains("url_file"),
+        "{inline}"
+    );
+    assert!(!inline.contains("pg-SECRET"), "{inline}");
+
+    let url_file = files.write("pg-url", "postgres://tb:pg-SECRET@db/tb\n");
+    chmod(&url_file, 0o600);
+    let settings = files
+        .load(&with("backend = \"postgres\"\nurl_file = \"pg-url\""), &[])
+        .unwrap();
+    let store::Backend::Postgres { url, .. } = &settings.store.backend else {
+        panic!("postgres");
+    };
+    assert_eq!(url.expose(), "postgres://tb:pg-SECRET@db/tb");
+
+    for (lines, expected) in [
+        (
+            "backend = \"postgres\"",
+            "needs store.url or store.url_file",
+        ),
+        ("backend = \"mysql\"", "store.backend"),
+        ("url = \"postgres://db/tb\"", "only for store.backend"),
+        (
+            "backend = \"postgres\"\nurl = \"postgres://db:notaport/tb\"",
+            "not a PostgreSQL URL",
+        ),
+    ] {
+        let text = files.load(&with(lines), &[]).unwrap_err().to_string();
+        assert!(text.contains(expected), "{lines}: {text}");
+    }
+}

@@ -29,7 +29,7 @@ use crate::config::{DeclaredAccount, Settings};
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::sink::{self, Sinks};
-use crate::store::{SledStore, Store};
+use crate::store;
 
 mod activation;
 mod reload;
@@ -119,12 +119,9 @@ pub async fn run(
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
-    let store_config = settings.store.clone();
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SledStore::open(&store_config))
-            .await
-            .context("while opening the store")??,
-    );
+    let store = store::open(&settings.store, settings.broker.max_concurrent)
+        .await
+        .context("while opening the store")?;
     let metrics = Arc::new(Metrics::new(settings.metrics));
     let own_uid = rustix::process::getuid().as_raw();
     let runtime = Runtime::new(&settings, own_uid, &metrics, clock.monotonic())
@@ -133,13 +130,18 @@ pub async fn run(
     // The broker's tasks (refreshes, imports, device flows) are on a tracker of their own:
     // shutdown waits for them longer than for connections.
     let broker = Broker::open(
-        store,
+        store.clone(),
         Arc::new(runtime.clone()),
         clock.clone(),
         settings.broker.max_concurrent,
         TaskTracker::new(),
     )
     .context("while loading accounts")?;
+    let following = store.follow({
+        let broker = broker.clone();
+        Arc::new(move |stored| broker.adopt(stored))
+    });
+    drop(store);
     seed_declared_accounts(&broker, &settings.accounts).await?;
     broker.add_observer(metrics.clone());
 
@@ -154,6 +156,10 @@ pub async fn run(
     let api = api::Service::new(state);
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    if let Some(following) = following {
+        let cancel = cancel.clone();
+        tasks.spawn(async move { cancel.run_until_cancelled(following).await });
+    }
     let Listeners { mut socket, tcp } = listeners;
     tasks.spawn(listen::serve_unix(
         socket.take_listener(),

@@ -1,12 +1,19 @@
 //! Durable storage of account records, behind a small trait.
 //!
-//! `Store` is what a backend implements; `SledStore` is the embedded one. Each account is one
-//! value (so an update is atomic) that carries its write version, and a batch of changes
-//! returns only once it is on disk. `Writer` is what the broker holds: one thread that takes
-//! changes from a bounded queue and hands them to the backend in batches (group commit).
+//! `Store` is what a backend implements; `SledStore` is the embedded one, `PostgresStore`
+//! the one several brokers share. Each account is one value (so an update is atomic) that
+//! carries its write version, and a batch of changes returns only once it is durable.
+//! `Writer` is what the broker holds: one thread that takes changes from a bounded queue and
+//! hands them to the backend in batches (group commit).
+//!
+//! A refresh first *claims* its account ([`Store::claim`]): a store that only this process
+//! writes grants every claim at once (the broker's own single flight is enough), a shared
+//! one locks the account's row, says whether another broker stored something newer, and
+//! commits the refresh's outcome in the lock's own transaction ([`Lease`]).
 
 mod journal;
 mod merge;
+mod postgres;
 mod schema;
 pub mod seal;
 mod sled;
@@ -14,7 +21,11 @@ mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
+pub use self::postgres::PostgresStore;
 pub use self::sled::SledStore;
 pub use self::writer::Writer;
 use crate::token::{AccountName, AccountRecord};
@@ -38,6 +49,120 @@ pub struct Config {
     /// The key file: used if it exists; generated (0600) if the store is new. Only a key
     /// file inside `dir` is managed by tokenbroker (generated, rotated by `rekey`).
     pub key_file: PathBuf,
+    /// Which backend holds the accounts.
+    pub backend: Backend,
+}
+
+/// The backend that holds the accounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded sled database in `dir`.
+    Sled,
+    /// A PostgreSQL database shared by several brokers.
+    Postgres {
+        /// Its URL (it may carry a password).
+        url: crate::secret::DatabaseUrl,
+        /// How long a refresh may hold an account's row lock: above the slowest provider's
+        /// timeouts, so that only a holder that is gone loses its lock.
+        lease_timeout: Duration,
+    },
+}
+
+/// What a store says when a refresh claims an account.
+#[derive(Debug)]
+pub enum Claim {
+    /// This broker may refresh the account; `newer` is the account as stored, when another
+    /// broker stored something this one has not seen (adopt it before deciding to refresh).
+    Held {
+        /// Commits the refresh's outcome, or gives the claim up when dropped.
+        lease: Lease,
+        /// The stored account, when it is newer than what this broker holds.
+        newer: Option<AccountRecord>,
+    },
+    /// Another broker holds the account (or it is gone). `newer` is what it stored, when
+    /// this broker waited for it and there was something new.
+    Elsewhere {
+        /// The stored account, when it is newer than what this broker holds.
+        newer: Option<AccountRecord>,
+    },
+}
+
+/// A granted claim: the refresh's outcome goes through it. Dropped uncommitted, the claim
+/// ends and nothing is written.
+pub struct Lease(Option<Box<dyn Held>>);
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Lease(held)"
+        } else {
+            "Lease(local)"
+        })
+    }
+}
+
+impl Lease {
+    /// The claim of a store that only this process writes: the outcome goes through the
+    /// writer like any other change.
+    pub fn local() -> Self {
+        Self(None)
+    }
+
+    /// A claim that a backend holds (a row lock, say).
+    pub fn held(held: Box<dyn Held>) -> Self {
+        Self(Some(held))
+    }
+
+    /// The backend's hold, if the claim has one.
+    pub(crate) fn into_held(self) -> Option<Box<dyn Held>> {
+        self.0
+    }
+}
+
+/// A backend's hold on one account, from the claim to the commit.
+pub trait Held: Send {
+    /// Writes `record` under the hold and ends it; durable when it returns `Ok`.
+    ///
+    /// # Errors
+    /// The write or the commit failed (the hold was lost, say): nothing was written.
+    fn commit(self: Box<Self>, record: AccountRecord)
+        -> BoxFuture<'static, Result<(), StoreError>>;
+}
+
+/// A change another broker made, as a shared store reports it.
+// Values live briefly (one change at a time); boxing the record would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// The account as it is stored now.
+    Put(AccountRecord),
+    /// The account is gone.
+    Removed(AccountName),
+}
+
+/// Where a shared store reports what other brokers changed.
+pub type Follower = Arc<dyn Fn(Stored) + Send + Sync>;
+
+/// Opens the configured backend: the embedded sled store (off the async workers: it blocks),
+/// or the PostgreSQL store shared with other brokers, with `leases` connections for
+/// refreshes that hold a row lock.
+///
+/// # Errors
+/// The backend's, as its `open` says.
+pub async fn open(config: &Config, leases: usize) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.backend {
+        Backend::Sled => {
+            let config = config.clone();
+            let opened = tokio::task::spawn_blocking(move || SledStore::open(&config))
+                .await
+                .map_err(|_| StoreError::Engine {
+                    operation: "open",
+                    reason: "the store's open panicked".into(),
+                })??;
+            Arc::new(opened)
+        }
+        Backend::Postgres { .. } => Arc::new(PostgresStore::open(config, leases).await?),
+    })
 }
 
 /// Durable, per-account storage. Calls block: run them off the async workers.
@@ -68,6 +193,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// A flush failure.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Claims `name` for a refresh. `wait`: when another broker holds it, wait for that
+    /// broker's outcome (an on-demand caller) rather than give up at once (the schedule).
+    /// A store that only this process writes grants every claim.
+    ///
+    /// # Errors
+    /// The store cannot be reached: no refresh may start, since its outcome could not be
+    /// stored.
+    fn claim<'a>(
+        &'a self,
+        name: &'a AccountName,
+        wait: bool,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        let _ = (name, wait);
+        Box::pin(std::future::ready(Ok(Claim::Held {
+            lease: Lease::local(),
+            newer: None,
+        })))
+    }
+
+    /// For a store that others write too: a task that reports their changes to `follower`
+    /// until it is dropped. A store that only this process writes has none.
+    fn follow(&self, follower: Follower) -> Option<BoxFuture<'static, ()>> {
+        let _ = follower;
+        None
+    }
 }
 
 /// What went wrong with the store. Messages name the path, never a value.
@@ -139,6 +290,12 @@ pub enum StoreError {
         operation: &'static str,
         /// The cause.
         cause: Arc<std::io::Error>,
+    },
+    /// A shared store cannot be reached (PostgreSQL down, say).
+    #[error("store_unavailable: {reason}")]
+    Unavailable {
+        /// What went wrong, without the database's URL.
+        reason: String,
     },
     /// The database engine failed in some other way.
     #[error("store {operation} failed: {reason}")]

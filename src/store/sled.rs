@@ -556,7 +556,7 @@ fn next_key_path(key_file: &Path) -> PathBuf {
 }
 
 /// Loads the store key, and a pending rekey's next key; `None` when there is no key file.
-fn read_keyring(key_file: &Path) -> Result<Option<Keyring>, StoreError> {
+pub(super) fn read_keyring(key_file: &Path) -> Result<Option<Keyring>, StoreError> {
     let read_key = |path: &Path| -> Result<Option<StoreKey>, StoreError> {
         match fs::read(path) {
             Ok(bytes) => {
@@ -762,6 +762,7 @@ mod tests {
         Config {
             dir: dir.to_owned(),
             key_file: dir.join("store-key"),
+            backend: super::super::Backend::Sled,
         }
     }
 
@@ -1081,6 +1082,7 @@ mod tests {
         let store = SledStore::open(&Config {
             dir: tmp.path().to_owned(),
             key_file: key_file.clone(),
+            backend: super::super::Backend::Sled,
         })
         .unwrap();
         put(&store, &record("a", "rt"));

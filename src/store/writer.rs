@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Change, Store, StoreError};
+use super::{Change, Claim, Store, StoreError};
+use crate::token::AccountName;
 
 /// Changes waiting for the writer thread at most.
 const QUEUE: usize = 1024;
@@ -56,6 +57,14 @@ impl Writer {
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Claims `name` for a refresh (see [`Store::claim`]).
+    ///
+    /// # Errors
+    /// The store cannot be reached.
+    pub async fn claim(&self, name: &AccountName, wait: bool) -> Result<Claim, StoreError> {
+        self.store.claim(name, wait).await
     }
 
     /// The store itself, for what is not a write (loading, re-keying, flushing).

@@ -1,0 +1,668 @@
+//! The shared store: accounts in one PostgreSQL table that several brokers use at once.
+//!
+//! Each account is one row: its name, a version that every write increases, and the
+//! record sealed with the store key, as sled holds it (the database sees no secret). A
+//! refresh claims its row with `SELECT … FOR UPDATE` in a transaction of its own, re-reads
+//! it under the lock, and commits the new grant in that same transaction, so a broker that
+//! lost its session cannot commit, and no lock outlives its holder. Every other write is a
+//! compare-and-set on the version this broker last saw, so it never replaces a newer row.
+//! Every write sends `NOTIFY`; [`PostgresStore::follow`] listens, reads what changed and
+//! reports it. Only row and transaction-scoped locks are used (session advisory locks break
+//! behind PgBouncer's transaction pooling).
+//!
+//! Why it is one file: the writes, the claims and the change feed all read and update the
+//! one map of versions this broker has seen, and each is a few statements on the same two
+//! tables; apart, each would reach into the others' state.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures_util::future::BoxFuture;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::seal::{Keyring, StoreKey};
+use super::{
+    schema, Backend, Change, Claim, Config, Follower, Held, Lease, Store, StoreError, Stored,
+};
+use crate::token::{AccountName, AccountRecord};
+
+/// The version of the tables this build creates and reads.
+const SCHEMA_VERSION: u32 = 1;
+/// The channel every write notifies, with the account's name as the payload.
+const CHANNEL: &str = "tokenbroker_accounts";
+/// Serialises schema creation when several brokers start at once (transaction-scoped).
+const SCHEMA_LOCK: i64 = 0x746f_6b65_6e62;
+/// Connections for writes and reads (the writer thread and `follow`'s look-ups).
+const POOL_SIZE: usize = 4;
+/// How long `follow` waits before connecting again after losing its connection.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// The accounts in PostgreSQL.
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+    /// Runs the blocking trait calls (made on the writer thread) on the daemon's runtime.
+    handle: tokio::runtime::Handle,
+    /// What the open read, handed out once by `load_all`.
+    loaded: Mutex<Option<Vec<AccountRecord>>>,
+}
+
+struct Shared {
+    /// Writes and reads.
+    pool: Pool,
+    /// Refreshes holding a row lock: a pool of their own, so that they cannot starve writes.
+    leases: Pool,
+    pg_config: tokio_postgres::Config,
+    key: StoreKey,
+    lease_timeout: Duration,
+    /// The version of each account's row as this broker last read or wrote it.
+    seen: Mutex<HashMap<AccountName, i64>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects, creates or checks the tables (safely when several brokers start at once),
+    /// checks that the store key is the one the database was sealed with, and reads every
+    /// account. `leases`: how many refreshes may hold a row lock at once (`max_concurrent`).
+    ///
+    /// # Errors
+    /// A bad URL, an unreachable database, a newer schema, or another key.
+    pub async fn open(config: &Config, leases: usize) -> Result<Self, StoreError> {
+        let Backend::Postgres { url, lease_timeout } = &config.backend else {
+            return Err(StoreError::Engine {
+                operation: "open",
+                reason: "not a PostgreSQL store".into(),
+            });
+        };
+        let lease_timeout = *lease_timeout;
+        // Never generated here: every broker must have the same key, so a missing one is
+        // an operator's mistake, not a new store.
+        let keyring = super::sled::read_keyring(&config.key_file)?.ok_or_else(|| StoreError::Key {
+            path: config.key_file.clone(),
+            problem: "not found (a shared store's key is never generated: copy the same key file to every broker)".into(),
+        })?;
+        let pg_config = tokio_postgres::Config::from_str(url.expose()).map_err(|e| {
+            StoreError::Unavailable {
+                // The parser's message names what is wrong, never the URL itself.
+                reason: format!("store.url is not a PostgreSQL URL: {e}"),
+            }
+        })?;
+        let mut pg_config = pg_config;
+        if pg_config.get_application_name().is_none() {
+            // Shown in pg_stat_activity: which broker holds which lock.
+            pg_config.application_name(format!("tokenbroker/{}", std::process::id()));
+        }
+        let pool = pool_of(&pg_config, POOL_SIZE)?;
+        let lease_pool = pool_of(&pg_config, leases.max(1))?;
+        let key = keyring.current;
+        let mut client = pool.get().await.map_err(pool_error)?;
+        prepare(&mut client, &key).await?;
+        drop(client);
+        let shared = Arc::new(Shared {
+            pool,
+            leases: lease_pool,
+            pg_config,
+            key,
+            lease_timeout,
+            seen: Mutex::new(HashMap::new()),
+        });
+        let records = shared.read_all().await?;
+        Ok(Self {
+            shared,
+            handle: tokio::runtime::Handle::current(),
+            loaded: Mutex::new(Some(records)),
+        })
+    }
+}
+
+fn pool_of(pg_config: &tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        pg_config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Unavailable {
+            reason: format!("cannot set up the connection pool: {e}"),
+        })
+}
+
+/// Creates the tables if they are missing and checks the schema version and the key, in
+/// one transaction behind a transaction-scoped lock, so brokers starting together agree.
+async fn prepare(client: &mut Object, key: &StoreKey) -> Result<(), StoreError> {
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(|e| database("start", &e))?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await
+        .map_err(|e| database("lock the schema", &e))?;
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS tokenbroker_meta (
+                 name text PRIMARY KEY,
+                 value text NOT NULL);
+             CREATE TABLE IF NOT EXISTS tokenbroker_accounts (
+                 name text PRIMARY KEY,
+                 version bigint NOT NULL,
+                 sealed bytea NOT NULL);",
+        )
+        .await
+        .map_err(|e| database("create the tables", &e))?;
+    transaction
+        .execute(
+            "INSERT INTO tokenbroker_meta VALUES ('schema_version', $1), ('key_id', $2)
+             ON CONFLICT (name) DO NOTHING",
+            &[&SCHEMA_VERSION.to_string(), &key.id_hex()],
+        )
+        .await
+        .map_err(|e| database("write the schema version", &e))?;
+    let meta: HashMap<String, String> = transaction
+        .query("SELECT name, value FROM tokenbroker_meta", &[])
+        .await
+        .map_err(|e| database("read the schema version", &e))?
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let found = meta
+        .get("schema_version")
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: "PostgreSQL".into(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    match meta.get("key_id") {
+        Some(id) if *id == key.id_hex() => {}
+        found => {
+            return Err(StoreError::WrongKey {
+                found: found.cloned().unwrap_or_default(),
+                loaded: key.id_hex(),
+            })
+        }
+    }
+    transaction
+        .commit()
+        .await
+        .map_err(|e| database("create the tables", &e))
+}
+
+impl Store for PostgresStore {
+    fn load_all(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        match self.loaded.lock().expect("never poisoned").take() {
+            Some(records) => Ok(records),
+            None => {
+                let shared = self.shared.clone();
+                self.handle.block_on(async move { shared.read_all().await })
+            }
+        }
+    }
+
+    fn write(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let shared = self.shared.clone();
+        let changes = changes.to_vec();
+        self.handle
+            .block_on(async move { shared.write(&changes).await })
+    }
+
+    fn rekey(&self) -> Result<usize, StoreError> {
+        Err(StoreError::Engine {
+            operation: "rekey",
+            reason: "a shared PostgreSQL store is re-keyed by copying it (tokenbroker store copy) into a store with the new key".into(),
+        })
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every write is committed before it is acknowledged.
+        Ok(())
+    }
+
+    fn claim<'a>(
+        &'a self,
+        name: &'a AccountName,
+        wait: bool,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(self.shared.clone().claim(name, wait))
+    }
+
+    fn follow(&self, follower: Follower) -> Option<BoxFuture<'static, ()>> {
+        Some(Box::pin(self.shared.clone().follow(follower)))
+    }
+}
+
+impl Shared {
+    async fn read_all(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                "SELECT name, version, sealed FROM tokenbroker_accounts",
+                &[],
+            )
+            .await
+            .map_err(|e| database("read the accounts", &e))?;
+        let keyring = Keyring::new(self.key.clone());
+        let mut records = Vec::with_capacity(rows.len());
+        let mut seen = self.seen.lock().expect("never poisoned");
+        for row in rows {
+            let (name, version, sealed): (String, i64, Vec<u8>) =
+                (row.get(0), row.get(1), row.get(2));
+            let record = schema::decode(name.as_bytes(), &sealed, &keyring)?;
+            seen.insert(record.name.clone(), version);
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    fn seen(&self, name: &AccountName) -> Option<i64> {
+        self.seen.lock().expect("never poisoned").get(name).copied()
+    }
+
+    fn saw(&self, name: &AccountName, version: Option<i64>) {
+        let mut seen = self.seen.lock().expect("never poisoned");
+        match version {
+            Some(version) => seen.insert(name.clone(), version),
+            None => seen.remove(name),
+        };
+    }
+
+    /// The row, decoded, when its version is not the one this broker saw last; noted as
+    /// seen.
+    fn newer(
+        &self,
+        name: &AccountName,
+        version: i64,
+        sealed: &[u8],
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        if self.seen(name) == Some(version) {
+            return Ok(None);
+        }
+        let record = schema::decode(
+            name.as_str().as_bytes(),
+            sealed,
+            &Keyring::new(self.key.clone()),
+        )?;
+        self.saw(name, Some(version));
+        Ok(Some(record))
+    }
+
+    /// One transaction for the whole batch. A put replaces the row only at the version this
+    /// broker saw last (or creates it when there is none); a newer row is kept and the put
+    /// dropped: `follow` brings the newer row to this broker.
+    async fn write(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let transaction = client
+            .transaction()
+            .await
+            .map_err(|e| database("start a write", &e))?;
+        // Versions as this batch leaves them: an account may be written twice in one batch.
+        let mut written: HashMap<AccountName, Option<i64>> = HashMap::new();
+        for change in changes {
+            match change {
+                Change::Put(record) => {
+                    let name = &record.name;
+                    let base = match written.get(name) {
+                        Some(version) => *version,
+                        None => self.seen(name),
+                    };
+                    let next = base.unwrap_or(0) + 1;
+                    let sealed = seal(record, next, &self.key);
+                    let rows =
+                        match base {
+                            Some(base) => transaction
+                                .execute(
+                                    "UPDATE tokenbroker_accounts SET version = $2 + 1, sealed = $3
+                                 WHERE name = $1 AND version = $2",
+                                    &[&name.as_str(), &base, &sealed],
+                                )
+                                .await,
+                            None => {
+                                transaction
+                                    .execute(
+                                        "INSERT INTO tokenbroker_accounts VALUES ($1, 1, $2)
+                                 ON CONFLICT (name) DO NOTHING",
+                                        &[&name.as_str(), &sealed],
+                                    )
+                                    .await
+                            }
+                        }
+                        .map_err(|e| database("write an account", &e))?;
+                    if rows > 0 {
+                        notify(&transaction, name).await?;
+                        written.insert(name.clone(), Some(next));
+                    } else {
+                        tracing::warn!(account = %name, "another broker stored a newer version of the account; keeping it, not this broker's");
+                    }
+                }
+                Change::Remove(name) => {
+                    transaction
+                        .execute(
+                            "DELETE FROM tokenbroker_accounts WHERE name = $1",
+                            &[&name.as_str()],
+                        )
+                        .await
+                        .map_err(|e| database("remove an account", &e))?;
+                    notify(&transaction, name).await?;
+                    written.insert(name.clone(), None);
+                }
+            }
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(|e| database("commit a write", &e))?;
+        for (name, version) in written {
+            self.saw(&name, version);
+        }
+        Ok(())
+    }
+
+    async fn claim(self: Arc<Self>, name: &AccountName, wait: bool) -> Result<Claim, StoreError> {
+        let client = self.leases.get().await.map_err(pool_error)?;
+        // From here on, an early return closes the connection (and any transaction on it).
+        let mut lock = RowLock {
+            client: Some(client),
+            shared: self.clone(),
+            name: name.clone(),
+            version: 0,
+        };
+        let timeout = self.lease_timeout.as_millis();
+        // The lock lasts as long as this transaction; a holder that goes quiet for longer
+        // than a provider call can take loses its session, and with it the lock.
+        lock.client()
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {timeout}; SET LOCAL lock_timeout = {timeout}"
+            ))
+            .await
+            .map_err(|e| database("start a claim", &e))?;
+        let query = if wait {
+            "SELECT version, sealed FROM tokenbroker_accounts WHERE name = $1 FOR UPDATE NOWAIT"
+        } else {
+            "SELECT version, sealed FROM tokenbroker_accounts WHERE name = $1 FOR UPDATE SKIP LOCKED"
+        };
+        let row = match lock.client().query_opt(query, &[&name.as_str()]).await {
+            Ok(row) => row,
+            Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                // Another broker is refreshing it: wait for its outcome, and adopt it.
+                lock.client()
+                    .batch_execute("ROLLBACK; BEGIN")
+                    .await
+                    .map_err(|e| database("wait for a claim", &e))?;
+                let row = lock
+                    .client()
+                    .query_opt(
+                        "SELECT version, sealed FROM tokenbroker_accounts WHERE name = $1 FOR SHARE",
+                        &[&name.as_str()],
+                    )
+                    .await
+                    .map_err(|e| database("wait for another broker's refresh", &e))?;
+                lock.release().await?;
+                let newer = match row {
+                    Some(row) => self.newer(name, row.get(0), row.get::<_, &[u8]>(1))?,
+                    None => None,
+                };
+                return Ok(Claim::Elsewhere { newer });
+            }
+            Err(error) => return Err(database("claim an account", &error)),
+        };
+        let Some(row) = row else {
+            // Locked elsewhere (SKIP LOCKED), or removed: either way not this broker's.
+            lock.release().await?;
+            return Ok(Claim::Elsewhere { newer: None });
+        };
+        lock.version = row.get(0);
+        let newer = self.newer(name, lock.version, row.get::<_, &[u8]>(1))?;
+        Ok(Claim::Held {
+            lease: Lease::held(Box::new(lock)),
+            newer,
+        })
+    }
+
+    /// Listens for other brokers' writes and reports each changed account once read;
+    /// after a lost connection, connects again and compares every row, so that nothing
+    /// missed meanwhile stays unseen.
+    async fn follow(self: Arc<Self>, follower: Follower) {
+        loop {
+            match self.listen(&follower).await {
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, "lost the shared store's change feed; connecting again");
+                }
+            }
+            tokio::time::sleep(RECONNECT).await;
+        }
+    }
+
+    async fn listen(&self, follower: &Follower) -> Result<(), StoreError> {
+        let (client, mut connection) = self
+            .pg_config
+            .connect(NoTls)
+            .await
+            .map_err(|e| database("connect for the change feed", &e))?;
+        let (names, mut changed) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let messages = async move {
+            let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+            while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+                match message {
+                    Ok(AsyncMessage::Notification(note)) => {
+                        if names.send(note.payload().to_owned()).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => return database("follow the change feed", &error),
+                }
+            }
+            StoreError::Unavailable {
+                reason: "the change feed's connection closed".into(),
+            }
+        };
+        let work = async {
+            client
+                .batch_execute(&format!("LISTEN {CHANNEL}"))
+                .await
+                .map_err(|e| database("listen for changes", &e))?;
+            self.catch_up(follower).await?;
+            while let Some(name) = changed.recv().await {
+                let Ok(name) = name.parse::<AccountName>() else {
+                    continue;
+                };
+                self.look_up(&name, follower).await?;
+            }
+            Ok(())
+        };
+        tokio::select! {
+            error = messages => Err(error),
+            done = work => done,
+        }
+    }
+
+    /// Reports every account whose row differs from what this broker saw last.
+    async fn catch_up(&self, follower: &Follower) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query("SELECT name, version FROM tokenbroker_accounts", &[])
+            .await
+            .map_err(|e| database("read the accounts", &e))?;
+        drop(client);
+        let stored: HashMap<String, i64> = rows
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let known: Vec<(AccountName, i64)> = self
+            .seen
+            .lock()
+            .expect("never poisoned")
+            .iter()
+            .map(|(name, version)| (name.clone(), *version))
+            .collect();
+        for (name, version) in &known {
+            if stored.get(name.as_str()) != Some(version) {
+                self.look_up(name, follower).await?;
+            }
+        }
+        for (name, _) in stored {
+            if let Ok(name) = name.parse::<AccountName>() {
+                if self.seen(&name).is_none() {
+                    self.look_up(&name, follower).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one account and reports it when it changed since this broker last saw it.
+    async fn look_up(&self, name: &AccountName, follower: &Follower) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let row = client
+            .query_opt(
+                "SELECT version, sealed FROM tokenbroker_accounts WHERE name = $1",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(|e| database("read an account", &e))?;
+        drop(client);
+        match row {
+            Some(row) => match self.newer(name, row.get(0), row.get::<_, &[u8]>(1)) {
+                Ok(Some(record)) => follower(Stored::Put(record)),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(account = %name, error = %error, "another broker stored an account this one cannot read");
+                }
+            },
+            None => {
+                if self.seen(name).is_some() {
+                    self.saw(name, None);
+                    follower(Stored::Removed(name.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A refresh's lock on one row, in its own open transaction.
+struct RowLock {
+    client: Option<Object>,
+    shared: Arc<Shared>,
+    name: AccountName,
+    /// The row's version under the lock.
+    version: i64,
+}
+
+impl RowLock {
+    fn client(&self) -> &Object {
+        self.client
+            .as_ref()
+            .expect("held until released or committed")
+    }
+
+    /// Ends the transaction and hands the connection back to the pool.
+    async fn release(&mut self) -> Result<(), StoreError> {
+        self.client()
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| database("end a claim", &e))?;
+        drop(self.client.take());
+        Ok(())
+    }
+}
+
+impl Held for RowLock {
+    fn commit(
+        mut self: Box<Self>,
+        record: AccountRecord,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.client.take().expect("a lock commits once");
+            let next = self.version + 1;
+            let sealed = seal(&record, next, &self.shared.key);
+            let written = async {
+                client
+                    .execute(
+                        "UPDATE tokenbroker_accounts SET version = $2, sealed = $3 WHERE name = $1",
+                        &[&self.name.as_str(), &next, &sealed],
+                    )
+                    .await?;
+                client
+                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.name.as_str()])
+                    .await?;
+                client.batch_execute("COMMIT").await
+            }
+            .await;
+            match written {
+                Ok(()) => {
+                    self.shared.saw(&self.name, Some(next));
+                    Ok(())
+                }
+                Err(error) => {
+                    // The transaction may still be open: close the connection rather than
+                    // hand it back to the pool.
+                    drop(Object::take(client));
+                    Err(database("commit a refresh", &error))
+                }
+            }
+        })
+    }
+}
+
+impl Drop for RowLock {
+    fn drop(&mut self) {
+        // Given up without a commit: closing the connection ends the transaction (and the
+        // lock) on the server; a pooled connection must never carry an open transaction.
+        if let Some(client) = self.client.take() {
+            drop(Object::take(client));
+        }
+    }
+}
+
+fn seal(record: &AccountRecord, version: i64, key: &StoreKey) -> Vec<u8> {
+    schema::encode(record, u64::try_from(version).unwrap_or(0), key)
+}
+
+async fn notify(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    name: &AccountName,
+) -> Result<(), StoreError> {
+    transaction
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &name.as_str()])
+        .await
+        .map(drop)
+        .map_err(|e| database("notify a change", &e))
+}
+
+/// A database error in words that carry no secret: PostgreSQL's own message (it never
+/// holds a parameter's value) or the connection's failure.
+fn database(operation: &str, error: &tokio_postgres::Error) -> StoreError {
+    let reason = match error.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => error.to_string(),
+    };
+    StoreError::Unavailable {
+        reason: format!("cannot {operation}: {reason}"),
+    }
+}
+
+fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable {
+        reason: format!("cannot reach PostgreSQL: {error}"),
+    }
+}

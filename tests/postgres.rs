@@ -1,0 +1,519 @@
+//! Several real brokers on one PostgreSQL database (`store.backend = "postgres"`), against a
+//! provider that rotates the refresh token on every refresh and refuses any reuse.
+//!
+//! The database comes from `TOKENBROKER_TEST_POSTGRES` (a URL; `.ci/postgres start DIR`
+//! starts a throwaway cluster and prints one). Each test makes a database of its own there.
+//! Without it the tests are skipped, and in CI they fail.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use support::{eventually, Daemon, Home};
+use tokenbroker::testing::{FakeProvider, Reply};
+
+/// A database of the test's own, and the key every broker on it shares.
+struct Database {
+    url: String,
+    admin: tokio_postgres::Client,
+    key: tempfile::TempDir,
+}
+
+impl Database {
+    /// A fresh database, or `None` (the test is skipped) outside CI without PostgreSQL.
+    async fn create() -> Option<Self> {
+        let Ok(server) = std::env::var("TOKENBROKER_TEST_POSTGRES") else {
+            support::missing(
+                "PostgreSQL: set TOKENBROKER_TEST_POSTGRES (.ci/postgres start DIR prints it)",
+            );
+            return None;
+        };
+        let admin = connect(&server).await;
+        let name = format!("tb_{:016x}", rand::random::<u64>());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = with_database(&server, &name);
+        let admin = connect(&url).await;
+        let key = tempfile::tempdir().unwrap();
+        write_key(&key.path().join("store-key"), 7);
+        Some(Self { url, admin, key })
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.key.path().join("store-key")
+    }
+
+    /// A broker's configuration in `home`: the fake provider, this database, the shared key.
+    fn config(&self, home: &Home, fake: &FakeProvider, refresh: &str) -> PathBuf {
+        self.config_with_key(home, fake, refresh, &self.key_file())
+    }
+
+    fn config_with_key(
+        &self,
+        home: &Home,
+        fake: &FakeProvider,
+        refresh: &str,
+        key_file: &Path,
+    ) -> PathBuf {
+        let url_file = home.write("pg-url", &self.url);
+        std::fs::set_permissions(
+            &url_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let config = home.config(&fake.token_url(), refresh, "");
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[store]\n",
+            &format!(
+                "[store]\nbackend = \"postgres\"\nurl_file = \"pg-url\"\nkey_file = \"{}\"\n",
+                key_file.display()
+            ),
+        );
+        home.write("config.toml", &text)
+    }
+
+    /// The process id of the broker whose session holds an open transaction (a refresh
+    /// holding its row lock), and that session's backend.
+    async fn wait_for_holder(&self) -> (i32, i32) {
+        let started = tokio::time::Instant::now();
+        loop {
+            if let Some(holder) = self.holder().await {
+                return holder;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "no broker took the refresh"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn holder(&self) -> Option<(i32, i32)> {
+        let rows = self
+            .admin
+            .query(
+                "SELECT application_name, pid FROM pg_stat_activity
+                 WHERE state LIKE 'idle in transaction%' AND application_name LIKE 'tokenbroker/%'
+                   AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.first().map(|row| {
+            let name: String = row.get(0);
+            (name["tokenbroker/".len()..].parse().unwrap(), row.get(1))
+        })
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let base = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    format!("{base}/{name}?{query}")
+}
+
+fn write_key(path: &Path, byte: u8) {
+    std::fs::write(path, hex::encode([byte; 32])).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+/// A database of the test's own and a provider that rotates the refresh token on every
+/// refresh and refuses any reuse.
+async fn rotating() -> Option<(Database, FakeProvider)> {
+    let database = Database::create().await?;
+    let fake = FakeProvider::start().await;
+    fake.set_rotation(true);
+    Some((database, fake))
+}
+
+/// Refreshes that come every few seconds for tokens of 6 s: several lifetimes per test.
+const QUICK: &str = "ahead = \"3s\"\njitter = \"0s\"\ncheck_interval = \"1s\"\nmin_valid = \"1s\"\nmin_interval = \"1s\"";
+
+/// Whether every broker serves the provider's newest access token for `account`.
+async fn all_serve_the_newest(
+    brokers: &[(Home, Daemon)],
+    fake: &FakeProvider,
+    account: &str,
+) -> bool {
+    let newest = fake.issued_access_tokens().last().cloned();
+    for (_, daemon) in brokers {
+        if token(daemon, account).await != newest {
+            return false;
+        }
+    }
+    true
+}
+
+/// `count` brokers on `database`, each in a home of its own.
+async fn brokers(
+    database: &Database,
+    fake: &FakeProvider,
+    refresh: &str,
+    count: usize,
+) -> Vec<(Home, Daemon)> {
+    let mut brokers = Vec::new();
+    for _ in 0..count {
+        let home = Home::new();
+        let config = database.config(&home, fake, refresh);
+        let daemon = home.start(&config, &[]).await;
+        brokers.push((home, daemon));
+    }
+    brokers
+}
+
+async fn token(daemon: &Daemon, account: &str) -> Option<String> {
+    let (status, body) = daemon
+        .request("GET", &format!("/v1/token/{account}"), None)
+        .await;
+    (status == 200).then(|| body["access_token"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_brokers_present_each_rotated_grant_once_and_serve_the_current_token() {
+    let Some((database, fake)) = rotating().await else {
+        return;
+    };
+    // Longer than the brokers' ticks are apart (the scheduler polls twice a second), so
+    // that every broker finds the account due while another is refreshing it.
+    fake.set_latency(Duration::from_millis(700));
+    fake.set_expires_in(json!(6));
+    let brokers = brokers(&database, &fake, QUICK, 3).await;
+    brokers[0].1.import("shared", &fake.grant("shared"));
+    // Over several lifetimes: the import, then a refresh every 3 s or so.
+    fake.wait_for_calls(6, Duration::from_secs(40)).await;
+    let presented: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter_map(|r| r.form.get("refresh_token").cloned())
+        .collect();
+    let mut distinct = presented.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        presented.len(),
+        "every refresh token presented exactly once: {presented:?}"
+    );
+    assert_eq!(fake.refused_refreshes(), 0, "no refresh token reused");
+    eventually(
+        "every broker to serve the newest token",
+        Duration::from_secs(5),
+        || all_serve_the_newest(&brokers, &fake, "shared"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_callers_on_three_brokers_cause_one_upstream_call() {
+    let Some((database, fake)) = rotating().await else {
+        return;
+    };
+    fake.set_expires_in(json!(10));
+    let brokers = brokers(&database, &fake, "jitter = \"0s\"", 3).await;
+    brokers[0].1.import("busy", &fake.grant("busy"));
+    for (_, daemon) in &brokers {
+        eventually(
+            "each broker to hold the token, with less than 9 s left",
+            Duration::from_secs(5),
+            || async {
+                let body = daemon.request("GET", "/v1/accounts/busy", None).await.1;
+                body["expires_in"].as_u64().is_some_and(|left| left < 9)
+            },
+        )
+        .await;
+    }
+    fake.set_expires_in(json!(3600));
+    fake.push([Reply::Delay(
+        Duration::from_millis(300),
+        Box::new(Reply::Issue),
+    )]);
+    let requests: Vec<_> = (0..200)
+        .map(|i| {
+            brokers[i % 3]
+                .1
+                .request("GET", "/v1/token/busy?min_valid=9", None)
+        })
+        .collect();
+    let answers = futures_util::future::join_all(requests).await;
+    assert_eq!(
+        fake.token_calls(),
+        2,
+        "one import call and one refresh for 200 callers on three brokers"
+    );
+    let fresh = &fake.issued_access_tokens()[1];
+    for (status, body) in answers {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["access_token"], json!(fresh));
+    }
+    assert_eq!(fake.refused_refreshes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_through_one_broker_is_served_by_the_others_within_a_second() {
+    let Some((database, fake)) = rotating().await else {
+        return;
+    };
+    let brokers = brokers(&database, &fake, "", 3).await;
+    brokers[1].1.import("new", &fake.grant("new"));
+    let issued = fake.issued_access_tokens()[0].clone();
+    let imported = tokio::time::Instant::now();
+    for (_, daemon) in &brokers {
+        eventually(
+            "the import to reach every broker",
+            Duration::from_secs(1),
+            || async { token(daemon, "new").await.as_deref() == Some(issued.as_str()) },
+        )
+        .await;
+    }
+    assert!(imported.elapsed() < Duration::from_secs(1));
+    let removed = brokers[2].1.cli(&["remove", "new"], None);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    for (_, daemon) in &brokers {
+        eventually(
+            "the removal to reach every broker",
+            Duration::from_secs(1),
+            || async { daemon.request("GET", "/v1/accounts/new", None).await.0 == 404 },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_with_another_key_refuses_to_start() {
+    let Some((database, fake)) = rotating().await else {
+        return;
+    };
+    let first = brokers(&database, &fake, "", 1).await;
+    first[0].1.import("a", &fake.grant("a"));
+    let home = Home::new();
+    let other_key = home.path("other-key");
+    write_key(&other_key, 9);
+    let config = database.config_with_key(&home, &fake, "", &other_key);
+    let output = home.serve_fails(&config);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("sealed with key"), "{stderr}");
+    let missing = Home::new();
+    let config = database.config_with_key(&missing, &fake, "", &missing.path("no-key"));
+    let output = missing.serve_fails(&config);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("never generated"),
+        "a missing key is not generated: {stderr}"
+    );
+    assert!(!missing.path("no-key").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_broker_that_holds_a_slow_refresh_hands_it_to_another() {
+    let Some((database, fake)) = rotating().await else {
+        return;
+    };
+    fake.set_expires_in(json!(6));
+    let mut brokers = brokers(&database, &fake, QUICK, 3).await;
+    brokers[0].1.import("slow", &fake.grant("slow"));
+    // The next refresh hangs before the provider issues anything.
+    fake.push([Reply::Delay(
+        Duration::from_secs(30),
+        Box::new(Reply::Issue),
+    )]);
+    let (pid, _) = database.wait_for_holder().await;
+    let index = brokers.iter().position(|(_, d)| d.pid() == pid).unwrap();
+    brokers[index].1.kill();
+    let (_, killed) = brokers.remove(index);
+    drop(killed);
+    fake.wait_for_calls(3, Duration::from_secs(10)).await;
+    eventually(
+        "the others to serve the token of the takeover",
+        Duration::from_secs(5),
+        || async {
+            fake.issued_access_tokens().len() >= 2
+                && all_serve_the_newest(&brokers, &fake, "slow").await
+        },
+    )
+    .await;
+    assert_eq!(fake.refused_refreshes(), 0, "the grant survived the kill");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_holder_whose_session_is_terminated_cannot_commit() {
+    let Some((database, fake)) = rotating().await else {
+        return;
+    };
+    fake.set_expires_in(json!(6));
+    let brokers = brokers(&database, &fake, QUICK, 1).await;
+    brokers[0].1.import("cut", &fake.grant("cut"));
+    fake.push([Reply::Delay(
+        Duration::from_secs(1), // under the provider timeout (2 s): it is delivered
+        Box::new(Reply::Issue),
+    )]);
+    let (_, backend) = database.wait_for_holder().await;
+    let before: i64 = database
+        .admin
+        .query_one(
+            "SELECT version FROM tokenbroker_accounts WHERE name = 'cut'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    database
+        .admin
+        .execute("SELECT pg_terminate_backend($1)", &[&backend])
+        .await
+        .unwrap();
+    brokers[0].1.logged("cannot commit a refresh").await;
+    // The rotated grant is kept and stored later, by compare-and-set on the version the
+    // broker saw: one write, no lost grant.
+    let stored = || async {
+        database
+            .admin
+            .query_one(
+                "SELECT version FROM tokenbroker_accounts WHERE name = 'cut'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    eventually(
+        "the kept grant to be stored",
+        Duration::from_secs(10),
+        || async { stored().await > before },
+    )
+    .await;
+    fake.wait_for_calls(3, Duration::from_secs(15)).await;
+    assert_eq!(
+        fake.refused_refreshes(),
+        0,
+        "the kept grant was the one to use next"
+    );
+}
+
+/// A cluster of the test's own, which it stops and starts (`.ci/postgres`).
+struct OwnCluster {
+    dir: tempfile::TempDir,
+}
+
+impl OwnCluster {
+    fn start() -> (Self, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Self { dir };
+        let url = cluster.run("start");
+        (cluster, url)
+    }
+
+    fn run(&self, action: &str) -> String {
+        let output =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres"))
+                .arg(action)
+                .arg(self.dir.path())
+                .output()
+                .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_postgres_down_past_a_lifetime_brokers_serve_what_is_valid_and_recover_alone() {
+    if std::env::var_os("TOKENBROKER_TEST_POSTGRES").is_none() {
+        support::missing(
+            "PostgreSQL: set TOKENBROKER_TEST_POSTGRES (.ci/postgres start DIR prints it)",
+        );
+        return;
+    }
+    let (cluster, url) = OwnCluster::start();
+    let database = Database {
+        admin: connect(&url).await,
+        url,
+        key: tempfile::tempdir().unwrap(),
+    };
+    write_key(&database.key_file(), 7);
+    let fake = FakeProvider::start().await;
+    fake.set_rotation(true);
+    fake.set_expires_in(json!(6));
+    let brokers = brokers(&database, &fake, QUICK, 2).await;
+    brokers[0].1.import("steady", &fake.grant("steady"));
+    fake.wait_for_calls(2, Duration::from_secs(10)).await;
+    for (_, daemon) in &brokers {
+        eventually(
+            "both brokers to hold the refreshed token",
+            Duration::from_secs(5),
+            || async {
+                token(daemon, "steady").await.as_ref() == fake.issued_access_tokens().last()
+            },
+        )
+        .await;
+    }
+    drop(database);
+    cluster.run("stop");
+    let calls = fake.token_calls();
+    let held = fake.issued_access_tokens().last().cloned();
+    // Served while valid, from memory.
+    assert_eq!(token(&brokers[1].1, "steady").await, held);
+    eventually(
+        "the token to run out unrefreshed",
+        Duration::from_secs(10),
+        || async { token(&brokers[1].1, "steady").await.is_none() },
+    )
+    .await;
+    let view = brokers[1]
+        .1
+        .request("GET", "/v1/accounts/steady", None)
+        .await
+        .1;
+    assert_eq!(view["status"], "degraded", "{view}");
+    assert!(
+        view["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("store_unavailable"),
+        "{view}"
+    );
+    assert_eq!(
+        fake.token_calls(),
+        calls,
+        "no refresh whose new grant could not be stored"
+    );
+    cluster.run("start");
+    eventually(
+        "the brokers to refresh and serve again, unrestarted",
+        Duration::from_secs(15),
+        || async {
+            fake.token_calls() > calls && all_serve_the_newest(&brokers, &fake, "steady").await
+        },
+    )
+    .await;
+    assert_eq!(fake.refused_refreshes(), 0, "no grant lost");
+}

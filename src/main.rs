@@ -10,7 +10,7 @@ use clap::Parser;
 use tokenbroker::cli::{self, Cli, Command, LogFormat};
 use tokenbroker::config::{self, ConfigError, Env};
 use tokenbroker::logging::{format as log_format, writer as log_writer};
-use tokenbroker::store::StoreError;
+use tokenbroker::store::{self, StoreError};
 use tokenbroker::{daemon, dev};
 use tracing_subscriber::EnvFilter;
 
@@ -103,6 +103,17 @@ async fn run(command: Command, env: &Env) -> anyhow::Result<()> {
                 eprintln!("tokenbroker: warning: {warning}");
             }
             cli::write_stdout(format!("{}\n", settings.summary()).as_bytes())
+        }
+        Command::Store {
+            command: cli::StoreCommand::Copy { from, config },
+        } => {
+            let source = config::load(&from, env)?;
+            let target = config::load(&config, env)?;
+            let (copied, kept) = store::copy(&source.store, &target.store).await?;
+            cli::write_stdout(
+                format!("copied {copied} accounts; kept {kept} the target already had\n")
+                    .as_bytes(),
+            )
         }
         client => cli::run_client(client, env).await,
     }

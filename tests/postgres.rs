@@ -421,18 +421,13 @@ impl OwnCluster {
     }
 
     fn run(&self, action: &str) -> String {
-        let output =
+        succeeds(
             std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres"))
                 .arg(action)
-                .arg(self.dir.path())
-                .output()
-                .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+                .arg(self.dir.path()),
+        )
+        .trim()
+        .to_owned()
     }
 }
 
@@ -516,4 +511,73 @@ async fn with_postgres_down_past_a_lifetime_brokers_serve_what_is_valid_and_reco
     )
     .await;
     assert_eq!(fake.refused_refreshes(), 0, "no grant lost");
+}
+
+/// `tokenbroker store copy --from FROM --config TO`, which must succeed; its output.
+fn store_copy(from: &Path, to: &Path) -> String {
+    succeeds(
+        std::process::Command::new(support::BINARY)
+            .args(["store", "copy", "--from"])
+            .arg(from)
+            .arg("--config")
+            .arg(to),
+    )
+}
+
+/// Runs `command`, which must succeed; its output.
+fn succeeds(command: &mut std::process::Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_copy_moves_a_sled_store_into_postgres_and_back() {
+    let Some((database, fake)) = rotating().await else {
+        return;
+    };
+    let sled_home = Home::new();
+    let sled_config = sled_home.config(&fake.token_url(), "", "");
+    let mut sled = sled_home.start(&sled_config, &[]).await;
+    sled.import("one", &fake.grant("one"));
+    sled.import("two", &fake.grant("two"));
+    let served = (token(&sled, "one").await, token(&sled, "two").await);
+    assert!(sled.terminate().success());
+
+    let pg_home = Home::new();
+    let pg_config = database.config(&pg_home, &fake, "");
+    assert_eq!(
+        store_copy(&sled_config, &pg_config),
+        "copied 2 accounts; kept 0 the target already had\n"
+    );
+    let calls = fake.token_calls();
+    let pg = pg_home.start(&pg_config, &[]).await;
+    assert_eq!((token(&pg, "one").await, token(&pg, "two").await), served);
+    assert_eq!(
+        store_copy(&sled_config, &pg_config),
+        "copied 0 accounts; kept 2 the target already had\n",
+        "what the target has is kept"
+    );
+
+    let back_home = Home::new();
+    let back_config = back_home.config(&fake.token_url(), "", "");
+    assert_eq!(
+        store_copy(&pg_config, &back_config),
+        "copied 2 accounts; kept 0 the target already had\n"
+    );
+    let back = back_home.start(&back_config, &[]).await;
+    assert_eq!(
+        (token(&back, "one").await, token(&back, "two").await),
+        served
+    );
+    assert_eq!(
+        fake.token_calls(),
+        calls,
+        "the grants moved without a refresh"
+    );
+    assert_eq!(fake.refused_refreshes(), 0);
 }

@@ -174,6 +174,12 @@ pub enum Command {
         /// The command whose page to print (tokenbroker-COMMAND(1), which the main page lists).
         command: Option<String>,
     },
+    /// Work on a store directly, without a daemon (stop those that use a sled store first).
+    Store {
+        /// What to do.
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Re-seal the store under a new key (the key tokenbroker manages in store.dir).
     Rekey {
         /// How to reach the daemon.
@@ -198,6 +204,21 @@ pub enum Command {
         /// How to reach the daemon.
         #[command(flatten)]
         daemon: Daemon,
+    },
+}
+
+/// `tokenbroker store …`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy every account from the store another configuration names into this one's
+    /// (sled into PostgreSQL, or back); accounts this store already has are kept.
+    Copy {
+        /// The configuration whose store is read.
+        #[arg(long)]
+        from: PathBuf,
+        /// The configuration whose store is written.
+        #[arg(long, env = "TOKENBROKER_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
     },
 }
 

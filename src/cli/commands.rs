@@ -177,7 +177,10 @@ pub async fn run_client(command: Command, env: &Env) -> anyhow::Result<()> {
             write_stdout(&script)?;
         }
         Command::Man { command } => write_stdout(&man_page(command.as_deref())?)?,
-        Command::Serve { .. } | Command::CheckConfig { .. } | Command::Exec { .. } => {
+        Command::Serve { .. }
+        | Command::CheckConfig { .. }
+        | Command::Exec { .. }
+        | Command::Store { .. } => {
             bail!("not a client command")
         }
     }

@@ -18,6 +18,6 @@ mod commands;
 mod connect;
 mod exec;
 
-pub use self::args::{Cli, Command, Daemon, LogFormat};
+pub use self::args::{Cli, Command, Daemon, LogFormat, StoreCommand};
 pub use self::commands::{accounts_table, run_client, write_stdout, StdoutClosed};
 pub use self::exec::{exec, NoToken};

@@ -165,6 +165,40 @@ pub async fn open(config: &Config, leases: usize) -> Result<Arc<dyn Store>, Stor
     })
 }
 
+/// Copies every account of the store `from` describes into the one `to` describes, resealed
+/// with `to`'s key; an account `to` already holds is kept as it is. Returns how many were
+/// copied and how many kept.
+///
+/// # Errors
+/// Either store cannot be opened (a sled store that a daemon holds, say), read or written.
+pub async fn copy(from: &Config, to: &Config) -> Result<(usize, usize), StoreError> {
+    let source = open(from, 1).await?;
+    let target = open(to, 1).await?;
+    // Blocking calls (and a shared store's, which wait on this runtime) off its workers.
+    tokio::task::spawn_blocking(move || {
+        let present: std::collections::HashSet<AccountName> = target
+            .load_all()?
+            .into_iter()
+            .map(|record| record.name)
+            .collect();
+        let (kept, missing): (Vec<_>, Vec<_>) = source
+            .load_all()?
+            .into_iter()
+            .partition(|record| present.contains(&record.name));
+        for batch in missing.chunks(512) {
+            let changes: Vec<Change> = batch.iter().cloned().map(Change::Put).collect();
+            target.write(&changes)?;
+        }
+        target.flush()?;
+        Ok((missing.len(), kept.len()))
+    })
+    .await
+    .map_err(|_| StoreError::Engine {
+        operation: "copy",
+        reason: "the copy panicked".into(),
+    })?
+}
+
 /// Durable, per-account storage. Calls block: run them off the async workers.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every stored account.

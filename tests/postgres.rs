@@ -431,6 +431,30 @@ impl OwnCluster {
     }
 }
 
+impl OwnCluster {
+    /// A cluster of the test's own with a database on it, and a provider that rotates
+    /// and issues 6 s tokens; `None` (skipped) where the shared one is not provided.
+    async fn rotating() -> Option<(Self, Database, FakeProvider)> {
+        if std::env::var_os("TOKENBROKER_TEST_POSTGRES").is_none() {
+            support::missing(
+                "PostgreSQL: set TOKENBROKER_TEST_POSTGRES (.ci/postgres start DIR prints it)",
+            );
+            return None;
+        }
+        let (cluster, url) = Self::start();
+        let database = Database {
+            admin: connect(&url).await,
+            url,
+            key: tempfile::tempdir().unwrap(),
+        };
+        write_key(&database.key_file(), 7);
+        let fake = FakeProvider::start().await;
+        fake.set_rotation(true);
+        fake.set_expires_in(json!(6));
+        Some((cluster, database, fake))
+    }
+}
+
 impl Drop for OwnCluster {
     fn drop(&mut self) {
         let _ = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres"))
@@ -442,22 +466,9 @@ impl Drop for OwnCluster {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_postgres_down_past_a_lifetime_brokers_serve_what_is_valid_and_recover_alone() {
-    if std::env::var_os("TOKENBROKER_TEST_POSTGRES").is_none() {
-        support::missing(
-            "PostgreSQL: set TOKENBROKER_TEST_POSTGRES (.ci/postgres start DIR prints it)",
-        );
+    let Some((cluster, database, fake)) = OwnCluster::rotating().await else {
         return;
-    }
-    let (cluster, url) = OwnCluster::start();
-    let database = Database {
-        admin: connect(&url).await,
-        url,
-        key: tempfile::tempdir().unwrap(),
     };
-    write_key(&database.key_file(), 7);
-    let fake = FakeProvider::start().await;
-    fake.set_rotation(true);
-    fake.set_expires_in(json!(6));
     let brokers = brokers(&database, &fake, QUICK, 2).await;
     brokers[0].1.import("steady", &fake.grant("steady"));
     fake.wait_for_calls(2, Duration::from_secs(10)).await;
@@ -580,4 +591,43 @@ async fn store_copy_moves_a_sled_store_into_postgres_and_back() {
         "the grants moved without a refresh"
     );
     assert_eq!(fake.refused_refreshes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_whose_commit_failed_survives_a_kill_and_is_stored_at_the_next_start() {
+    let Some((cluster, database, fake)) = OwnCluster::rotating().await else {
+        return;
+    };
+    let home = Home::new();
+    let config = database.config(&home, &fake, QUICK);
+    let mut broker = home.start(&config, &[]).await;
+    broker.import("kept", &fake.grant("kept"));
+    // The provider rotates the grant and answers a second later; meanwhile the database
+    // goes away, so the commit fails.
+    fake.push([Reply::Delay(Duration::from_secs(1), Box::new(Reply::Issue))]);
+    database.wait_for_holder().await;
+    cluster.run("stop");
+    let pending = home.store().join("pending");
+    eventually(
+        "the uncommitted grant to be kept on disk",
+        Duration::from_secs(5),
+        || async { pending.exists() },
+    )
+    .await;
+    assert_eq!(fake.token_calls(), 2);
+    broker.kill();
+    cluster.run("start");
+    let broker = home.start(&config, &[]).await;
+    assert_eq!(
+        token(&broker, "kept").await.as_ref(),
+        fake.issued_access_tokens().last(),
+        "the kept grant's token is served"
+    );
+    assert!(!pending.exists(), "stored, so no longer pending");
+    fake.wait_for_calls(3, Duration::from_secs(10)).await;
+    assert_eq!(
+        fake.refused_refreshes(),
+        0,
+        "the next refresh used the kept grant"
+    );
 }

@@ -136,6 +136,22 @@ fn read_up_to(
         .map_err(read_error)
 }
 
+/// Replaces the file at `path` with a journal of `values` (name, sealed value), whole and
+/// synced: for small files that are rewritten on every change.
+///
+/// # Errors
+/// The file cannot be written.
+pub(super) fn write_whole<'a>(
+    path: &Path,
+    values: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> io::Result<()> {
+    let mut bytes = MAGIC.to_vec();
+    for (name, value) in values {
+        push_frame(&mut bytes, name, value);
+    }
+    super::sled::write_atomically(path, &bytes)
+}
+
 /// Appends the frame for `name`'s `value` to `buffer`.
 pub(super) fn push_frame(buffer: &mut Vec<u8>, name: &str, value: &[u8]) {
     let name_len = u8::try_from(name.len()).expect("account names are at most 63 bytes");

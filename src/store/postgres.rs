@@ -7,7 +7,10 @@
 //! lost its session cannot commit, and no lock outlives its holder. Every other write is a
 //! compare-and-set on the version this broker last saw, so it never replaces a newer row.
 //! Every write sends `NOTIFY`; [`PostgresStore::follow`] listens, reads what changed and
-//! reports it. Only row and transaction-scoped locks are used (session advisory locks break
+//! reports it. A refresh whose commit failed (the provider may have rotated the grant
+//! already) is kept in `pending` in the broker's own store directory, synced, until a later
+//! write stores it; at the next open it is stored then, if no other broker stored a newer
+//! copy meanwhile. Only row and transaction-scoped locks are used (session advisory locks break
 //! behind PgBouncer's transaction pooling).
 //!
 //! Why it is one file: the writes, the claims and the change feed all read and update the
@@ -38,6 +41,8 @@ const CHANNEL: &str = "tokenbroker_accounts";
 const SCHEMA_LOCK: i64 = 0x746f_6b65_6e62;
 /// Connections for writes and reads (the writer thread and `follow`'s look-ups).
 const POOL_SIZE: usize = 4;
+/// The file in `store.dir` that keeps grants whose commit failed.
+const PENDING_FILE: &str = "pending";
 /// How long `follow` waits before connecting again after losing its connection.
 const RECONNECT: Duration = Duration::from_secs(1);
 
@@ -60,6 +65,10 @@ struct Shared {
     lease_timeout: Duration,
     /// The version of each account's row as this broker last read or wrote it.
     seen: Mutex<HashMap<AccountName, i64>>,
+    /// Grants whose commit failed, sealed as the row they should become (its version
+    /// inside), kept in `pending_file` too until they are stored.
+    pending: Mutex<std::collections::BTreeMap<AccountName, Vec<u8>>>,
+    pending_file: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -103,6 +112,7 @@ impl PostgresStore {
         let pool = pool_of(&pg_config, POOL_SIZE)?;
         let lease_pool = pool_of(&pg_config, leases.max(1))?;
         let key = keyring.current;
+        super::sled::prepare_dir(&config.dir)?;
         let mut client = pool.get().await.map_err(pool_error)?;
         prepare(&mut client, &key).await?;
         drop(client);
@@ -113,8 +123,13 @@ impl PostgresStore {
             key,
             lease_timeout,
             seen: Mutex::new(HashMap::new()),
+            pending: Mutex::new(std::collections::BTreeMap::new()),
+            pending_file: config.dir.join(PENDING_FILE),
         });
-        let records = shared.read_all().await?;
+        let mut records = shared.read_all().await?;
+        if shared.store_pending().await? {
+            records = shared.read_all().await?;
+        }
         Ok(Self {
             shared,
             handle: tokio::runtime::Handle::current(),
@@ -369,10 +384,96 @@ impl Shared {
             .commit()
             .await
             .map_err(|e| database("commit a write", &e))?;
+        let mut stored = Vec::with_capacity(written.len());
         for (name, version) in written {
             self.saw(&name, version);
+            stored.push(name);
         }
+        self.forget(&stored);
         Ok(())
+    }
+
+    /// Keeps a grant whose commit failed, in memory and synced to the pending file, until a
+    /// write stores it (the broker retries it) or the next open does.
+    fn keep(&self, name: &AccountName, sealed: Vec<u8>) {
+        let mut pending = self.pending.lock().expect("never poisoned");
+        pending.insert(name.clone(), sealed);
+        if let Err(error) = self.save_pending(&pending) {
+            tracing::error!(account = %name, file = %self.pending_file.display(), error = %error, "a grant that could not be committed could not be kept on disk either; it is held in memory only");
+        }
+    }
+
+    /// Drops what `names` had pending, now that it is stored.
+    fn forget(&self, names: &[AccountName]) {
+        let mut pending = self.pending.lock().expect("never poisoned");
+        let before = pending.len();
+        for name in names {
+            pending.remove(name);
+        }
+        if pending.len() != before {
+            if let Err(error) = self.save_pending(&pending) {
+                tracing::warn!(file = %self.pending_file.display(), error = %error, "cannot rewrite the pending grants file; the next open checks it against the database");
+            }
+        }
+    }
+
+    fn save_pending(
+        &self,
+        pending: &std::collections::BTreeMap<AccountName, Vec<u8>>,
+    ) -> std::io::Result<()> {
+        if pending.is_empty() {
+            return match std::fs::remove_file(&self.pending_file) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+                _ => Ok(()),
+            };
+        }
+        super::journal::write_whole(
+            &self.pending_file,
+            pending
+                .iter()
+                .map(|(name, sealed)| (name.as_str(), sealed.as_slice())),
+        )
+    }
+
+    /// At open: stores each grant the pending file kept, by compare-and-set on the version
+    /// it was based on; one that another broker has overtaken is dropped, saying so.
+    /// Returns whether anything was stored.
+    async fn store_pending(&self) -> Result<bool, StoreError> {
+        let keyring = Keyring::new(self.key.clone());
+        let mut kept = Vec::new();
+        super::journal::read(&self.pending_file, |name, value| {
+            match schema::decode_versioned(name, value, &keyring) {
+                Ok(schema::Versioned {
+                    version,
+                    entry: schema::Entry::Put(record),
+                }) => kept.push((record, i64::try_from(version).unwrap_or(0))),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(file = %self.pending_file.display(), error = %error, "a kept grant cannot be read");
+                }
+            }
+            Ok(())
+        })?;
+        let mut changes = Vec::new();
+        for (record, version) in kept {
+            if self.seen(&record.name) == Some(version - 1) {
+                tracing::warn!(account = %record.name, "storing a grant kept after its commit failed");
+                changes.push(Change::Put(record));
+            } else {
+                tracing::error!(account = %record.name, "a grant kept after its commit failed is dropped: another broker stored a newer copy since");
+            }
+        }
+        let any = !changes.is_empty();
+        if any {
+            self.write(&changes).await?;
+        }
+        self.pending.lock().expect("never poisoned").clear();
+        self.save_pending(&std::collections::BTreeMap::new())
+            .map_err(|cause| StoreError::Io {
+                operation: "pending grants rewrite",
+                cause: cause.into(),
+            })?;
+        Ok(any)
     }
 
     async fn claim(self: Arc<Self>, name: &AccountName, wait: bool) -> Result<Claim, StoreError> {
@@ -617,6 +718,7 @@ impl Held for RowLock {
                     // The transaction may still be open: close the connection rather than
                     // hand it back to the pool.
                     drop(Object::take(client));
+                    self.shared.keep(&self.name, sealed);
                     Err(database("commit a refresh", &error))
                 }
             }

@@ -640,7 +640,7 @@ fn open_error(dir: &Path, db_path: &Path, reason: String) -> StoreError {
     }
 }
 
-fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
     let wrap = |cause: io::Error| StoreError::PrepareDir {
         path: dir.to_owned(),
         cause: cause.into(),

@@ -23,6 +23,9 @@
 //! ready and has settled. `STORM_DAEMON` names another daemon binary to measure (an older
 //! build, say; by default `target/release/tokenbroker`). `STORM_WRAPPER` runs the daemon under a program (its words are
 //! put before the daemon's command), e.g. `STORM_WRAPPER="valgrind --tool=massif"`.
+//! `STORM_POSTGRES` (a PostgreSQL server's URL, as `.ci/postgres start DIR` prints it) puts
+//! the accounts in a new database there instead of sled (the broker's CPU then leaves out
+//! the database server's).
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -39,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokenbroker::secret::{AccessToken, RefreshToken};
-use tokenbroker::store::{Change, Config, SledStore, Store};
+use tokenbroker::store::{Change, Config};
 use tokenbroker::testing::FakeProvider;
 use tokenbroker::token::{AccountRecord, IssuedToken};
 
@@ -93,15 +96,15 @@ fn name(index: usize) -> String {
 }
 
 /// N accounts, each with a grant the fake accepts and a token about to be due.
-fn seed(
-    store_dir: &Path,
+async fn seed(
+    store: &Config,
     fake: &FakeProvider,
     count: usize,
     token_bytes: usize,
     left: Duration,
 ) -> Duration {
     let started = Instant::now();
-    let store = SledStore::open(&store_config(store_dir)).unwrap();
+    let store = tokenbroker::store::open(store, 1).await.unwrap();
     let expires_at = SystemTime::now() + left;
     let indexes: Vec<usize> = (0..count).collect();
     for chunk in indexes.chunks(512) {
@@ -124,21 +127,63 @@ fn seed(
                 Change::Put(record)
             })
             .collect();
-        store.write(&batch).unwrap();
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.write(&batch).unwrap())
+            .await
+            .unwrap();
     }
     store.flush().unwrap();
     started.elapsed()
 }
 
-fn store_config(dir: &Path) -> Config {
+/// The store the daemon will use: sled in `work`, or with `STORM_POSTGRES` (a server's URL)
+/// a new database on that server, with the key in `work`.
+async fn store_config(work: &Path) -> Config {
+    let dir = work.join("store");
+    let Ok(server) = std::env::var("STORM_POSTGRES") else {
+        return Config {
+            key_file: dir.join("store-key"),
+            dir,
+            backend: tokenbroker::store::Backend::Sled,
+        };
+    };
+    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let name = format!("storm_{:016x}", rand::random::<u64>());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let (base, query) = server.split_once('?').unwrap_or((&server, ""));
+    let base = base.rsplit_once('/').map_or(base, |(host, _)| host);
+    let key_file = work.join("store-key");
+    std::fs::write(&key_file, hex::encode([7u8; 32])).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     Config {
-        dir: dir.to_owned(),
-        key_file: dir.join("store-key"),
-        backend: tokenbroker::store::Backend::Sled,
+        dir,
+        key_file,
+        backend: tokenbroker::store::Backend::Postgres {
+            url: tokenbroker::secret::DatabaseUrl::new(format!("{base}/{name}?{query}")),
+            lease_timeout: Duration::from_secs(35),
+        },
     }
 }
 
-fn config(work: &Path, fake: &FakeProvider, max_concurrent: usize) -> PathBuf {
+fn config(work: &Path, store: &Config, fake: &FakeProvider, max_concurrent: usize) -> PathBuf {
+    let backend = match &store.backend {
+        tokenbroker::store::Backend::Sled => String::new(),
+        tokenbroker::store::Backend::Postgres { url, .. } => format!(
+            "backend = \"postgres\"\nurl = \"{}\"\nkey_file = \"{}\"\n",
+            url.expose(),
+            store.key_file.display()
+        ),
+    };
     let text = format!(
         r#"
 [server]
@@ -148,7 +193,7 @@ metrics = "aggregate"
 
 [store]
 dir = "{work}/store"
-
+{backend}
 [refresh]
 max_concurrent = {max_concurrent}
 
@@ -347,15 +392,10 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
     } else {
         LEFT_AT_START
     };
-    let seed = seed(
-        &work.path().join("store"),
-        &fake,
-        accounts,
-        options.token_bytes,
-        left,
-    );
+    let store = store_config(work.path()).await;
+    let seed = seed(&store, &fake, accounts, options.token_bytes, left).await;
     fake.set_latency(options.latency);
-    let config = config(work.path(), &fake, options.max_concurrent);
+    let config = config(work.path(), &store, &fake, options.max_concurrent);
     let log = std::fs::File::create(work.path().join("daemon.log")).unwrap();
     let binary = std::env::var_os("STORM_DAEMON").map_or_else(
         || {
@@ -534,8 +574,10 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
     terminate(pid);
     let exit = child.wait().unwrap();
     assert!(exit.success(), "the daemon exited with {exit}");
-    let store = SledStore::open(&store_config(&work.path().join("store"))).unwrap();
-    let stored = store.load_all().unwrap();
+    let reopened = tokenbroker::store::open(&store, 1).await.unwrap();
+    let stored = tokio::task::spawn_blocking(move || reopened.load_all().unwrap())
+        .await
+        .unwrap();
     assert_eq!(stored.len(), accounts);
     let lost = stored
         .iter()

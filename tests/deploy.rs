@@ -318,8 +318,9 @@ fn the_credentials_drop_in_loads_what_the_example_configuration_reads() {
 }
 
 /// The Kubernetes examples, each with the kind of its workload.
-const KUBERNETES: [(&str, &str); 3] = [
+const KUBERNETES: [(&str, &str); 4] = [
     ("deploy/kubernetes/sidecar.yaml", "Deployment"),
+    ("deploy/kubernetes/replicas.yaml", "Deployment"),
     ("deploy/kubernetes/sidecar-native.yaml", "Deployment"),
     ("deploy/kubernetes/cronjob.yaml", "CronJob"),
 ];
@@ -371,7 +372,13 @@ fn the_kubernetes_configuration_is_the_container_configuration_from_a_configmap(
             .map(|line| line.strip_prefix("    ").unwrap_or(line))
             .map(|line| format!("{line}\n"))
             .collect();
-        assert_eq!(embedded, container, "{file} embeds config/container.toml");
+        // The replicas share a PostgreSQL store, whose configuration is its own.
+        let (expected, source) = if file.ends_with("replicas.yaml") {
+            (read("config/shared.toml"), "config/shared.toml")
+        } else {
+            (container.clone(), "config/container.toml")
+        };
+        assert_eq!(embedded, expected, "{file} embeds {source}");
         assert_eq!(
             after(&text, "- name: tokenbroker-config", "mountPath"),
             [Path::new(DEFAULT_PATH).parent().unwrap().to_str().unwrap()],
@@ -425,4 +432,61 @@ fn the_dockerfile_builds_dependencies_in_their_own_layer_and_ships_a_stripped_bi
         "dependencies before sources"
     );
     assert!(dockerfile.contains("install -D -s -m 0755 target/release/tokenbroker"));
+}
+
+#[test]
+fn the_replica_examples_share_one_postgres_store() {
+    let pods = read("deploy/kubernetes/replicas.yaml");
+    let compose = read("deploy/compose-replicas.yaml");
+    // (That the ConfigMap holds config/shared.toml as it is, the test of every
+    // ConfigMap checks.)
+    assert!(compose.contains("file: ../config/shared.toml\n"));
+    assert_eq!(values(&pods, "replicas:"), ["3"]);
+    for replica in ["a", "b", "c"] {
+        assert!(compose.contains(&format!("  tokenbroker-{replica}:\n    <<: *tokenbroker\n")));
+    }
+
+    // It loads, with the secret files it names, as a PostgreSQL store whose key is one of
+    // them (the same in every replica), and each of them is in both examples.
+    let credentials = tempfile::tempdir().unwrap();
+    let secrets = [
+        (
+            "pg-url",
+            "postgres://tokenbroker@postgres/tokenbroker".to_owned(),
+        ),
+        ("store-key", "ab".repeat(32)),
+        ("dropbox-client-secret", "x".to_owned()),
+        ("dropbox-main-refresh-token", "x".to_owned()),
+    ];
+    for (name, value) in &secrets {
+        let path = credentials.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        assert!(pods.contains(&format!("--from-file={name}=")), "{name}");
+        assert!(
+            compose.contains(&format!("  {name}:\n    file: ./secrets/{name}\n")),
+            "{name}"
+        );
+    }
+    let env: tokenbroker::config::Env = [(
+        "CREDENTIALS_DIRECTORY".to_owned(),
+        credentials.path().display().to_string(),
+    )]
+    .into();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/shared.toml");
+    let settings = tokenbroker::config::load(&path, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        settings.store.backend,
+        tokenbroker::store::Backend::Postgres { .. }
+    ));
+    assert_eq!(
+        settings.store.key_file,
+        credentials.path().join("store-key")
+    );
+    assert_eq!(
+        probe_routes_are_real(&pods),
+        ["/readyz", "/healthz", "/readyz"]
+    );
+    assert_eq!(probe_routes_are_real(&compose), ["/readyz"]);
 }

@@ -335,6 +335,9 @@ fn the_shipped_example_configurations_are_valid() {
     credentials.write("corp-secret", "s");
     credentials.write("dropbox-client-secret", "s");
     credentials.write("dropbox-main-refresh-token", "r");
+    // config/shared.toml: its database's URL, and the key every replica shares.
+    credentials.write("pg-url", "postgres://tokenbroker@postgres/tokenbroker");
+    chmod(&credentials.write("store-key", &"ab".repeat(32)), 0o600);
     let env: Env = [
         (
             "CREDENTIALS_DIRECTORY".to_owned(),
@@ -356,7 +359,7 @@ fn the_shipped_example_configurations_are_valid() {
             seen += 1;
         }
     }
-    assert!(seen >= 3);
+    assert!(seen >= 4);
 }
 
 #[test]

@@ -361,7 +361,7 @@ impl Shared {
                         }
                         .map_err(|e| database("write an account", &e))?;
                     if rows > 0 {
-                        notify(&transaction, name).await?;
+                        notify(&transaction, name, Some(next)).await?;
                         written.insert(name.clone(), Some(next));
                     } else {
                         tracing::warn!(account = %name, "another broker stored a newer version of the account; keeping it, not this broker's");
@@ -375,7 +375,7 @@ impl Shared {
                         )
                         .await
                         .map_err(|e| database("remove an account", &e))?;
-                    notify(&transaction, name).await?;
+                    notify(&transaction, name, None).await?;
                     written.insert(name.clone(), None);
                 }
             }
@@ -582,10 +582,17 @@ impl Shared {
                 .await
                 .map_err(|e| database("listen for changes", &e))?;
             self.catch_up(follower).await?;
-            while let Some(name) = changed.recv().await {
+            while let Some(payload) = changed.recv().await {
+                let (name, version) = match payload.split_once(' ') {
+                    Some((name, version)) => (name, version.parse::<i64>().ok()),
+                    None => (payload.as_str(), None),
+                };
                 let Ok(name) = name.parse::<AccountName>() else {
                     continue;
                 };
+                if version.is_some() && self.seen(&name) == version {
+                    continue; // this broker's own write, or one it has read already
+                }
                 self.look_up(&name, follower).await?;
             }
             Ok(())
@@ -704,7 +711,10 @@ impl Held for RowLock {
                     )
                     .await?;
                 client
-                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.name.as_str()])
+                    .execute(
+                        "SELECT pg_notify($1, $2)",
+                        &[&CHANNEL, &payload(&self.name, Some(next))],
+                    )
                     .await?;
                 client.batch_execute("COMMIT").await
             }
@@ -743,12 +753,25 @@ fn seal(record: &AccountRecord, version: i64, key: &StoreKey) -> Vec<u8> {
 async fn notify(
     transaction: &deadpool_postgres::Transaction<'_>,
     name: &AccountName,
+    version: Option<i64>,
 ) -> Result<(), StoreError> {
     transaction
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &name.as_str()])
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &payload(name, version)],
+        )
         .await
         .map(drop)
         .map_err(|e| database("notify a change", &e))
+}
+
+/// A change's notification: the account's name, and the row's new version unless it was
+/// removed, so that a broker that already has that version (the writer) reads nothing.
+fn payload(name: &AccountName, version: Option<i64>) -> String {
+    match version {
+        Some(version) => format!("{name} {version}"),
+        None => name.as_str().to_owned(),
+    }
 }
 
 /// A database error in words that carry no secret: PostgreSQL's own message (it never

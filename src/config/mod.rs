@@ -247,7 +247,17 @@ impl Settings {
             self.api.http.map_or("off".into(), |a| a.to_string())
         ));
         lines.push(format!("  public_url  {}", self.api.public_url));
-        lines.push(format!("  store       {}", self.store.dir.display()));
+        lines.push(match &self.store.backend {
+            crate::store::Backend::Sled => {
+                format!("  store       {} (sled)", self.store.dir.display())
+            }
+            // Never the URL: it may carry a password.
+            crate::store::Backend::Postgres { lease_timeout, .. } => format!(
+                "  store       PostgreSQL, shared (row locks held at most {}); local files in {}",
+                humantime::format_duration(*lease_timeout),
+                self.store.dir.display()
+            ),
+        });
         let policy = &self.broker.policy;
         lines.push(format!(
             "  refresh     ahead {} jitter {} min_valid {} check_interval {} max_concurrent {}",

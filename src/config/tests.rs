@@ -572,6 +572,12 @@ fn the_postgres_backend_takes_its_url_from_a_file_when_it_has_a_password() {
         !format!("{settings:?}").contains("tokenbroker@"),
         "the URL is redacted in Debug"
     );
+    let summary = settings.summary();
+    assert!(
+        summary.contains("PostgreSQL, shared (row locks held at most 55s)"),
+        "{summary}"
+    );
+    assert!(!summary.contains("tokenbroker@"), "{summary}");
 
     let inline = files
         .load(
@@ -595,6 +601,14 @@ fn the_postgres_backend_takes_its_url_from_a_file_when_it_has_a_password() {
         panic!("postgres");
     };
     assert_eq!(url.expose(), "postgres://tb:pg-SECRET@db/tb");
+    // A URL that does not parse is refused without its text.
+    std::fs::write(&url_file, "postgres://tb:pg-SECRET@db:notaport/tb\n").unwrap();
+    let unparsed = files
+        .load(&with("backend = \"postgres\"\nurl_file = \"pg-url\""), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(unparsed.contains("not a PostgreSQL URL"), "{unparsed}");
+    assert!(!unparsed.contains("pg-SECRET"), "{unparsed}");
 
     for (lines, expected) in [
         (

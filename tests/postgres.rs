@@ -669,3 +669,32 @@ async fn three_brokers_starting_together_on_a_new_database_all_come_up_on_one_sc
         .get(0);
     assert_eq!(key_ids, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_comes_back_with_postgres_without_waiting_for_a_write() {
+    let Some((cluster, database, fake)) = OwnCluster::rotating().await else {
+        return;
+    };
+    fake.set_expires_in(json!(3600));
+    let home = Home::new();
+    let broker = home.start(&database.config(&home, &fake, QUICK), &[]).await;
+    broker.import("long", &fake.grant("long"));
+    assert_eq!(broker.request("GET", "/readyz", None).await.0, 200);
+    cluster.run("stop");
+    let refused = broker.cli(&["refresh", "long"], None);
+    assert!(!refused.status.success(), "no refresh without the store");
+    let (status, body) = broker.request("GET", "/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("store_unavailable"), "{body}");
+    let calls = fake.token_calls();
+    cluster.run("start");
+    eventually("/readyz to pass again", Duration::from_secs(10), || async {
+        broker.request("GET", "/readyz", None).await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        fake.token_calls(),
+        calls,
+        "no write was needed to know it is back"
+    );
+}

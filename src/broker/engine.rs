@@ -38,6 +38,18 @@ impl Broker {
         let policy = self.policy();
         let slots: Vec<Arc<Slot>> = read(&self.inner.accounts).values().cloned().collect();
         let mut started = Vec::new();
+        if !store_ok {
+            // A store reached over a connection says when it is back, so that /readyz and
+            // the held-back refreshes need not wait for some write to succeed.
+            if let Some(check) = self.inner.store.store().reachable() {
+                let broker = self.clone();
+                started.push(self.inner.tasks.spawn(async move {
+                    if check.await.is_ok() {
+                        broker.note_store(Ok(()));
+                    }
+                }));
+            }
+        }
         let mut due = Vec::new();
         let mut corrected = 0;
         for slot in slots {

@@ -247,6 +247,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         })))
     }
 
+    /// For a store reached over a connection: whether it can be reached now, so that a
+    /// broker that saw it fail knows when it is back without waiting for a write. A store
+    /// only this process writes has no such check (its writes say whether it works).
+    fn reachable(&self) -> Option<BoxFuture<'static, Result<(), StoreError>>> {
+        None
+    }
+
     /// For a store that others write too: a task that reports their changes to `follower`
     /// until it is dropped. A store that only this process writes has none.
     fn follow(&self, follower: Follower) -> Option<BoxFuture<'static, ()>> {

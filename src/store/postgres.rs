@@ -259,6 +259,18 @@ impl Store for PostgresStore {
         Box::pin(self.shared.clone().claim(name, wait))
     }
 
+    fn reachable(&self) -> Option<BoxFuture<'static, Result<(), StoreError>>> {
+        let shared = self.shared.clone();
+        Some(Box::pin(async move {
+            let client = shared.pool.get().await.map_err(pool_error)?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(|e| database("reach the database", &e))
+        }))
+    }
+
     fn follow(&self, follower: Follower) -> Option<BoxFuture<'static, ()>> {
         Some(Box::pin(self.shared.clone().follow(follower)))
     }

@@ -12,8 +12,7 @@ use super::outcome::AttemptError;
 use super::{read, Broker, BrokerError, Outcome, Slot, SlotState, Trigger, CLOCK_STEP_TOLERANCE};
 use crate::provider::FailureKind;
 use crate::store::{Claim, Lease};
-use crate::token::AccountName;
-use crate::token::AccountRecord;
+use crate::token::{AccountName, AccountRecord};
 
 impl Broker {
     /// Queues a refresh of every account that is due and not already queued, most urgent
@@ -367,7 +366,9 @@ impl Broker {
     /// a rotated grant could not be stored.
     async fn claim(&self, slot: &Slot, name: &AccountName, trigger: Trigger) -> Claimed {
         let wait = trigger != Trigger::Schedule;
-        let before = slot.state().record.token.clone();
+        // A token is told apart by its expiry (a copy of the token itself is not needed).
+        let expiry = |slot: &Slot| slot.state().record.token.as_ref().map(|t| t.expires_at);
+        let before = expiry(slot);
         let claimed = self.inner.store.claim(name, wait).await;
         // A token another broker stored, adopted by the claim or meanwhile by the store's
         // change feed, settles the attempt when it is fresh.
@@ -377,8 +378,9 @@ impl Broker {
             if let Some(record) = newer {
                 broker.adopt_into(slot, record);
             }
+            let changed = expiry(slot) != before;
             let state = slot.state();
-            (!changed_only || state.record.token != before)
+            (!changed_only || changed)
                 && state.record.token.is_some()
                 && !state.record.needs_reauth
                 && broker.now() < state.due_at

@@ -162,16 +162,7 @@ fn store_backend(
                     problems.push("store: give url or url_file, not both".into());
                     return None;
                 }
-                (Some(url), None) => {
-                    let has_password = tokio_postgres::Config::from_str(url)
-                        .map(|c| c.get_password().is_some())
-                        .unwrap_or(false);
-                    if has_password {
-                        problems.push("store.url: carries a password; put the URL in a file named by store.url_file instead (mode 600)".into());
-                        return None;
-                    }
-                    url.clone()
-                }
+                (Some(url), None) => url.clone(),
                 (None, Some(file)) => read_secret(file, "store.url_file", context, problems)?,
                 (None, None) => {
                     problems.push(
@@ -180,9 +171,16 @@ fn store_backend(
                     return None;
                 }
             };
-            if let Err(error) = tokio_postgres::Config::from_str(&url) {
-                problems.push(format!("store.url: not a PostgreSQL URL: {error}"));
-                return None;
+            match tokio_postgres::Config::from_str(&url) {
+                Err(error) => {
+                    problems.push(format!("store.url: not a PostgreSQL URL: {error}"));
+                    return None;
+                }
+                Ok(parsed) if parsed.get_password().is_some() && raw.url.is_some() => {
+                    problems.push("store.url: carries a password; put the URL in a file named by store.url_file instead (mode 600)".into());
+                    return None;
+                }
+                Ok(_) => {}
             }
             let slowest = providers
                 .iter()

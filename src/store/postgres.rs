@@ -61,7 +61,8 @@ struct Shared {
     /// Refreshes holding a row lock: a pool of their own, so that they cannot starve writes.
     leases: Pool,
     pg_config: tokio_postgres::Config,
-    key: StoreKey,
+    /// The store key (only `current`: a shared store is never mid-rekey).
+    keyring: Keyring,
     lease_timeout: Duration,
     /// The version of each account's row as this broker last read or wrote it.
     seen: Mutex<HashMap<AccountName, i64>>,
@@ -109,18 +110,18 @@ impl PostgresStore {
             // Shown in pg_stat_activity: which broker holds which lock.
             pg_config.application_name(format!("tokenbroker/{}", std::process::id()));
         }
-        let pool = pool_of(&pg_config, POOL_SIZE)?;
-        let lease_pool = pool_of(&pg_config, leases.max(1))?;
-        let key = keyring.current;
+        let pool = connections(&pg_config, POOL_SIZE)?;
+        let lease_pool = connections(&pg_config, leases.max(1))?;
+        let keyring = Keyring::new(keyring.current);
         super::sled::prepare_dir(&config.dir)?;
         let mut client = pool.get().await.map_err(pool_error)?;
-        prepare(&mut client, &key).await?;
+        prepare(&mut client, &keyring.current).await?;
         drop(client);
         let shared = Arc::new(Shared {
             pool,
             leases: lease_pool,
             pg_config,
-            key,
+            keyring,
             lease_timeout,
             seen: Mutex::new(HashMap::new()),
             pending: Mutex::new(std::collections::BTreeMap::new()),
@@ -138,7 +139,7 @@ impl PostgresStore {
     }
 }
 
-fn pool_of(pg_config: &tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+fn connections(pg_config: &tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         pg_config.clone(),
         NoTls,
@@ -286,13 +287,12 @@ impl Shared {
             )
             .await
             .map_err(|e| database("read the accounts", &e))?;
-        let keyring = Keyring::new(self.key.clone());
         let mut records = Vec::with_capacity(rows.len());
         let mut seen = self.seen.lock().expect("never poisoned");
         for row in rows {
             let (name, version, sealed): (String, i64, Vec<u8>) =
                 (row.get(0), row.get(1), row.get(2));
-            let record = schema::decode(name.as_bytes(), &sealed, &keyring)?;
+            let record = schema::decode(name.as_bytes(), &sealed, &self.keyring)?;
             seen.insert(record.name.clone(), version);
             records.push(record);
         }
@@ -322,11 +322,7 @@ impl Shared {
         if self.seen(name) == Some(version) {
             return Ok(None);
         }
-        let record = schema::decode(
-            name.as_str().as_bytes(),
-            sealed,
-            &Keyring::new(self.key.clone()),
-        )?;
+        let record = schema::decode(name.as_str().as_bytes(), sealed, &self.keyring)?;
         self.saw(name, Some(version));
         Ok(Some(record))
     }
@@ -351,7 +347,7 @@ impl Shared {
                         None => self.seen(name),
                     };
                     let next = base.unwrap_or(0) + 1;
-                    let sealed = seal(record, next, &self.key);
+                    let sealed = seal(record, next, &self.keyring.current);
                     let rows =
                         match base {
                             Some(base) => transaction
@@ -451,10 +447,9 @@ impl Shared {
     /// it was based on; one that another broker has overtaken is dropped, saying so.
     /// Returns whether anything was stored.
     async fn store_pending(&self) -> Result<bool, StoreError> {
-        let keyring = Keyring::new(self.key.clone());
         let mut kept = Vec::new();
         super::journal::read(&self.pending_file, |name, value| {
-            match schema::decode_versioned(name, value, &keyring) {
+            match schema::decode_versioned(name, value, &self.keyring) {
                 Ok(schema::Versioned {
                     version,
                     entry: schema::Entry::Put(record),
@@ -499,11 +494,13 @@ impl Shared {
         };
         let timeout = self.lease_timeout.as_millis();
         // The lock lasts as long as this transaction; a holder that goes quiet for longer
-        // than a provider call can take loses its session, and with it the lock.
+        // than a provider call can take loses its session, and with it the lock. A waiter
+        // waits no longer than that either. (`SET LOCAL` lasts one transaction.)
+        let begin = format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {timeout}; SET LOCAL lock_timeout = {timeout}"
+        );
         lock.client()
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {timeout}; SET LOCAL lock_timeout = {timeout}"
-            ))
+            .batch_execute(&begin)
             .await
             .map_err(|e| database("start a claim", &e))?;
         let query = if wait {
@@ -516,7 +513,7 @@ impl Shared {
             Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                 // Another broker is refreshing it: wait for its outcome, and adopt it.
                 lock.client()
-                    .batch_execute("ROLLBACK; BEGIN")
+                    .batch_execute(&format!("ROLLBACK; {begin}"))
                     .await
                     .map_err(|e| database("wait for a claim", &e))?;
                 let row = lock
@@ -714,7 +711,7 @@ impl Held for RowLock {
         Box::pin(async move {
             let client = self.client.take().expect("a lock commits once");
             let next = self.version + 1;
-            let sealed = seal(&record, next, &self.shared.key);
+            let sealed = seal(&record, next, &self.shared.keyring.current);
             let written = async {
                 client
                     .execute(

@@ -55,12 +55,12 @@ async fn main() -> ExitCode {
                     Some(StoreError::WrongKey { .. })
                 )
             });
-            if wrong_key {
-                eprintln!("tokenbroker: {error:#}");
-                return ExitCode::from(EX_CONFIG);
-            }
             eprintln!("tokenbroker: {error:#}");
-            ExitCode::FAILURE
+            if wrong_key {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

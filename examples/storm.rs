@@ -171,6 +171,7 @@ async fn store_config(work: &Path) -> Config {
         backend: tokenbroker::store::Backend::Postgres {
             url: tokenbroker::secret::DatabaseUrl::new(format!("{base}/{name}?{query}")),
             lease_timeout: Duration::from_secs(35),
+            ca_certificates: Vec::new(),
         },
     }
 }

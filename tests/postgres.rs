@@ -60,7 +60,20 @@ impl Database {
         refresh: &str,
         key_file: &Path,
     ) -> PathBuf {
-        let url_file = home.write("pg-url", &self.url);
+        self.config_with(home, fake, refresh, key_file, &self.url, "")
+    }
+
+    /// A broker's configuration reaching the database at `url`, with more `store` lines.
+    fn config_with(
+        &self,
+        home: &Home,
+        fake: &FakeProvider,
+        refresh: &str,
+        key_file: &Path,
+        url: &str,
+        store_lines: &str,
+    ) -> PathBuf {
+        let url_file = home.write("pg-url", url);
         std::fs::set_permissions(
             &url_file,
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
@@ -70,11 +83,43 @@ impl Database {
         let text = std::fs::read_to_string(&config).unwrap().replace(
             "[store]\n",
             &format!(
-                "[store]\nbackend = \"postgres\"\nurl_file = \"pg-url\"\nkey_file = \"{}\"\n",
+                "[store]\nbackend = \"postgres\"\nurl_file = \"pg-url\"\nkey_file = \"{}\"\n{store_lines}",
                 key_file.display()
             ),
         );
         home.write("config.toml", &text)
+    }
+
+    /// The server's TCP port, where it speaks TLS, and the certificate of the authority that
+    /// signed its certificate for the name `localhost` (`.ci/postgres` makes both and keeps
+    /// the authority's in the data directory as `ca.crt`); or `None` (the test is skipped)
+    /// outside CI when the server has no TLS.
+    async fn over_tls(&self) -> Option<(u16, String)> {
+        let show = |setting: &'static str| async move {
+            let row = self
+                .admin
+                .query_one(&format!("SHOW {setting}"), &[])
+                .await
+                .unwrap();
+            row.get::<_, String>(0)
+        };
+        if show("ssl").await != "on" {
+            support::missing(
+                "PostgreSQL with TLS on 127.0.0.1 (.ci/postgres start DIR sets it up)",
+            );
+            return None;
+        }
+        let port: u16 = show("port").await.parse().unwrap();
+        let certificate = Path::new(&show("data_directory").await).join("ca.crt");
+        Some((port, std::fs::read_to_string(certificate).unwrap()))
+    }
+
+    fn name(&self) -> &str {
+        let base = self
+            .url
+            .split_once('?')
+            .map_or(self.url.as_str(), |(base, _)| base);
+        base.rsplit_once('/').unwrap().1
     }
 
     /// The process id of the broker whose session holds an open transaction (a refresh
@@ -697,4 +742,74 @@ async fn readiness_comes_back_with_postgres_without_waiting_for_a_write() {
         calls,
         "no write was needed to know it is back"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_reaches_postgres_over_verified_tls_and_refuses_a_server_it_cannot_verify() {
+    let Some((database, fake)) = rotating().await else {
+        return;
+    };
+    let Some((port, certificate)) = database.over_tls().await else {
+        return;
+    };
+    let over_tls = |host: &str| {
+        format!(
+            "postgres://postgres@{host}:{port}/{}?sslmode=require",
+            database.name()
+        )
+    };
+    let home = Home::new();
+    home.write("db-ca.pem", &certificate);
+    let config = database.config_with(
+        &home,
+        &fake,
+        "",
+        &database.key_file(),
+        &over_tls("localhost"),
+        "ca_file = \"db-ca.pem\"\n",
+    );
+    let broker = home.start(&config, &[]).await;
+    broker.import("secure", &fake.grant("secure"));
+    assert!(token(&broker, "secure").await.is_some());
+    let sessions = database
+        .admin
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE ssl) FROM pg_stat_activity JOIN pg_stat_ssl USING (pid)
+             WHERE application_name = $1",
+            &[&format!("tokenbroker/{}", broker.pid())],
+        )
+        .await
+        .unwrap();
+    let (all, encrypted): (i64, i64) = (sessions.get(0), sessions.get(1));
+    assert!(
+        all >= 2,
+        "the pool and the change feed are connected: {all}"
+    );
+    assert_eq!(encrypted, all, "every session of the broker is encrypted");
+
+    // Refused: a certificate not signed by anything the system trusts (no ca_file), and one
+    // trusted but for the name localhost, not 127.0.0.1.
+    for (host, store_lines, reason) in [
+        ("localhost", "", "UnknownIssuer"),
+        (
+            "127.0.0.1",
+            "ca_file = \"db-ca.pem\"\n",
+            "not valid for name",
+        ),
+    ] {
+        let refused = Home::new();
+        refused.write("db-ca.pem", &certificate);
+        let config = database.config_with(
+            &refused,
+            &fake,
+            "",
+            &database.key_file(),
+            &over_tls(host),
+            store_lines,
+        );
+        let output = refused.serve_fails(&config);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains(reason), "{host}: {stderr}");
+    }
 }

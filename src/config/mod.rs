@@ -252,11 +252,23 @@ impl Settings {
                 format!("  store       {} (sled)", self.store.dir.display())
             }
             // Never the URL: it may carry a password.
-            crate::store::Backend::Postgres { lease_timeout, .. } => format!(
-                "  store       PostgreSQL, shared (row locks held at most {}); local files in {}",
-                humantime::format_duration(*lease_timeout),
-                self.store.dir.display()
-            ),
+            crate::store::Backend::Postgres {
+                url,
+                lease_timeout,
+                ..
+            } => {
+                let tls = std::str::FromStr::from_str(url.expose()).is_ok_and(
+                    |url: tokio_postgres::Config| {
+                        url.get_ssl_mode() == tokio_postgres::config::SslMode::Require
+                    },
+                );
+                format!(
+                    "  store       PostgreSQL{}, shared (row locks held at most {}); local files in {}",
+                    if tls { " over verified TLS" } else { "" },
+                    humantime::format_duration(*lease_timeout),
+                    self.store.dir.display()
+                )
+            }
         });
         let policy = &self.broker.policy;
         lines.push(format!(

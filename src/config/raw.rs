@@ -58,6 +58,7 @@ pub(super) struct Store {
     pub(super) key_file: Option<PathBuf>,
     pub(super) url: Option<String>,
     pub(super) url_file: Option<String>,
+    pub(super) ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

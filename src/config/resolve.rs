@@ -151,8 +151,10 @@ fn store_backend(
 ) -> Option<store::Backend> {
     match raw.backend.as_deref() {
         None | Some("sled") => {
-            if raw.url.is_some() || raw.url_file.is_some() {
-                problems.push("store.url: only for store.backend = \"postgres\"".into());
+            if raw.url.is_some() || raw.url_file.is_some() || raw.ca_file.is_some() {
+                problems.push(
+                    "store.url, url_file and ca_file: only for store.backend = \"postgres\"".into(),
+                );
             }
             Some(store::Backend::Sled)
         }
@@ -171,7 +173,7 @@ fn store_backend(
                     return None;
                 }
             };
-            match tokio_postgres::Config::from_str(&url) {
+            let parsed = match tokio_postgres::Config::from_str(&url) {
                 Err(error) => {
                     problems.push(format!("store.url: not a PostgreSQL URL: {error}"));
                     return None;
@@ -180,8 +182,13 @@ fn store_backend(
                     problems.push("store.url: carries a password; put the URL in a file named by store.url_file instead (mode 600)".into());
                     return None;
                 }
-                Ok(_) => {}
-            }
+                Ok(parsed) => parsed,
+            };
+            warn_without_tls(&parsed, context);
+            let ca_certificates = match &raw.ca_file {
+                Some(file) => read_certificates(file, context, problems)?,
+                None => Vec::new(),
+            };
             let slowest = providers
                 .iter()
                 .map(|p| p.connect_timeout + p.timeout)
@@ -190,6 +197,7 @@ fn store_backend(
             Some(store::Backend::Postgres {
                 url: crate::secret::DatabaseUrl::new(url),
                 lease_timeout: slowest + LEASE_MARGIN,
+                ca_certificates,
             })
         }
         Some(other) => {
@@ -671,6 +679,62 @@ fn foreign_store_dir(dir: &Path) -> Option<String> {
         ))
     } else {
         None
+    }
+}
+
+/// A database reached over the network without `sslmode=require` is reached in the clear:
+/// say so, unless it is this host.
+fn warn_without_tls(url: &tokio_postgres::Config, context: &Context) {
+    if url.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return;
+    }
+    for host in url.get_hosts() {
+        let tokio_postgres::config::Host::Tcp(name) = host else {
+            continue;
+        };
+        let local = name == "localhost"
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !local {
+            context.warnings.borrow_mut().push(format!(
+                "store.url: the database at {name} is reached without TLS; add sslmode=require to the URL"
+            ));
+        }
+    }
+}
+
+/// `store.ca_file`: the PEM certificates a database server's certificate must chain to,
+/// found like a secret file (`$CREDENTIALS_DIRECTORY` first, then beside the configuration).
+fn read_certificates(
+    file: &str,
+    context: &Context,
+    problems: &mut Vec<String>,
+) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let candidates = secret_candidates(Path::new(file), context);
+    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        problems.push(format!("store.ca_file: {file:?} not found"));
+        return None;
+    };
+    let certificates: Result<Vec<_>, _> =
+        match rustls::pki_types::CertificateDer::pem_file_iter(path) {
+            Ok(certificates) => certificates.collect(),
+            Err(error) => Err(error),
+        };
+    match certificates {
+        Ok(certificates) if !certificates.is_empty() => Some(certificates),
+        Ok(_) => {
+            problems.push(format!(
+                "store.ca_file: {} holds no PEM certificate",
+                path.display()
+            ));
+            None
+        }
+        Err(error) => {
+            problems.push(format!("store.ca_file: {}: {error}", path.display()));
+            None
+        }
     }
 }
 

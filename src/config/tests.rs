@@ -559,9 +559,16 @@ fn the_postgres_backend_takes_its_url_from_a_file_when_it_has_a_password() {
             &[],
         )
         .unwrap();
-    let store::Backend::Postgres { url, lease_timeout } = &settings.store.backend else {
+    let store::Backend::Postgres {
+        url,
+        lease_timeout,
+        ca_certificates,
+    } = &settings.store.backend
+    else {
         panic!("{:?}", settings.store.backend);
     };
+    assert!(ca_certificates.is_empty());
+    assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
     assert_eq!(
         url.expose(),
         "postgres://tokenbroker@/tokenbroker?host=/run/postgresql"
@@ -617,6 +624,7 @@ fn the_postgres_backend_takes_its_url_from_a_file_when_it_has_a_password() {
         ),
         ("backend = \"mysql\"", "store.backend"),
         ("url = \"postgres://db/tb\"", "only for store.backend"),
+        ("ca_file = \"ca.pem\"", "only for store.backend"),
         (
             "backend = \"postgres\"\nurl = \"postgres://db:notaport/tb\"",
             "not a PostgreSQL URL",
@@ -624,5 +632,86 @@ fn the_postgres_backend_takes_its_url_from_a_file_when_it_has_a_password() {
     ] {
         let text = files.load(&with(lines), &[]).unwrap_err().to_string();
         assert!(text.contains(expected), "{lines}: {text}");
+    }
+}
+
+#[test]
+fn a_postgres_server_over_the_network_needs_sslmode_require_and_may_name_its_ca() {
+    let files = Files::new();
+    let store = files.dir.path().join("store");
+    let with = |store_lines: &str| {
+        format!(
+            "[store]\ndir = \"{}\"\nbackend = \"postgres\"\n{store_lines}\n",
+            store.display()
+        )
+    };
+    // In the clear to another host: said at start and by check-config.
+    let settings = files
+        .load(&with("url = \"postgres://tb@db.example/tb\""), &[])
+        .unwrap();
+    assert_eq!(settings.warnings.len(), 1, "{:?}", settings.warnings);
+    assert!(
+        settings.warnings[0].contains("db.example")
+            && settings.warnings[0].contains("sslmode=require"),
+        "{:?}",
+        settings.warnings
+    );
+    // Verified TLS, or this host: nothing to say.
+    for url in [
+        "postgres://tb@db.example/tb?sslmode=require",
+        "postgres://tb@localhost/tb",
+        "postgres://tb@127.0.0.1:5433/tb",
+        "postgres://tb@/tb?host=/run/postgresql",
+    ] {
+        let settings = files.load(&with(&format!("url = \"{url}\"")), &[]).unwrap();
+        assert!(
+            settings.warnings.is_empty(),
+            "{url}: {:?}",
+            settings.warnings
+        );
+    }
+
+    // store.ca_file: PEM certificates, found beside the configuration.
+    let der = [0x30_u8, 0x03, 0x02, 0x01, 0x07];
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
+    );
+    files.write("db-ca.pem", &format!("{pem}{pem}"));
+    let settings = files
+        .load(
+            &with("url = \"postgres://tb@db.example/tb?sslmode=require\"\nca_file = \"db-ca.pem\""),
+            &[],
+        )
+        .unwrap();
+    let store::Backend::Postgres {
+        ca_certificates, ..
+    } = &settings.store.backend
+    else {
+        panic!("postgres");
+    };
+    assert_eq!(ca_certificates.len(), 2);
+    assert_eq!(ca_certificates[0].as_ref(), der);
+    let summary = settings.summary();
+    assert!(
+        summary.contains("PostgreSQL over verified TLS, shared"),
+        "{summary}"
+    );
+
+    files.write("not-pem.txt", "just text\n");
+    for (file, expected) in [
+        ("missing.pem", "store.ca_file: \"missing.pem\" not found"),
+        ("not-pem.txt", "holds no PEM certificate"),
+    ] {
+        let text = files
+            .load(
+                &with(&format!(
+                    "url = \"postgres://tb@db.example/tb?sslmode=require\"\nca_file = \"{file}\""
+                )),
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains(expected), "{file}: {text}");
     }
 }

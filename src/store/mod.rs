@@ -65,6 +65,9 @@ pub enum Backend {
         /// How long a refresh may hold an account's row lock: above the slowest provider's
         /// timeouts, so that only a holder that is gone loses its lock.
         lease_timeout: Duration,
+        /// The certificates that a server reached with `sslmode=require` must chain to
+        /// (`store.ca_file`); empty: the system's roots.
+        ca_certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
 }
 

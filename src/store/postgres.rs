@@ -24,8 +24,10 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures_util::future::BoxFuture;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::seal::{Keyring, StoreKey};
 use super::{
@@ -61,6 +63,7 @@ struct Shared {
     /// Refreshes holding a row lock: a pool of their own, so that they cannot starve writes.
     leases: Pool,
     pg_config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     /// The store key (only `current`: a shared store is never mid-rekey).
     keyring: Keyring,
     lease_timeout: Duration,
@@ -86,7 +89,12 @@ impl PostgresStore {
     /// # Errors
     /// A bad URL, an unreachable database, a newer schema, or another key.
     pub async fn open(config: &Config, leases: usize) -> Result<Self, StoreError> {
-        let Backend::Postgres { url, lease_timeout } = &config.backend else {
+        let Backend::Postgres {
+            url,
+            lease_timeout,
+            ca_certificates,
+        } = &config.backend
+        else {
             return Err(StoreError::Engine {
                 operation: "open",
                 reason: "not a PostgreSQL store".into(),
@@ -110,8 +118,9 @@ impl PostgresStore {
             // Shown in pg_stat_activity: which broker holds which lock.
             pg_config.application_name(format!("tokenbroker/{}", std::process::id()));
         }
-        let pool = connections(&pg_config, POOL_SIZE)?;
-        let lease_pool = connections(&pg_config, leases.max(1))?;
+        let tls = tls(&mut pg_config, ca_certificates)?;
+        let pool = connections(&pg_config, &tls, POOL_SIZE)?;
+        let lease_pool = connections(&pg_config, &tls, leases.max(1))?;
         let keyring = Keyring::new(keyring.current);
         super::sled::prepare_dir(&config.dir)?;
         let mut client = pool.get().await.map_err(pool_error)?;
@@ -121,6 +130,7 @@ impl PostgresStore {
             pool,
             leases: lease_pool,
             pg_config,
+            tls,
             keyring,
             lease_timeout,
             seen: Mutex::new(HashMap::new()),
@@ -139,10 +149,48 @@ impl PostgresStore {
     }
 }
 
-fn connections(pg_config: &tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+/// How connections are encrypted: with `sslmode=require` in the URL, TLS whose certificate
+/// and host name are verified (against `ca_certificates`, or the system's roots); otherwise
+/// none, `sslmode=prefer` (the URL's default) included, since it would accept a server that
+/// declines TLS or presents any certificate.
+fn tls(
+    pg_config: &mut tokio_postgres::Config,
+    ca_certificates: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<MakeRustlsConnect, StoreError> {
+    crate::provider::install_crypto_provider();
+    let unusable = |e: rustls::Error| StoreError::Unavailable {
+        reason: format!("cannot set up TLS to the database: {e}"),
+    };
+    let builder = rustls::ClientConfig::builder();
+    let config = if pg_config.get_ssl_mode() != SslMode::Require {
+        pg_config.ssl_mode(SslMode::Disable);
+        builder
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    } else if ca_certificates.is_empty() {
+        use rustls_platform_verifier::BuilderVerifierExt;
+        builder
+            .with_platform_verifier()
+            .map_err(unusable)?
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in ca_certificates {
+            roots.add(certificate.clone()).map_err(unusable)?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(MakeRustlsConnect::new(config))
+}
+
+fn connections(
+    pg_config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+    size: usize,
+) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         pg_config.clone(),
-        NoTls,
+        tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -564,7 +612,7 @@ impl Shared {
     async fn listen(&self, follower: &Follower) -> Result<(), StoreError> {
         let (client, mut connection) = self
             .pg_config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(|e| database("connect for the change feed", &e))?;
         let (names, mut changed) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -788,7 +836,7 @@ fn payload(name: &AccountName, version: Option<i64>) -> String {
 fn database(operation: &str, error: &tokio_postgres::Error) -> StoreError {
     let reason = match error.as_db_error() {
         Some(db) => db.message().to_owned(),
-        None => error.to_string(),
+        None => with_causes(error),
     };
     StoreError::Unavailable {
         reason: format!("cannot {operation}: {reason}"),
@@ -797,6 +845,22 @@ fn database(operation: &str, error: &tokio_postgres::Error) -> StoreError {
 
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable {
-        reason: format!("cannot reach PostgreSQL: {error}"),
+        reason: format!("cannot reach PostgreSQL: {}", with_causes(&error)),
     }
+}
+
+/// An error and what caused it (a TLS handshake's reason is only in its cause), each said
+/// once. None of them holds the URL or a password.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = inner.source();
+    }
+    text
 }

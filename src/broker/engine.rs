@@ -92,8 +92,15 @@ impl Broker {
                 "the wall clock stepped back: token expiry and refresh times were moved to where the monotonic clock puts them"
             );
         }
-        // The token with the least time left goes first.
-        due.sort_by_key(|(left, _)| *left);
+        // The token with the least time left goes first, to the second; within a second, in
+        // an order of this broker's own, so that brokers sharing a store, which find the
+        // same accounts due, do not all reach for the same one at once.
+        due.sort_by_cached_key(|(left, _)| {
+            (
+                left.as_secs(),
+                ((self.inner.random)() * f64::from(u32::MAX)) as u32,
+            )
+        });
         let mut queue = self
             .inner
             .queue
@@ -278,6 +285,9 @@ impl Broker {
             let state = slot.state();
             (state.record.name.clone(), state.record.provider.clone())
         };
+        // The token as the attempt found it, before any wait for a permit: one adopted from
+        // another broker meanwhile is a refresh already made.
+        let found = expiry(slot);
         let started = tokio::time::Instant::now();
         let provider = match self.provider(&provider_name) {
             Ok(provider) => provider,
@@ -302,7 +312,7 @@ impl Broker {
             // Shutdown began while this attempt waited for a permit: no new call.
             return false;
         }
-        let lease = match self.claim(slot, &name, trigger).await {
+        let lease = match self.claim(slot, &name, trigger, found).await {
             Claimed::Go(lease) => lease,
             Claimed::Settled(fresh) => {
                 let mut state = slot.state();
@@ -364,21 +374,28 @@ impl Broker {
     /// nothing to do), or another broker may be refreshing it (its outcome is adopted; this
     /// broker never calls the provider then). A store that cannot be reached allows no call:
     /// a rotated grant could not be stored.
-    async fn claim(&self, slot: &Slot, name: &AccountName, trigger: Trigger) -> Claimed {
+    ///
+    /// `found`: the token's expiry when the attempt began, before it waited for a permit.
+    async fn claim(
+        &self,
+        slot: &Slot,
+        name: &AccountName,
+        trigger: Trigger,
+        found: Option<SystemTime>,
+    ) -> Claimed {
         let wait = trigger != Trigger::Schedule;
-        // A token is told apart by its expiry (a copy of the token itself is not needed).
-        let expiry = |slot: &Slot| slot.state().record.token.as_ref().map(|t| t.expires_at);
-        let before = expiry(slot);
         let claimed = self.inner.store.claim(name, wait).await;
-        // A token another broker stored, adopted by the claim or meanwhile by the store's
-        // change feed, settles the attempt when it is fresh.
-        // (Held: only a token that changed settles it, since a forced refresh of a fresh
-        // token is still wanted. Elsewhere: this broker may not call, so any fresh token.)
+        // A token another broker stored, adopted by the claim or since the attempt began by
+        // the store's change feed, settles the attempt when it is fresh. Held: for the
+        // schedule, any fresh token (the dispatcher found the account due, so a fresh one
+        // is another's refresh); for a caller or a forced refresh, only a token that changed
+        // since the attempt began, since a refresh of a fresh token is what was asked.
+        // Elsewhere: this broker may not call, so any fresh token.
         let fresh = |broker: &Self, newer: Option<AccountRecord>, changed_only: bool| {
             if let Some(record) = newer {
                 broker.adopt_into(slot, record);
             }
-            let changed = expiry(slot) != before;
+            let changed = expiry(slot) != found;
             let state = slot.state();
             (!changed_only || changed)
                 && state.record.token.is_some()
@@ -387,7 +404,8 @@ impl Broker {
         };
         match claimed {
             Ok(Claim::Held { lease, newer }) => {
-                if fresh(self, newer, true) {
+                if fresh(self, newer, trigger != Trigger::Schedule) {
+                    lease.release().await;
                     Claimed::Settled(true)
                 } else {
                     Claimed::Go(lease)
@@ -406,6 +424,11 @@ impl Broker {
             }
         }
     }
+}
+
+/// A token is told apart by its expiry (a copy of the token itself is not needed).
+fn expiry(slot: &Slot) -> Option<SystemTime> {
+    slot.state().record.token.as_ref().map(|t| t.expires_at)
 }
 
 /// What claiming an account said about the attempt.

@@ -87,6 +87,10 @@ async fn harness() -> Harness {
 }
 
 async fn harness_with(policy: RefreshPolicy) -> Harness {
+    harness_with_random(policy, Arc::new(|| 0.5)).await
+}
+
+async fn harness_with_random(policy: RefreshPolicy, random: RandomSource) -> Harness {
     let fake = FakeProvider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
@@ -114,7 +118,7 @@ async fn harness_with(policy: RefreshPolicy) -> Harness {
         Arc::new(clock.clone()),
         4,
         TaskTracker::new(),
-        Arc::new(|| 0.5),
+        random,
     )
     .unwrap();
     Harness {
@@ -1174,5 +1178,105 @@ async fn asking_for_more_validity_than_a_fresh_token_has_refreshes_at_most_every
         h.fake.token_calls(),
         2,
         "once the floor has passed, refreshed"
+    );
+}
+
+/// Another broker's refresh of a due account reaches this one (a shared store's change feed)
+/// while its own attempt waits for a provider permit: the attempt, once it has the permit and
+/// the claim, finds a fresh token and makes no call (issue #16: one upstream call per
+/// account per due time across the group; a 3-broker storm made 10,008 calls for 10,000).
+#[tokio::test]
+async fn a_token_adopted_while_an_attempt_waits_for_a_permit_settles_it_without_a_call() {
+    for trigger in ["schedule", "caller"] {
+        let h = harness().await;
+        h.import().await;
+        h.clock.advance(HOUR * 3 + Duration::from_secs(60));
+        // Every permit taken: the attempt waits for one, as behind other refreshes.
+        let permits = h
+            .broker
+            .inner
+            .permits
+            .clone()
+            .acquire_many_owned(4)
+            .await
+            .unwrap();
+        let slot = h.broker.slot(&name("a")).unwrap();
+        let attempts = slot.state().attempts;
+        let caller = h.broker.clone();
+        let waiting = if trigger == "schedule" {
+            let handles = h.broker.sweep();
+            tokio::spawn(async move {
+                for handle in handles {
+                    handle.await.unwrap();
+                }
+            })
+        } else {
+            // More validity than the held token has (59 min): a refresh is wanted.
+            tokio::spawn(async move {
+                caller.token(&name("a"), Some(HOUR * 2)).await.unwrap();
+            })
+        };
+        // The attempt has its flight lock and waits for a permit (the dispatcher took it off
+        // the queue; a caller's attempt holds the lock).
+        let mut polls = 0;
+        while slot.state().queued || slot.flight.try_lock().is_ok() {
+            polls += 1;
+            assert!(polls < 1000, "{trigger}: the attempt never started");
+            tokio::task::yield_now().await;
+        }
+        let mut newer = slot.state().record.clone();
+        newer.refresh_token = RefreshToken::new(h.fake.grant("a"));
+        newer.token = Some(IssuedToken::new(
+            AccessToken::new("from-another-broker"),
+            "Bearer".into(),
+            h.clock.now() + HOUR * 4,
+            HOUR * 4,
+            None,
+        ));
+        h.broker.adopt(Stored::Put(newer));
+        drop(permits);
+        waiting.await.unwrap();
+        assert_eq!(h.fake.token_calls(), 1, "{trigger}: only the import's call");
+        assert!(
+            slot.state().attempts > attempts,
+            "{trigger}: the attempt ran"
+        );
+        let served = h.broker.token(&name("a"), None).await.unwrap();
+        assert_eq!(served.token.access_token.expose(), "from-another-broker");
+    }
+}
+
+/// Accounts due in the same second are refreshed in an order of the broker's own (its random
+/// source), not by name: brokers sharing a store find the same accounts due, and in one
+/// order they would all reach for the same account at once (a 3-broker storm sustained
+/// 748 refreshes a second in name order, 834 in each broker's own).
+#[tokio::test]
+async fn accounts_due_in_the_same_second_are_refreshed_in_the_brokers_own_order() {
+    let drawn = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let random: RandomSource = Arc::new(move || {
+        let n = drawn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (n * 7919 % 1000) as f64 / 1000.0
+    });
+    let policy = RefreshPolicy {
+        jitter: Duration::ZERO,
+        ..RefreshPolicy::default()
+    };
+    let h = harness_with_random(policy, random).await;
+    h.seed_accounts(20).await;
+    h.sweep().await;
+    let order: Vec<String> = h
+        .fake
+        .requests()
+        .iter()
+        .filter_map(|r| r.form.get("refresh_token").cloned())
+        .collect();
+    assert_eq!(order.len(), 20);
+    let by_name: Vec<String> = (0..20)
+        .map(|i| h.fake.grant(&format!("acct-{i:03}")))
+        .collect();
+    assert_ne!(
+        order[..4].iter().collect::<std::collections::BTreeSet<_>>(),
+        by_name[..4].iter().collect(),
+        "not the first names first"
     );
 }

@@ -120,16 +120,30 @@ impl Lease {
     pub(crate) fn into_held(self) -> Option<Box<dyn Held>> {
         self.0
     }
+
+    /// Ends the claim without writing (the refresh was not needed after all), as cheaply as
+    /// the backend can: a row lock's connection goes back to its pool.
+    pub async fn release(self) {
+        if let Some(held) = self.0 {
+            held.release().await;
+        }
+    }
 }
 
 /// A backend's hold on one account, from the claim to the commit.
-pub trait Held: Send {
+pub trait Held: Send + 'static {
     /// Writes `record` under the hold and ends it; durable when it returns `Ok`.
     ///
     /// # Errors
     /// The write or the commit failed (the hold was lost, say): nothing was written.
     fn commit(self: Box<Self>, record: AccountRecord)
         -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// Ends the hold without writing. Dropping it does too, but may cost more (a row lock
+    /// dropped closes its connection, since it cannot wait for a rollback).
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move { drop(self) })
+    }
 }
 
 /// A change another broker made, as a shared store reports it.

@@ -556,7 +556,8 @@ impl Shared {
         } else {
             "SELECT version, sealed FROM tokenbroker_accounts WHERE name = $1 FOR UPDATE SKIP LOCKED"
         };
-        let row = match lock.client().query_opt(query, &[&name.as_str()]).await {
+        // Statements on the hot path are prepared once per connection, not per call.
+        let row = match lock.query_opt_cached(query, name).await {
             Ok(row) => row,
             Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                 // Another broker is refreshing it: wait for its outcome, and adopt it.
@@ -565,14 +566,13 @@ impl Shared {
                     .await
                     .map_err(|e| database("wait for a claim", &e))?;
                 let row = lock
-                    .client()
-                    .query_opt(
+                    .query_opt_cached(
                         "SELECT version, sealed FROM tokenbroker_accounts WHERE name = $1 FOR SHARE",
-                        &[&name.as_str()],
+                        name,
                     )
                     .await
                     .map_err(|e| database("wait for another broker's refresh", &e))?;
-                lock.release().await?;
+                lock.end().await?;
                 let newer = match row {
                     Some(row) => self.newer(name, row.get(0), row.get::<_, &[u8]>(1))?,
                     None => None,
@@ -583,7 +583,7 @@ impl Shared {
         };
         let Some(row) = row else {
             // Locked elsewhere (SKIP LOCKED), or removed: either way not this broker's.
-            lock.release().await?;
+            lock.end().await?;
             return Ok(Claim::Elsewhere { newer: None });
         };
         lock.version = row.get(0);
@@ -697,13 +697,14 @@ impl Shared {
     /// Reads one account and reports it when it changed since this broker last saw it.
     async fn look_up(&self, name: &AccountName, follower: &Follower) -> Result<(), StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        let row = client
-            .query_opt(
-                "SELECT version, sealed FROM tokenbroker_accounts WHERE name = $1",
-                &[&name.as_str()],
-            )
-            .await
-            .map_err(|e| database("read an account", &e))?;
+        let row = async {
+            let statement = client
+                .prepare_cached("SELECT version, sealed FROM tokenbroker_accounts WHERE name = $1")
+                .await?;
+            client.query_opt(&statement, &[&name.as_str()]).await
+        }
+        .await
+        .map_err(|e| database("read an account", &e))?;
         drop(client);
         match row {
             Some(row) => match self.newer(name, row.get(0), row.get::<_, &[u8]>(1)) {
@@ -740,8 +741,19 @@ impl RowLock {
             .expect("held until released or committed")
     }
 
+    /// Runs a statement about one account, prepared once per connection.
+    async fn query_opt_cached(
+        &self,
+        statement: &str,
+        name: &AccountName,
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let client = self.client();
+        let statement = client.prepare_cached(statement).await?;
+        client.query_opt(&statement, &[&name.as_str()]).await
+    }
+
     /// Ends the transaction and hands the connection back to the pool.
-    async fn release(&mut self) -> Result<(), StoreError> {
+    async fn end(&mut self) -> Result<(), StoreError> {
         self.client()
             .batch_execute("ROLLBACK")
             .await
@@ -761,16 +773,26 @@ impl Held for RowLock {
             let next = self.version + 1;
             let sealed = seal(&record, next, &self.shared.keyring.current);
             let written = async {
-                client
-                    .execute(
-                        "UPDATE tokenbroker_accounts SET version = $2, sealed = $3 WHERE name = $1",
-                        &[&self.name.as_str(), &next, &sealed],
+                // The update and its notification in one statement, prepared once per
+                // connection.
+                let statement = client
+                    .prepare_cached(
+                        "WITH updated AS (
+                             UPDATE tokenbroker_accounts SET version = $2, sealed = $3 WHERE name = $1
+                             RETURNING name)
+                         SELECT pg_notify($4, $5) FROM updated",
                     )
                     .await?;
                 client
                     .execute(
-                        "SELECT pg_notify($1, $2)",
-                        &[&CHANNEL, &payload(&self.name, Some(next))],
+                        &statement,
+                        &[
+                            &self.name.as_str(),
+                            &next,
+                            &sealed,
+                            &CHANNEL,
+                            &payload(&self.name, Some(next)),
+                        ],
                     )
                     .await?;
                 client.batch_execute("COMMIT").await
@@ -790,6 +812,20 @@ impl Held for RowLock {
                 }
             }
         })
+    }
+
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(self.give_up())
+    }
+}
+
+impl RowLock {
+    /// `Held::release`: rolls back and hands the connection back; if the rollback fails,
+    /// the connection is closed (by the drop).
+    async fn give_up(mut self: Box<Self>) {
+        if let Err(error) = self.end().await {
+            tracing::debug!(error = %error, "could not end a claim; closing its connection");
+        }
     }
 }
 

@@ -25,7 +25,9 @@
 //! put before the daemon's command), e.g. `STORM_WRAPPER="valgrind --tool=massif"`.
 //! `STORM_POSTGRES` (a PostgreSQL server's URL, as `.ci/postgres start DIR` prints it) puts
 //! the accounts in a new database there instead of sled (the broker's CPU then leaves out
-//! the database server's).
+//! the database server's). With it, `--brokers 1,3` runs each size with that many brokers
+//! on the one database instead, all accounts falling due at one instant after every broker
+//! is ready, and prints the refreshes per second they sustain together.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -59,6 +61,8 @@ struct Options {
     token_bytes: usize,
     sigterm_at: Option<f64>,
     idle: bool,
+    /// `--brokers 1,3`: run each storm with that many brokers on one PostgreSQL database.
+    brokers: Vec<usize>,
     sizes: Vec<usize>,
 }
 
@@ -70,6 +74,7 @@ fn options() -> Options {
         token_bytes: 1300,
         sigterm_at: None,
         idle: false,
+        brokers: Vec::new(),
         sizes: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -82,6 +87,12 @@ fn options() -> Options {
             "--token-bytes" => options.token_bytes = value().parse().unwrap(),
             "--sigterm-at" => options.sigterm_at = Some(value().parse().unwrap()),
             "--idle" => options.idle = true,
+            "--brokers" => {
+                options.brokers = value()
+                    .split(',')
+                    .map(|count| count.parse().expect("a number of brokers"))
+                    .collect();
+            }
             size => options.sizes.push(size.parse().expect("an account count")),
         }
     }
@@ -177,6 +188,17 @@ async fn store_config(work: &Path) -> Config {
 }
 
 fn config(work: &Path, store: &Config, fake: &FakeProvider, max_concurrent: usize) -> PathBuf {
+    config_with(work, store, fake, max_concurrent, "")
+}
+
+/// As `config`, with more lines in `[refresh]`.
+fn config_with(
+    work: &Path,
+    store: &Config,
+    fake: &FakeProvider,
+    max_concurrent: usize,
+    refresh: &str,
+) -> PathBuf {
     let backend = match &store.backend {
         tokenbroker::store::Backend::Sled => String::new(),
         tokenbroker::store::Backend::Postgres { url, .. } => format!(
@@ -197,6 +219,7 @@ dir = "{work}/store"
 {backend}
 [refresh]
 max_concurrent = {max_concurrent}
+{refresh}
 
 [providers.fake]
 preset = "generic"
@@ -338,6 +361,20 @@ async fn any_with_status(client: &reqwest::Client, status: &str) -> bool {
         .is_some_and(|accounts| !accounts.is_empty())
 }
 
+/// Runs `command` (the daemon, or a wrapper around it) as `serve --config config`, logging
+/// to `log`.
+fn serve(mut command: Command, config: &Path, log: std::fs::File) -> Daemon {
+    let child = command
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?}: {e} (cargo build --release first)"));
+    Daemon(child)
+}
+
 /// Kills the daemon if this tool stops early (a failed assertion), so no daemon is left over.
 struct Daemon(Child);
 
@@ -398,22 +435,11 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
     fake.set_latency(options.latency);
     let config = config(work.path(), &store, &fake, options.max_concurrent);
     let log = std::fs::File::create(work.path().join("daemon.log")).unwrap();
-    let binary = std::env::var_os("STORM_DAEMON").map_or_else(
-        || {
-            let examples = std::env::current_exe().unwrap();
-            examples
-                .parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("tokenbroker")
-        },
-        PathBuf::from,
-    );
+    let binary = daemon_binary();
     let started = Instant::now();
     let wrapper = std::env::var("STORM_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
-    let mut command = match words.next() {
+    let command = match words.next() {
         Some(program) => {
             let mut command = Command::new(program);
             command.args(words).arg(&binary);
@@ -421,15 +447,7 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
         }
         None => Command::new(&binary),
     };
-    let child = command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (cargo build --release first)", binary.display()));
-    let mut daemon = Daemon(child);
+    let mut daemon = serve(command, &config, log);
     let child = &mut daemon.0;
     let pid = child.id();
     eprintln!("daemon pid {pid}, in {}", work.path().display());
@@ -575,15 +593,7 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
     terminate(pid);
     let exit = child.wait().unwrap();
     assert!(exit.success(), "the daemon exited with {exit}");
-    let reopened = tokenbroker::store::open(&store, 1).await.unwrap();
-    let stored = tokio::task::spawn_blocking(move || reopened.load_all().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(stored.len(), accounts);
-    let lost = stored
-        .iter()
-        .filter(|record| !fake.is_valid(record.refresh_token.expose()))
-        .count();
+    let lost = lost_grants(&store, &fake, accounts).await;
     let calls = fake.token_calls();
     let mut latencies = latencies.lock().unwrap().clone();
     latencies.sort();
@@ -613,9 +623,190 @@ async fn run(options: &Options, accounts: usize) -> Option<Row> {
     })
 }
 
+/// The stored grants (all `accounts` of them) that the provider no longer accepts.
+async fn lost_grants(store: &Config, fake: &FakeProvider, accounts: usize) -> usize {
+    let reopened = tokenbroker::store::open(store, 1).await.unwrap();
+    let stored = tokio::task::spawn_blocking(move || reopened.load_all().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), accounts);
+    stored
+        .iter()
+        .filter(|record| !fake.is_valid(record.refresh_token.expose()))
+        .count()
+}
+
+/// The daemon to measure: `STORM_DAEMON`, or the release build beside this tool.
+fn daemon_binary() -> PathBuf {
+    std::env::var_os("STORM_DAEMON").map_or_else(
+        || {
+            let examples = std::env::current_exe().unwrap();
+            examples
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("tokenbroker")
+        },
+        PathBuf::from,
+    )
+}
+
+/// One storm shared by several brokers on one PostgreSQL database.
+struct GroupRow {
+    accounts: usize,
+    brokers: usize,
+    cycle: Duration,
+    bound: Duration,
+    cpu_per_refresh: Duration,
+    calls: usize,
+    refused: usize,
+    lost: usize,
+}
+
+/// `brokers` daemons on one new database with `accounts` accounts that all fall due at the
+/// same instant, a little after the last broker is ready (the seeded tokens are due once
+/// they have `ahead` left: 1 h, the default; no jitter): how long until every account is
+/// refreshed and stored, against `accounts × latency ÷ (brokers × max_concurrent)`, with
+/// every refresh token presented once (a rotating fake refuses a reuse) and none lost.
+async fn run_group(options: &Options, accounts: usize, brokers: usize) -> GroupRow {
+    assert!(
+        std::env::var_os("STORM_POSTGRES").is_some(),
+        "--brokers needs STORM_POSTGRES: brokers share accounts only in PostgreSQL"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_recording(false);
+    fake.set_rotation(options.rotate);
+    fake.set_access_token_length(options.token_bytes);
+    let store = store_config(work.path()).await;
+    // Time for every broker to open the store and be ready before the accounts fall due.
+    let head_start = Duration::from_secs(10) + Duration::from_millis(accounts as u64);
+    let ahead = Duration::from_secs(3600);
+    // The seeded tokens' expiry is taken when the seeding starts.
+    let seeding = Instant::now();
+    seed(
+        &store,
+        &fake,
+        accounts,
+        options.token_bytes,
+        ahead + head_start,
+    )
+    .await;
+    let due = seeding + head_start;
+    fake.set_latency(options.latency);
+    let mut daemons = Vec::new();
+    for index in 0..brokers {
+        let home = work.path().join(format!("broker-{index}"));
+        std::fs::create_dir_all(&home).unwrap();
+        let config = config_with(
+            &home,
+            &store,
+            &fake,
+            options.max_concurrent,
+            "jitter = \"0s\"\ncheck_interval = \"1s\"",
+        );
+        let log = std::fs::File::create(home.join("daemon.log")).unwrap();
+        let mut daemon = serve(Command::new(daemon_binary()), &config, log);
+        let client = http(&home.join("tb.sock"));
+        wait_ready(&client, &mut daemon.0).await;
+        daemons.push((daemon, client));
+    }
+    assert!(
+        Instant::now() < due,
+        "the brokers were not ready before the accounts fell due"
+    );
+    eprintln!("{brokers} brokers ready, in {}", work.path().display());
+    let pids: Vec<u32> = daemons.iter().map(|(daemon, _)| daemon.0.id()).collect();
+    let cpu_before: Duration = pids.iter().map(|&pid| cpu(pid)).sum();
+    let bound = options
+        .latency
+        .mul_f64(accounts.div_ceil(options.max_concurrent * brokers) as f64);
+    let limit = due + bound * 3 + Duration::from_secs(60);
+    while fake.token_calls() < accounts {
+        assert!(
+            Instant::now() < limit,
+            "the storm stalled at {} calls",
+            fake.token_calls()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (_, client) in &daemons {
+        while any_with_status(client, "refreshing").await {
+            assert!(Instant::now() < limit, "accounts still refreshing");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let cycle = due.elapsed();
+    let cpu_after: Duration = pids.iter().map(|&pid| cpu(pid)).sum();
+    for (mut daemon, _) in daemons {
+        terminate(daemon.0.id());
+        let exit = daemon.0.wait().unwrap();
+        assert!(exit.success(), "a broker exited with {exit}");
+    }
+    let lost = lost_grants(&store, &fake, accounts).await;
+    let calls = fake.token_calls();
+    GroupRow {
+        accounts,
+        brokers,
+        cycle,
+        bound,
+        cpu_per_refresh: (cpu_after - cpu_before) / calls.max(1) as u32,
+        calls,
+        refused: fake.refused_refreshes(),
+        lost,
+    }
+}
+
+/// `--brokers`: one row per size and number of brokers.
+async fn groups(options: &Options) {
+    println!(
+        "latency {:?}, max_concurrent {} per broker, rotation {}, access tokens of {} bytes, one PostgreSQL database",
+        options.latency,
+        options.max_concurrent,
+        if options.rotate { "on" } else { "off" },
+        options.token_bytes,
+    );
+    println!(
+        "{:>8} {:>7} {:>8} {:>8} {:>6} {:>10} {:>9} {:>7} {:>7} {:>5}",
+        "accounts",
+        "brokers",
+        "cycle_s",
+        "bound_s",
+        "x",
+        "refresh/s",
+        "cpu_ms/rf",
+        "calls",
+        "refused",
+        "lost"
+    );
+    for &accounts in &options.sizes {
+        for &brokers in &options.brokers {
+            let row = run_group(options, accounts, brokers).await;
+            println!(
+                "{:>8} {:>7} {:>8.2} {:>8.2} {:>6.2} {:>10.0} {:>9.3} {:>7} {:>7} {:>5}",
+                row.accounts,
+                row.brokers,
+                row.cycle.as_secs_f64(),
+                row.bound.as_secs_f64(),
+                row.cycle.as_secs_f64() / row.bound.as_secs_f64(),
+                row.accounts as f64 / row.cycle.as_secs_f64(),
+                row.cpu_per_refresh.as_secs_f64() * 1000.0,
+                row.calls,
+                row.refused,
+                row.lost,
+            );
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let options = options();
+    if !options.brokers.is_empty() {
+        groups(&options).await;
+        return;
+    }
     println!(
         "latency {:?}, max_concurrent {}, rotation {}, access tokens of {} bytes{}",
         options.latency,

@@ -567,6 +567,18 @@ async fn with_postgres_down_past_a_lifetime_brokers_serve_what_is_valid_and_reco
     )
     .await;
     assert_eq!(fake.refused_refreshes(), 0, "no grant lost");
+    // Seconds of reconnecting, said once; and the return.
+    for (_, daemon) in &brokers {
+        daemon
+            .logged("the shared store's change feed is back")
+            .await;
+        let logs = daemon.logs();
+        assert_eq!(
+            logs.matches("lost the shared store's change feed").count(),
+            1,
+            "{logs}"
+        );
+    }
 }
 
 /// `tokenbroker store copy --from FROM --config TO`, which must succeed; its output.

@@ -597,19 +597,27 @@ impl Shared {
     /// Listens for other brokers' writes and reports each changed account once read;
     /// after a lost connection, connects again and compares every row, so that nothing
     /// missed meanwhile stays unseen.
+    ///
+    /// The loss is said once at warn level, each failed reconnection at debug level, and the
+    /// feed's return at info level: a database down for an hour is one warning, not 3,600.
     async fn follow(self: Arc<Self>, follower: Follower) {
+        let mut failing = false;
         loop {
-            match self.listen(&follower).await {
-                Ok(()) => {}
-                Err(error) => {
-                    tracing::warn!(error = %error, "lost the shared store's change feed; connecting again");
+            if let Err(error) = self.listen(&follower, &mut failing).await {
+                if failing {
+                    tracing::debug!(error = %error, "the shared store's change feed is still down");
+                } else {
+                    tracing::warn!(error = %error, "lost the shared store's change feed; connecting again every second");
+                    failing = true;
                 }
             }
             tokio::time::sleep(RECONNECT).await;
         }
     }
 
-    async fn listen(&self, follower: &Follower) -> Result<(), StoreError> {
+    /// `failing`: the feed was lost and has not come back since; cleared (and said) once
+    /// it is back and caught up.
+    async fn listen(&self, follower: &Follower, failing: &mut bool) -> Result<(), StoreError> {
         let (client, mut connection) = self
             .pg_config
             .connect(self.tls.clone())
@@ -639,6 +647,9 @@ impl Shared {
                 .await
                 .map_err(|e| database("listen for changes", &e))?;
             self.catch_up(follower).await?;
+            if std::mem::take(failing) {
+                tracing::info!("the shared store's change feed is back, caught up with every row");
+            }
             while let Some(payload) = changed.recv().await {
                 let (name, version) = match payload.split_once(' ') {
                     Some((name, version)) => (name, version.parse::<i64>().ok()),

@@ -174,6 +174,9 @@ pub struct AccountRecord {
     pub last_error: Option<String>,
     /// When the refresh token itself ends, when the provider said how long it lasts.
     pub refresh_token_expires_at: Option<SystemTime>,
+    /// After a failed attempt, no scheduled refresh before this (the backoff, and the
+    /// provider's `Retry-After`): stored, so that brokers sharing a store keep to it too.
+    pub retry_at: Option<SystemTime>,
 }
 
 impl AccountRecord {
@@ -189,6 +192,7 @@ impl AccountRecord {
             last_refresh: None,
             last_error: None,
             refresh_token_expires_at: None,
+            retry_at: None,
         }
     }
 }

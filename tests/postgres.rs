@@ -885,3 +885,62 @@ async fn a_broker_creates_the_schema_only_under_the_schema_lock() {
     broker.import("after", &fake.grant("after"));
     assert!(token(&broker, "after").await.is_some());
 }
+
+/// When the scheduler of `daemon` last swept, as Unix seconds (its metrics).
+async fn last_tick(daemon: &Daemon) -> f64 {
+    let (_, _, text) = daemon.get_text("/metrics").await;
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix("tokenbroker_scheduler_last_tick_timestamp_seconds ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_providers_retry_after_holds_on_every_broker() {
+    let Some((database, fake)) = rotating().await else {
+        return;
+    };
+    fake.set_expires_in(json!(6));
+    let brokers = brokers(&database, &fake, QUICK, 2).await;
+    // Every refresh from now on is told to come back in a minute.
+    let limited = || {
+        Reply::Json(
+            429,
+            json!({"error": "rate_limited"}),
+            vec![("Retry-After", "60".into())],
+        )
+    };
+    brokers[0].1.import("limited", &fake.grant("limited"));
+    fake.push((0..10).map(|_| limited()));
+    fake.wait_for_calls(2, Duration::from_secs(15)).await;
+    // Each broker holds the failure (the one that did not call, from the store)...
+    for (_, daemon) in &brokers {
+        eventually(
+            "every broker to hold the failed attempt",
+            Duration::from_secs(5),
+            || async {
+                let body = daemon.request("GET", "/v1/accounts/limited", None).await.1;
+                body["last_error"].is_string()
+            },
+        )
+        .await;
+    }
+    // ...and sweeps twice more, with the token due, without calling.
+    for (_, daemon) in &brokers {
+        let held = last_tick(daemon).await;
+        eventually(
+            "two more sweeps on every broker",
+            Duration::from_secs(10),
+            || async { last_tick(daemon).await >= held + 2.0 },
+        )
+        .await;
+    }
+    assert_eq!(
+        fake.token_calls(),
+        2,
+        "the import and the refresh told to wait; no broker called again within the minute"
+    );
+}

@@ -581,12 +581,15 @@ impl Broker {
             Some(token) => self.policy().due_at(token, (self.inner.random)()),
             None => now,
         };
+        // A stored failure's backoff holds after a restart too.
+        let due_at = due_at.max(record.retry_at.unwrap_or(due_at));
+        let failures = u32::from(record.retry_at.is_some_and(|at| now < at));
         Arc::new(Slot {
             state: Mutex::new(SlotState {
                 record,
                 due_at,
                 not_before: None,
-                failures: 0,
+                failures,
                 attempts: 0,
                 last_attempt_ok: true,
                 last_forced: None,
@@ -670,8 +673,17 @@ impl Broker {
             Some(token) => policy.due_at(token, (self.inner.random)()),
             None => now,
         };
+        // Another broker's failed attempt: its backoff (and the provider's Retry-After)
+        // holds here too, and counts as one more failure.
+        let backoff = record.retry_at.filter(|at| now < *at);
+        if let Some(at) = backoff {
+            state.due_at = state.due_at.max(at);
+        }
+        state.failures = match backoff {
+            Some(_) => state.failures.saturating_add(1),
+            None => 0,
+        };
         state.record = record;
-        state.failures = 0;
         state.not_before = None;
         state.unsaved = false;
         state.expires_mono = None;

@@ -96,6 +96,8 @@ impl Broker {
             if kind == FailureKind::Reauth {
                 state.record.needs_reauth = true;
             }
+            // Stored with the failure: another broker that adopts it keeps to it too.
+            state.record.retry_at = (kind != FailureKind::Reauth).then_some(state.due_at);
             let name = &state.record.name;
             match kind {
                 FailureKind::Reauth => {
@@ -194,5 +196,6 @@ pub(super) fn with_response(
     record.needs_reauth = false;
     record.last_refresh = Some(now);
     record.last_error = None;
+    record.retry_at = None;
     record
 }

@@ -1280,3 +1280,51 @@ async fn accounts_due_in_the_same_second_are_refreshed_in_the_brokers_own_order(
         "not the first names first"
     );
 }
+
+/// A failure's backoff is stored with the account: a broker opened on the store afterwards
+/// (a restart, or another broker sharing it) keeps to the provider's `Retry-After` rather
+/// than calling at once.
+#[tokio::test]
+async fn a_stored_failures_retry_after_holds_for_a_broker_opened_afterwards() {
+    let h = harness().await;
+    h.import().await;
+    h.fake.push([Reply::Json(
+        429,
+        json!({"error": "rate_limited"}),
+        vec![("Retry-After", "600".into())],
+    )]);
+    h.clock.advance(HOUR * 3 + Duration::from_secs(60));
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 2);
+    let stored = h.store.load_all().unwrap();
+    assert_eq!(
+        stored[0].retry_at,
+        Some(h.clock.now() + Duration::from_secs(600))
+    );
+
+    h.clock.advance(Duration::from_secs(60));
+    let reopened = Broker::open_with_random(
+        h.store.clone(),
+        h.tuning.clone(),
+        Arc::new(h.clock.clone()),
+        4,
+        TaskTracker::new(),
+        Arc::new(|| 0.5),
+    )
+    .unwrap();
+    for handle in reopened.sweep() {
+        handle.await.unwrap();
+    }
+    assert_eq!(h.fake.token_calls(), 2, "still within Retry-After");
+    assert_eq!(
+        reopened.account(&name("a")).unwrap().status,
+        Status::Degraded
+    );
+    h.clock.advance(Duration::from_secs(540));
+    for handle in reopened.sweep() {
+        handle.await.unwrap();
+    }
+    assert_eq!(h.fake.token_calls(), 3, "after it, refreshed");
+    let stored = h.store.load_all().unwrap();
+    assert_eq!(stored[0].retry_at, None, "cleared by the success");
+}

@@ -44,6 +44,10 @@ struct Row {
     /// When the refresh token itself ends, when the provider said (schema 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_token_expires_at_ms: Option<u64>,
+    /// No scheduled refresh before this, after a failed attempt; absent otherwise, so that
+    /// a healthy account's row is what schema 3 wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_at_ms: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -100,6 +104,7 @@ pub(super) fn encode(record: &AccountRecord, version: u64, key: &StoreKey) -> Ve
         last_refresh_ms: record.last_refresh.map(to_millis),
         last_error: record.last_error.clone(),
         refresh_token_expires_at_ms: record.refresh_token_expires_at.map(to_millis),
+        retry_at_ms: record.retry_at.map(to_millis),
     };
     let plaintext = zeroize::Zeroizing::new(
         serde_json::to_vec(&row).expect("a row of strings and numbers always serializes"),
@@ -218,6 +223,7 @@ pub(super) fn decode_versioned(
         last_refresh: row.last_refresh_ms.map(from_millis),
         last_error: row.last_error,
         refresh_token_expires_at: row.refresh_token_expires_at_ms.map(from_millis),
+        retry_at: row.retry_at_ms.map(from_millis),
     };
     Ok(Versioned {
         version,
@@ -257,6 +263,7 @@ mod tests {
             last_refresh: Some(from_millis(1_799_985_600_000)),
             last_error: None,
             refresh_token_expires_at: Some(from_millis(1_815_000_000_000)),
+            retry_at: Some(from_millis(1_800_000_060_000)),
         }
     }
 

@@ -64,7 +64,7 @@ fn main() {
         let config = Config {
             dir: tmp.path().join("store"),
             key_file: tmp.path().join("store").join("store-key"),
-            backend: tokenbroker::store::Backend::Sled,
+            backend: tokenbroker::store::Backend::sled(),
         };
         let store = SledStore::open(&config).unwrap();
         let started = Instant::now();

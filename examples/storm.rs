@@ -155,7 +155,7 @@ async fn store_config(work: &Path) -> Config {
         return Config {
             key_file: dir.join("store-key"),
             dir,
-            backend: tokenbroker::store::Backend::Sled,
+            backend: tokenbroker::store::Backend::sled(),
         };
     };
     let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
@@ -200,7 +200,7 @@ fn config_with(
     refresh: &str,
 ) -> PathBuf {
     let backend = match &store.backend {
-        tokenbroker::store::Backend::Sled => String::new(),
+        tokenbroker::store::Backend::Sled { .. } => String::new(),
         tokenbroker::store::Backend::Postgres { url, .. } => format!(
             "backend = \"postgres\"\nurl = \"{}\"\nkey_file = \"{}\"\n",
             url.expose(),

@@ -151,8 +151,13 @@ pub async fn run(
             return;
         };
         let configs = sinks.of(&account);
-        let Some(token) = broker.cached_token(&account, Some(Duration::ZERO)) else {
-            continue;
+        let token = match broker.current_token(&account, Some(Duration::ZERO)).await {
+            Ok(Some(token)) => token,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::error!(account = %account, error = %error, "token sinks not written: the token could not be read; they keep the previous token");
+                continue;
+            }
         };
         let written = tokio::task::spawn_blocking(move || {
             configs

@@ -183,7 +183,7 @@ fn seed_due_accounts(home: &Home, fake: &FakeProvider, count: usize) {
     let store = SledStore::open(&Config {
         dir: home.store(),
         key_file: home.store().join("store-key"),
-        backend: tokenbroker::store::Backend::Sled,
+        backend: tokenbroker::store::Backend::sled(),
     })
     .unwrap();
     let expires_at = std::time::SystemTime::now() + Duration::from_secs(50 * 60);
@@ -210,6 +210,8 @@ fn seed_due_accounts(home: &Home, fake: &FakeProvider, count: usize) {
     }
 }
 
+/// With no memory for tokens (`store.token_memory_mib = 0`), so that every token served
+/// and every refresh's record goes through the store's read-back too.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_in_the_middle_of_a_refresh_storm_loses_no_grant() {
     const ACCOUNTS: usize = 2000;
@@ -220,6 +222,7 @@ async fn sigterm_in_the_middle_of_a_refresh_storm_loses_no_grant() {
     seed_due_accounts(&home, &fake, ACCOUNTS);
     fake.set_latency(Duration::from_millis(5));
     let config = home.config(&fake.token_url(), "max_concurrent = 16", "");
+    let config = home.with_store_line(&config, "token_memory_mib = 0");
     let mut daemon = home.start(&config, &[]).await;
     fake.wait_for_calls(ACCOUNTS / 2, Duration::from_secs(60))
         .await;
@@ -231,7 +234,7 @@ async fn sigterm_in_the_middle_of_a_refresh_storm_loses_no_grant() {
     let store = tokenbroker::store::SledStore::open(&tokenbroker::store::Config {
         dir: home.store(),
         key_file: home.store().join("store-key"),
-        backend: tokenbroker::store::Backend::Sled,
+        backend: tokenbroker::store::Backend::sled(),
     })
     .unwrap();
     let stored = tokenbroker::store::Store::load_all(&store).unwrap();
@@ -259,4 +262,13 @@ async fn sigterm_in_the_middle_of_a_refresh_storm_loses_no_grant() {
     .await;
     assert_eq!(fake.refused_refreshes(), 0);
     assert_eq!(fake.token_calls(), ACCOUNTS, "one call per account in all");
+    // Every token the store holds is served, read back: the refreshed ones, not the seeds.
+    for index in [0, ACCOUNTS / 2, ACCOUNTS - 1] {
+        let (status, body) = daemon
+            .request("GET", &format!("/v1/token/acct-{index:05}"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["access_token"].as_str().unwrap();
+        assert!(token.starts_with("fake-access"), "{token}");
+    }
 }

@@ -307,7 +307,7 @@ pub(super) async fn account_ready(
         .broker
         .account(&name)
         .map_err(|e| hide_unknown(&caller, e))?;
-    if app.broker.cached_token(&name, min_valid).is_some() {
+    if app.broker.token_ready(&name, min_valid) {
         let body = AccountReadyBody {
             status: "ok".into(),
             reason: None,

@@ -3,7 +3,7 @@
 //!
 //! Almost every request the daemon sees is a job asking for a token it already holds, so the
 //! answer is a value at once for a token in memory and for every error, and a future only
-//! when a refresh must come first.
+//! when the token must first be read back from the store or refreshed.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -87,7 +87,7 @@ pub(super) fn get(
     let wants_text = wants_text(accept);
     match from_memory(app, &caller, uri, wants_text) {
         Ok(Found::Served(response)) => Answer::Now(counted(app, Some(&caller), response)),
-        Ok(Found::Refresh(account, min_valid)) => {
+        Ok(Found::Wait(account, min_valid)) => {
             let app = app.clone();
             Answer::Later(Box::pin(async move {
                 let response = match app.broker.token(&account, min_valid).await {
@@ -123,8 +123,9 @@ pub(super) struct Counted;
 enum Found {
     /// The token, served.
     Served(Response),
-    /// None good enough: this account must be refreshed first.
-    Refresh(crate::token::AccountName, Option<Duration>),
+    /// None good enough in memory: the broker reads the token back from the store, or
+    /// refreshes it, first.
+    Wait(crate::token::AccountName, Option<Duration>),
 }
 
 fn from_memory(
@@ -156,7 +157,7 @@ fn from_memory(
             caller, &account, left, body, wants_text,
         ))),
         // `may_have` passed above: the name is valid, so this makes it an `AccountName`.
-        None => Ok(Found::Refresh(existing(&account)?, min_valid)),
+        None => Ok(Found::Wait(existing(&account)?, min_valid)),
     }
 }
 

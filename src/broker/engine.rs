@@ -51,9 +51,13 @@ impl Broker {
         }
         let mut due = Vec::new();
         let mut corrected = 0;
+        let mut held = Held::default();
         for slot in slots {
             let unsaved = {
                 let mut state = slot.state();
+                if self.inner.token_memory.is_some() {
+                    held.note(&slot, &mut state);
+                }
                 if self.correct_stepped_expiry(&mut state, now, monotonic) {
                     corrected += 1;
                 }
@@ -86,6 +90,9 @@ impl Broker {
                 }));
             }
         }
+        if let Some(budget) = self.inner.token_memory {
+            held.keep_within(budget);
+        }
         if corrected > 0 {
             tracing::warn!(
                 accounts = corrected,
@@ -93,14 +100,13 @@ impl Broker {
             );
         }
         // The token with the least time left goes first, to the second; within a second, in
-        // an order of this broker's own, so that brokers sharing a store, which find the
-        // same accounts due, do not all reach for the same one at once.
-        due.sort_by_cached_key(|(left, _)| {
-            (
-                left.as_secs(),
-                ((self.inner.random)() * f64::from(u32::MAX)) as u32,
-            )
-        });
+        // name order from a point of this broker's own, wrapping round: brokers sharing a
+        // store, which find the same accounts due, each start somewhere else rather than all
+        // reach for the same one, and the writes still go to the store in key order (sled
+        // grows by tens of MB, and spends more CPU, when a storm writes its keys at random).
+        let start = (((self.inner.random)() * due.len() as f64) as usize).min(due.len());
+        due.rotate_left(start);
+        due.sort_by_key(|(left, _)| left.as_secs());
         let mut queue = self
             .inner
             .queue
@@ -437,4 +443,47 @@ enum Claimed {
     Go(Lease),
     /// No call: the account has a fresh token (`true`) or may not be refreshed now.
     Settled(bool),
+}
+
+/// The token texts a sweep found in memory: those asked for since the sweep before, and the
+/// others, which are left to the store first when there are more than the budget.
+#[derive(Default)]
+struct Held {
+    bytes: usize,
+    recent: Vec<Arc<Slot>>,
+    idle: Vec<Arc<Slot>>,
+}
+
+impl Held {
+    /// Counts `slot`'s text, if it holds one, and starts its next period unasked.
+    fn note(&mut self, slot: &Arc<Slot>, state: &mut SlotState) {
+        let text = state.text_len();
+        if text == 0 {
+            return;
+        }
+        self.bytes += text;
+        if std::mem::take(&mut state.asked) {
+            self.recent.push(slot.clone());
+        } else {
+            self.idle.push(slot.clone());
+        }
+    }
+
+    /// Leaves texts to the store until at most `budget` bytes are held: idle accounts'
+    /// first, then, if that is not enough, those asked for lately. An account whose record
+    /// is not stored yet keeps its text (the store does not hold it).
+    fn keep_within(self, budget: usize) {
+        let mut over = self.bytes.saturating_sub(budget);
+        for slot in self.idle.iter().chain(&self.recent) {
+            if over == 0 {
+                return;
+            }
+            let mut state = slot.state();
+            if state.unsaved || state.asked {
+                continue;
+            }
+            over = over.saturating_sub(state.text_len());
+            state.leave_to_store();
+        }
+    }
 }

@@ -18,6 +18,13 @@
 //! parts share; `engine` refreshes, `grants` imports, seeds, removes and re-keys, `slot` is
 //! one account in memory, `types` what callers see, `connect` the flows that connect one.
 //!
+//! Memory: on a store that [reads back](crate::store::Store::reads_back) (the embedded one),
+//! the text of access tokens is kept in memory up to the store's budget
+//! (`store.token_memory_mib`). Each sweep leaves the tokens beyond it to the store, those no
+//! caller asked for since the sweep before first, and a token left there is read back when
+//! it is asked for. What else is known of a token (its expiry, lifetime and scope) stays in
+//! memory, so scheduling, listings and readiness never read the store.
+//!
 //! Why it is one file: it is the core's whole public surface, each operation a short
 //! method over the parts named above, with the state they share.
 
@@ -51,6 +58,8 @@ use crate::secret::AccessToken;
 use crate::store::{Change, Lease, Store, StoreError, Stored, Writer};
 use crate::token::{AccountName, AccountRecord, IssuedToken, RefreshPolicy};
 
+/// Reads of tokens back from the store in flight at most (each on a blocking thread).
+const READ_BACKS: usize = 4;
 /// A wall clock ahead of the monotonic one by less than this is not taken for a step.
 const CLOCK_STEP_TOLERANCE: Duration = Duration::from_secs(1);
 /// A caller that presents a rejected token, or asks for more validity than a good token has,
@@ -67,6 +76,12 @@ type RandomSource = Arc<dyn Fn() -> f64 + Send + Sync>;
 
 struct Inner {
     store: Writer,
+    /// Bytes of token text kept in memory at most, when the store reads back the tokens
+    /// left to it (`Store::reads_back`); `None`: every token is kept.
+    token_memory: Option<usize>,
+    /// Reads back in flight at most, each on a blocking thread: however many callers ask
+    /// for accounts whose tokens are in the store, a few threads read for them.
+    read_backs: Semaphore,
     /// Why the last store write failed, until one succeeds again.
     store_problem: Mutex<Option<String>>,
     /// Every task the broker spawns (refresh attempts, imports, removals, store retries).
@@ -160,7 +175,10 @@ impl Broker {
         random: RandomSource,
     ) -> Result<Self, StoreError> {
         let records = store.load_all()?;
+        let token_memory = store.reads_back();
         let inner = Inner {
+            token_memory,
+            read_backs: Semaphore::new(READ_BACKS),
             store: Writer::start(store),
             store_problem: Mutex::new(None),
             tasks,
@@ -180,9 +198,20 @@ impl Broker {
         let broker = Self {
             inner: Arc::new(inner),
         };
+        // Tokens are kept in memory in the store's order while they fit.
+        let mut room = token_memory.unwrap_or(usize::MAX);
         for record in records {
             let slot = broker.new_slot(record);
-            let name = slot.state().record.name.clone();
+            let name = {
+                let mut state = slot.state();
+                let text = state.text_len();
+                if text <= room {
+                    room -= text;
+                } else {
+                    state.leave_to_store();
+                }
+                state.record.name.clone()
+            };
             write(&broker.inner.accounts).insert(name, slot);
         }
         Ok(broker)
@@ -210,18 +239,38 @@ impl Broker {
         }
     }
 
-    /// The current token if it can be served from memory right now, as `token` would serve it;
-    /// `None` when `token` would have to refresh or fail. Never waits.
-    pub fn cached_token(
+    /// Whether `token` would serve the account's current token at once, without a refresh
+    /// (it may still read the token's text back from the store). Never waits.
+    pub fn token_ready(&self, name: &AccountName, min_valid: Option<Duration>) -> bool {
+        let accounts = read(&self.inner.accounts);
+        accounts.get(name).is_some_and(|slot| {
+            self.valid_token(&slot.state(), min_valid)
+                .ok()
+                .flatten()
+                .is_some()
+        })
+    }
+
+    /// The current token, if it has at least `min_valid` left, read back from the store if
+    /// it was left there; `None` when `token` would have to refresh or fail. Never refreshes.
+    ///
+    /// # Errors
+    /// Unknown account, or the store cannot read the token back.
+    pub async fn current_token(
         &self,
         name: &AccountName,
         min_valid: Option<Duration>,
-    ) -> Option<ServedToken> {
-        self.with_cached_token(name.as_str(), min_valid, ServedToken::new)
+    ) -> Result<Option<ServedToken>, BrokerError> {
+        let slot = self.slot(name)?;
+        slot.state().asked = true;
+        self.bring_in(&slot).await?;
+        let state = slot.state();
+        Ok(self.servable(&state, min_valid).ok().flatten())
     }
 
     /// What `view` makes of the current token and the time it has left, read where it is
-    /// kept rather than copied out, if `cached_token` would serve it; `name` is looked up as
+    /// kept rather than copied out, if `token` would serve it at once from memory; `name` is
+    /// looked up as
     /// it is, without making an `AccountName` of it. `view` runs while the account is locked:
     /// it must be short (the API renders its answer in it).
     pub fn with_cached_token<R>(
@@ -233,7 +282,13 @@ impl Broker {
         // The slot is used where the map holds it, not cloned: an `Arc` count that every
         // thread serving the account would write to.
         let accounts = read(&self.inner.accounts);
-        let state = accounts.get(name)?.state();
+        let mut state = accounts.get(name)?.state();
+        if state.stored_only {
+            return None;
+        }
+        if !state.asked {
+            state.asked = true;
+        }
         let (token, left) = self.valid_token(&state, min_valid).ok().flatten()?;
         Some(view(token, left))
     }
@@ -249,6 +304,8 @@ impl Broker {
         min_valid: Option<Duration>,
     ) -> Result<ServedToken, BrokerError> {
         let slot = self.slot(name)?;
+        slot.state().asked = true;
+        self.bring_in(&slot).await?;
         if let Some(token) = self.servable(&slot.state(), min_valid)? {
             return Ok(token);
         }
@@ -307,6 +364,8 @@ impl Broker {
         rejected: &AccessToken,
     ) -> Result<ServedToken, BrokerError> {
         let slot = self.slot(name)?;
+        slot.state().asked = true;
+        self.bring_in(&slot).await?;
         let must_refresh = {
             let state = slot.state();
             let now = self.now();
@@ -490,14 +549,75 @@ impl Broker {
 
     // === helpers ===
 
-    /// The token `state` holds, copied out, if it is good enough for `min_valid`.
+    /// The token `state` holds, copied out, if it is good enough for `min_valid` and its
+    /// text is in memory.
     fn servable(
         &self,
         state: &SlotState,
         min_valid: Option<Duration>,
     ) -> Result<Option<ServedToken>, BrokerError> {
         let valid = self.valid_token(state, min_valid)?;
-        Ok(valid.map(|(token, left)| ServedToken::new(token, left)))
+        Ok(valid
+            .filter(|_| !state.stored_only)
+            .map(|(token, left)| ServedToken::new(token, left)))
+    }
+
+    /// Reads the access token's text back from the store, if it was left there.
+    ///
+    /// The store holds the token memory knows of, or a newer one whose record is being put
+    /// in place (a refresh or import stores before it updates memory): either is the
+    /// account's, and the newer one replaces this record a moment later.
+    ///
+    /// # Errors
+    /// The store cannot be read (`store_unavailable`, retried by the caller), or it lost the
+    /// account.
+    async fn bring_in(&self, slot: &Slot) -> Result<(), BrokerError> {
+        let name = {
+            let state = slot.state();
+            if !state.stored_only {
+                return Ok(());
+            }
+            state.record.name.clone()
+        };
+        let store = self.inner.store.store().clone();
+        let looked_up = name.clone();
+        let _reading = self
+            .inner
+            .read_backs
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        if !slot.state().stored_only {
+            // Another caller read it back meanwhile.
+            return Ok(());
+        }
+        let loaded = tokio::task::spawn_blocking(move || store.load(&looked_up))
+            .await
+            .map_err(|_| BrokerError::Internal("a store read failed".into()))?
+            .map_err(|error| BrokerError::Unavailable {
+                name: name.clone(),
+                message: format!(
+                    "store_unavailable: the token cannot be read from the store: {error}"
+                ),
+                retry_after: Duration::from_secs(5),
+            })?;
+        let mut state = slot.state();
+        if !state.stored_only {
+            return Ok(());
+        }
+        let text = loaded
+            .and_then(|record| record.token)
+            .map(|token| token.access_token);
+        match (state.record.token.as_mut(), text) {
+            (Some(token), Some(text)) => {
+                token.access_token = text;
+                state.stored_only = false;
+                Ok(())
+            }
+            _ => Err(BrokerError::Internal(format!(
+                "the store holds no access token for account {name}, whose token was left to it"
+            ))),
+        }
     }
 
     fn wanted_validity(
@@ -596,12 +716,15 @@ impl Broker {
                 unsaved: false,
                 expires_mono: None,
                 queued: false,
+                asked: false,
+                stored_only: false,
             }),
             flight: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
     async fn persist(&self, record: AccountRecord) -> Result<(), StoreError> {
+        without_text(&record)?;
         self.write(Change::Put(record)).await
     }
 
@@ -615,6 +738,7 @@ impl Broker {
     /// Stores a refresh's outcome under its claim: in the claim's own transaction when the
     /// store holds one, through the writer otherwise.
     async fn commit(&self, lease: Lease, record: AccountRecord) -> Result<(), StoreError> {
+        without_text(&record)?;
         match lease.into_held() {
             Some(held) => {
                 let committed = held.commit(record).await;
@@ -683,7 +807,7 @@ impl Broker {
             Some(_) => state.failures.saturating_add(1),
             None => 0,
         };
-        state.record = record;
+        state.hold(record);
         state.not_before = None;
         state.unsaved = false;
         state.expires_mono = None;
@@ -738,6 +862,27 @@ impl Broker {
     fn now(&self) -> SystemTime {
         self.inner.clock.now()
     }
+}
+
+/// Refuses to write a record whose token's text was left to the store: writing it would
+/// replace the stored token with an empty one. Every path that writes a slot's record reads
+/// the text back first; this is the check that none was missed.
+fn without_text(record: &AccountRecord) -> Result<(), StoreError> {
+    let empty = record
+        .token
+        .as_ref()
+        .is_some_and(|token| token.access_token.expose().is_empty());
+    debug_assert!(!empty, "a record without its token's text reached a write");
+    if empty {
+        return Err(StoreError::Engine {
+            operation: "write",
+            reason: format!(
+                "account {}: a record without its access token's text was not written",
+                record.name
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn read<T: ?Sized>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -30,11 +30,16 @@ impl Broker {
         state.due_at = self.policy().due_at(token, (self.inner.random)());
         state.not_before = None;
         state.failures = 0;
-        state.record = record;
+        // A token whose text the store held is replaced by one it holds too, once stored.
+        let in_store = state.stored_only;
+        state.hold(record);
         state.expires_mono = Some(expires_mono);
         match saved {
             Ok(()) => {
                 state.unsaved = false;
+                if in_store {
+                    state.leave_to_store();
+                }
                 tracing::info!(account = %state.record.name, expires_in = lifetime.as_secs(), rotated, "refreshed");
             }
             Err(error) => {
@@ -66,7 +71,7 @@ impl Broker {
         let policy = self.policy();
         state.failures = state.failures.saturating_add(1);
         state.due_at = now + policy.backoff(state.failures, None, (self.inner.random)());
-        state.record = record;
+        state.hold(record);
         state.unsaved = saved.is_err();
         let message = "the provider's answer gave the access token no lifetime (expires_in zero, negative or not a number); it is not served";
         state.record.last_error = Some(message.into());
@@ -81,6 +86,9 @@ impl Broker {
         now: SystemTime,
     ) {
         let (kind, message) = (error.kind(), error.to_string());
+        // The failure is stored with the account's token: its text first, if it was left
+        // to the store. Without it the failure is recorded in memory only.
+        let readable = self.bring_in(slot).await;
         let record = {
             let mut state = slot.state();
             match &error {
@@ -112,6 +120,11 @@ impl Broker {
             }
             state.record.clone()
         };
+        if let Err(unreadable) = readable {
+            tracing::warn!(account = %record.name, error = %unreadable, "could not record the failure in the store");
+            lease.release().await;
+            return;
+        }
         // Best effort: the status survives a restart if the disk allows. The record may hold
         // a rotation that is not stored yet, so a failed write leaves it unsaved (retried).
         match self.commit(lease, record).await {

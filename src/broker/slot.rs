@@ -1,5 +1,6 @@
 //! One account in memory: its record and refresh state behind a lock, the async lock that
-//! makes its refreshes single-flight, and the view of it that clients see.
+//! makes its refreshes single-flight, and the view of it that clients see. An account may
+//! leave its access token's text to the store (`stored_only`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -34,6 +35,38 @@ pub(super) struct SlotState {
     pub(super) expires_mono: Option<tokio::time::Instant>,
     /// In the dispatcher's queue (shown as refreshing).
     pub(super) queued: bool,
+    /// A caller asked for the account's token since the last sweep.
+    pub(super) asked: bool,
+    /// The access token's text is not held here, only in the store (`record.token` keeps
+    /// what is known about it, with its text empty): a sweep left it there to keep within
+    /// the memory for tokens. It is read back (`Broker::bring_in`) before anything needs
+    /// the text, and the record is never written from here meanwhile.
+    pub(super) stored_only: bool,
+}
+
+impl SlotState {
+    /// Leaves the access token's text to the store, which holds it: called only once the
+    /// record holding it is durable.
+    pub(super) fn leave_to_store(&mut self) {
+        if let Some(token) = self.record.token.as_mut() {
+            token.access_token = crate::secret::AccessToken::new(String::new());
+            self.stored_only = true;
+        }
+    }
+
+    /// The bytes of token text held in memory.
+    pub(super) fn text_len(&self) -> usize {
+        match &self.record.token {
+            Some(token) if !self.stored_only => token.access_token.expose().len(),
+            _ => 0,
+        }
+    }
+
+    /// Replaces the record with one that holds its token's text.
+    pub(super) fn hold(&mut self, record: AccountRecord) {
+        self.record = record;
+        self.stored_only = false;
+    }
 }
 
 pub(super) fn view(slot: &Slot) -> AccountView {

@@ -21,6 +21,10 @@ struct Harness {
     store: Arc<SledStore>,
     /// Set: every store write fails with ENOSPC, as on a full disk.
     disk_full: Arc<std::sync::atomic::AtomicBool>,
+    /// The broker's reads of one account from the store.
+    loads: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set: every read of one account fails.
+    unreadable: Arc<std::sync::atomic::AtomicBool>,
     broker: Broker,
     /// What the broker reads its providers and policy from; a test may swap it (a reload).
     tuning: Arc<Reloadable>,
@@ -51,6 +55,10 @@ impl Tuning for Reloadable {
 struct FillableDisk {
     store: Arc<SledStore>,
     full: Arc<std::sync::atomic::AtomicBool>,
+    /// Reads of one account (`load`) so far.
+    loads: Arc<std::sync::atomic::AtomicUsize>,
+    /// Reads of one account fail while set.
+    unreadable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store for FillableDisk {
@@ -72,6 +80,19 @@ impl Store for FillableDisk {
     fn flush(&self) -> Result<(), StoreError> {
         self.store.flush()
     }
+    fn load(&self, name: &AccountName) -> Result<Option<AccountRecord>, StoreError> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.unreadable.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Engine {
+                operation: "read",
+                reason: "the disk is gone".into(),
+            });
+        }
+        self.store.load(name)
+    }
+    fn reads_back(&self) -> Option<usize> {
+        self.store.reads_back()
+    }
 }
 
 fn name(text: &str) -> AccountName {
@@ -91,22 +112,36 @@ async fn harness_with(policy: RefreshPolicy) -> Harness {
 }
 
 async fn harness_with_random(policy: RefreshPolicy, random: RandomSource) -> Harness {
+    // No memory for tokens: every sweep leaves every token's text to the store, so that each
+    // test also proves that serving, refreshing and failing work on tokens read back.
+    harness_with_memory(policy, random, 0).await
+}
+
+async fn harness_with_memory(
+    policy: RefreshPolicy,
+    random: RandomSource,
+    token_memory: usize,
+) -> Harness {
     let fake = FakeProvider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         SledStore::open(&store::Config {
             key_file: dir.path().join("store").join("store-key"),
             dir: dir.path().join("store"),
-            backend: store::Backend::Sled,
+            backend: store::Backend::Sled { token_memory },
         })
         .unwrap(),
     );
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + START);
     let provider = Provider::new(fake.provider_config("fake")).unwrap();
     let disk_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let unreadable = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let disk = FillableDisk {
         store: store.clone(),
         full: disk_full.clone(),
+        loads: loads.clone(),
+        unreadable: unreadable.clone(),
     };
     let tuning = Arc::new(Reloadable(arc_swap::ArcSwap::new(Fixed::new(
         vec![Arc::new(provider)],
@@ -126,6 +161,8 @@ async fn harness_with_random(policy: RefreshPolicy, random: RandomSource) -> Har
         clock,
         store,
         disk_full,
+        loads,
+        unreadable,
         broker,
         tuning,
         _dir: dir,
@@ -948,7 +985,7 @@ async fn a_token_dead_by_the_monotonic_clock_is_not_served_after_the_wall_clock_
     );
     assert_eq!(h.fake.token_calls(), 2, "it tried to refresh instead");
     assert!(
-        h.broker.cached_token(&name("a"), None).is_none(),
+        !h.broker.token_ready(&name("a"), None),
         "nor is it served from memory"
     );
     assert!(!h.broker.has_valid_token(&name("a")));
@@ -1255,7 +1292,7 @@ async fn accounts_due_in_the_same_second_are_refreshed_in_the_brokers_own_order(
     let drawn = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let random: RandomSource = Arc::new(move || {
         let n = drawn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (n * 7919 % 1000) as f64 / 1000.0
+        ((n + 1) * 7919 % 1000) as f64 / 1000.0
     });
     let policy = RefreshPolicy {
         jitter: Duration::ZERO,
@@ -1279,6 +1316,12 @@ async fn accounts_due_in_the_same_second_are_refreshed_in_the_brokers_own_order(
         by_name[..4].iter().collect(),
         "not the first names first"
     );
+    // Name order from the broker's starting point on, wrapping round: the store is written
+    // in key order.
+    let start = by_name.iter().position(|grant| grant == &order[0]).unwrap();
+    let mut rotated = by_name.clone();
+    rotated.rotate_left(start);
+    assert_eq!(order, rotated, "name order from where this broker starts");
 }
 
 /// A failure's backoff is stored with the account: a broker opened on the store afterwards
@@ -1327,4 +1370,179 @@ async fn a_stored_failures_retry_after_holds_for_a_broker_opened_afterwards() {
     assert_eq!(h.fake.token_calls(), 3, "after it, refreshed");
     let stored = h.store.load_all().unwrap();
     assert_eq!(stored[0].retry_at, None, "cleared by the success");
+}
+
+/// Whether the broker holds the account's token text in memory (without asking for it,
+/// which would keep the next one there).
+fn in_memory(h: &Harness, account: &str) -> bool {
+    in_memory_of(&h.broker, account)
+}
+
+fn in_memory_of(broker: &Broker, account: &str) -> bool {
+    let slot = broker.slot(&name(account)).unwrap();
+    let state = slot.state();
+    let text = state
+        .record
+        .token
+        .as_ref()
+        .is_some_and(|t| !t.access_token.expose().is_empty());
+    assert_eq!(text, !state.stored_only, "the flag says where the text is");
+    text
+}
+
+/// The token `h`'s broker serves for `account`.
+async fn issued(h: &Harness, account: &str) -> Result<String, BrokerError> {
+    h.broker
+        .token(&name(account), None)
+        .await
+        .map(|served| served.token.access_token.expose().to_owned())
+}
+
+fn loads(h: &Harness) -> usize {
+    h.loads.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Token texts beyond the memory for them are left to the store at each sweep, those not
+/// asked for since the sweep before first, and read back, once, when asked for; a refresh
+/// keeps a token where its predecessor was.
+#[tokio::test]
+async fn tokens_beyond_their_memory_are_left_to_the_store_and_read_back_when_asked() {
+    let policy = RefreshPolicy {
+        jitter: Duration::ZERO,
+        ..RefreshPolicy::default()
+    };
+    // Room for two 100-byte tokens.
+    let h = harness_with_memory(policy, Arc::new(|| 0.5), 250).await;
+    h.fake.set_access_token_length(100);
+    for account in ["a", "b", "c"] {
+        let refresh = h.fake.grant(account);
+        h.broker
+            .import(name(account), "fake", RefreshToken::new(&refresh))
+            .await
+            .unwrap();
+    }
+    assert!(["a", "b", "c"].iter().all(|a| in_memory(&h, a)));
+    let first = h.fake.issued_access_tokens();
+    assert_eq!(issued(&h, "b").await.unwrap(), first[1]);
+
+    // One too many: the first idle one (by name) goes to the store.
+    h.sweep().await;
+    let held = |h: &Harness| {
+        ["a", "b", "c"]
+            .into_iter()
+            .filter(|a| in_memory(h, a))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(held(&h), ["b", "c"]);
+    assert!(h.broker.token_ready(&name("a"), None), "ready all the same");
+    assert_eq!(h.broker.account(&name("a")).unwrap().status, Status::Active);
+    assert_eq!(loads(&h), 0, "nothing but a caller reads it back");
+
+    // Asked for: read back once, served without a refresh, then from memory.
+    for _ in 0..3 {
+        assert_eq!(issued(&h, "a").await.unwrap(), first[0]);
+    }
+    assert_eq!(loads(&h), 1, "read back once");
+    assert_eq!(h.fake.token_calls(), 3, "no refresh to serve it");
+    assert_eq!(held(&h), ["a", "b", "c"]);
+    // Now `b` is the one nobody asked for lately.
+    h.sweep().await;
+    assert_eq!(held(&h), ["a", "c"]);
+
+    // Refreshed: each new token is kept where its predecessor was.
+    h.clock.advance(HOUR * 3);
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 6);
+    assert_eq!(held(&h), ["a", "c"], "b's new token is the store's");
+    let refreshed = h.fake.issued_access_tokens()[3..].to_vec();
+    assert!(
+        refreshed.contains(&issued(&h, "b").await.unwrap()),
+        "b's new token"
+    );
+    assert_eq!(loads(&h), 2);
+
+    // A broker opened on the store keeps texts while they fit, in the store's order.
+    let endpoints = crate::provider::Endpoints {
+        token: h.fake.token_url().parse().unwrap(),
+        authorize: None,
+        revoke: None,
+        device: None,
+    };
+    let other = h.second_broker("fake", endpoints, TaskTracker::new());
+    assert!(in_memory_of(&other, "a") && in_memory_of(&other, "b"));
+    assert!(
+        !in_memory_of(&other, "c"),
+        "beyond the store's memory for tokens"
+    );
+    let served = other.token(&name("c"), None).await.unwrap();
+    assert_eq!(
+        served.token.access_token.expose(),
+        issued(&h, "c").await.unwrap(),
+        "the token both brokers know"
+    );
+    assert!(refreshed.contains(&served.token.access_token.expose().to_owned()));
+    assert!(in_memory_of(&other, "c"));
+}
+
+/// A failed refresh of an account whose token is the store's is stored with that token,
+/// read back first: the stored token is never replaced by an empty one. When it cannot be
+/// read back, the failure stays in memory and the stored account is left as it was.
+#[tokio::test]
+async fn a_failure_is_stored_with_the_token_that_was_left_to_the_store() {
+    let h = harness().await;
+    h.import().await;
+    h.clock.advance(HOUR * 3);
+    h.sweep().await;
+    assert!(!in_memory(&h, "a"));
+    let current = h.fake.issued_access_tokens()[1].clone();
+    let stored_token = |h: &Harness| {
+        let record = h.store.load_all().unwrap().remove(0);
+        (
+            record.token.map(|t| t.access_token.expose().to_owned()),
+            record.last_error,
+        )
+    };
+
+    h.clock.advance(HOUR * 3);
+    h.fake
+        .push([Reply::oauth_error(503, "temporarily_unavailable", "down")]);
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 3);
+    let (token, last_error) = stored_token(&h);
+    assert_eq!(token.as_deref(), Some(current.as_str()), "the stored token");
+    assert!(last_error.is_some(), "the failure is stored");
+    assert_eq!(loads(&h), 1, "read back to store the failure");
+
+    // Left to the store again by the next refresh; then the store cannot be read.
+    h.clock.advance(HOUR);
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 4);
+    assert!(!in_memory(&h, "a"));
+    let newest = h.fake.issued_access_tokens()[2].clone();
+    h.unreadable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    h.clock.advance(HOUR * 3);
+    h.fake
+        .push([Reply::oauth_error(503, "temporarily_unavailable", "down")]);
+    h.sweep().await;
+    assert_eq!(h.fake.token_calls(), 5);
+    assert_eq!(
+        stored_token(&h),
+        (Some(newest.clone()), None),
+        "left as it was"
+    );
+    assert_eq!(
+        h.status(),
+        Status::Degraded,
+        "the failure is known in memory"
+    );
+    let refused = h.broker.token(&name("a"), None).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("store_unavailable"),
+        "{refused}"
+    );
+    h.unreadable
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let served = h.broker.token(&name("a"), None).await.unwrap();
+    assert_eq!(served.token.access_token.expose(), newest);
 }

@@ -248,8 +248,12 @@ impl Settings {
         ));
         lines.push(format!("  public_url  {}", self.api.public_url));
         lines.push(match &self.store.backend {
-            crate::store::Backend::Sled => {
-                format!("  store       {} (sled)", self.store.dir.display())
+            crate::store::Backend::Sled { token_memory } => {
+                format!(
+                    "  store       {} (sled; up to {} MiB of tokens in memory)",
+                    self.store.dir.display(),
+                    token_memory >> 20
+                )
             }
             // Never the URL: it may carry a password.
             crate::store::Backend::Postgres {

@@ -59,6 +59,7 @@ pub(super) struct Store {
     pub(super) url: Option<String>,
     pub(super) url_file: Option<String>,
     pub(super) ca_file: Option<String>,
+    pub(super) token_memory_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

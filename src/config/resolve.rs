@@ -28,6 +28,8 @@ const DEFAULT_STORE_DIR: &str = "/var/lib/tokenbroker";
 const DEFAULT_KEY_FILE: &str = "store-key";
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONCURRENT: usize = 8;
+/// `store.token_memory_mib` at most (1 TiB).
+const MAX_TOKEN_MEMORY_MIB: u64 = 1 << 20;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much longer than the slowest provider call a refresh may hold its row in PostgreSQL.
@@ -141,8 +143,9 @@ pub(super) fn settings(raw: Raw, context: &Context) -> Result<Settings, Vec<Stri
     })
 }
 
-/// `store.backend` and, for PostgreSQL, its URL (a password only through `url_file`) and how
-/// long a refresh may hold a row: the slowest provider's timeouts and a margin.
+/// `store.backend`: for sled, the memory its tokens may take; for PostgreSQL, its URL (a
+/// password only through `url_file`) and how long a refresh may hold a row: the slowest
+/// provider's timeouts and a margin.
 fn store_backend(
     raw: &raw::Store,
     providers: &[provider::Config],
@@ -156,9 +159,24 @@ fn store_backend(
                     "store.url, url_file and ca_file: only for store.backend = \"postgres\"".into(),
                 );
             }
-            Some(store::Backend::Sled)
+            let token_memory = match raw.token_memory_mib {
+                None => store::DEFAULT_TOKEN_MEMORY,
+                Some(mib) if mib <= MAX_TOKEN_MEMORY_MIB => (mib as usize) << 20,
+                Some(_) => {
+                    problems.push(format!(
+                        "store.token_memory_mib: at most {MAX_TOKEN_MEMORY_MIB} (1 TiB)"
+                    ));
+                    store::DEFAULT_TOKEN_MEMORY
+                }
+            };
+            Some(store::Backend::Sled { token_memory })
         }
         Some("postgres") => {
+            if raw.token_memory_mib.is_some() {
+                problems.push(
+                    "store.token_memory_mib: only for store.backend = \"sled\" (brokers on a shared store keep every token in memory)".into(),
+                );
+            }
             let url = match (&raw.url, &raw.url_file) {
                 (Some(_), Some(_)) => {
                     problems.push("store: give url or url_file, not both".into());

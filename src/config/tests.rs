@@ -544,6 +544,29 @@ fn a_store_directory_others_could_plant_files_in_is_refused() {
 }
 
 #[test]
+fn the_embedded_store_keeps_32_mib_of_tokens_in_memory_unless_told_otherwise() {
+    let files = Files::new();
+    let store = files.dir.path().join("store");
+    let with =
+        |store_lines: &str| format!("[store]\ndir = \"{}\"\n{store_lines}\n", store.display());
+    let memory = |lines: &str| {
+        let settings = files.load(&with(lines), &[]).unwrap();
+        let store::Backend::Sled { token_memory } = settings.store.backend else {
+            panic!("{:?}", settings.store.backend);
+        };
+        (token_memory, settings.summary())
+    };
+    let (default, summary) = memory("");
+    assert_eq!(default, 32 << 20);
+    assert!(
+        summary.contains("(sled; up to 32 MiB of tokens in memory)"),
+        "{summary}"
+    );
+    assert_eq!(memory("token_memory_mib = 8").0, 8 << 20);
+    assert_eq!(memory("token_memory_mib = 0").0, 0, "every token read back");
+}
+
+#[test]
 fn the_postgres_backend_takes_its_url_from_a_file_when_it_has_a_password() {
     let files = Files::new();
     let store = files.dir.path().join("store");
@@ -625,6 +648,15 @@ fn the_postgres_backend_takes_its_url_from_a_file_when_it_has_a_password() {
         ("backend = \"mysql\"", "store.backend"),
         ("url = \"postgres://db/tb\"", "only for store.backend"),
         ("ca_file = \"ca.pem\"", "only for store.backend"),
+        (
+            "backend = \"postgres\"\nurl = \"postgres://db/tb\"\ntoken_memory_mib = 8",
+            "store.token_memory_mib: only for store.backend = \"sled\"",
+        ),
+        (
+            "token_memory_mib = 2000000",
+            "store.token_memory_mib: at most",
+        ),
+        ("token_memory_mib = -1", "token_memory_mib"),
         (
             "backend = \"postgres\"\nurl = \"postgres://db:notaport/tb\"",
             "not a PostgreSQL URL",

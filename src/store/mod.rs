@@ -57,7 +57,12 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     /// The embedded sled database in `dir`.
-    Sled,
+    Sled {
+        /// Bytes of access-token text the broker keeps in memory at most
+        /// (`store.token_memory_mib`): beyond it, the tokens asked for least recently are
+        /// left to the store and read back when they are asked for.
+        token_memory: usize,
+    },
     /// A PostgreSQL database shared by several brokers.
     Postgres {
         /// Its URL (it may carry a password).
@@ -69,6 +74,19 @@ pub enum Backend {
         /// (`store.ca_file`); empty: the system's roots.
         ca_certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
+}
+
+/// Access-token text kept in memory at most by default: 32 MiB, about 25,000 of Dropbox's
+/// 1.3 KB tokens or 150,000 of Google's.
+pub const DEFAULT_TOKEN_MEMORY: usize = 32 << 20;
+
+impl Backend {
+    /// The embedded sled database, with the default memory for tokens.
+    pub const fn sled() -> Self {
+        Self::Sled {
+            token_memory: DEFAULT_TOKEN_MEMORY,
+        }
+    }
 }
 
 /// What a store says when a refresh claims an account.
@@ -168,7 +186,7 @@ pub type Follower = Arc<dyn Fn(Stored) + Send + Sync>;
 /// The backend's, as its `open` says.
 pub async fn open(config: &Config, leases: usize) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match &config.backend {
-        Backend::Sled => {
+        Backend::Sled { .. } => {
             let config = config.clone();
             let opened = tokio::task::spawn_blocking(move || SledStore::open(&config))
                 .await
@@ -223,6 +241,27 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// A read failure or an undecodable value.
     fn load_all(&self) -> Result<Vec<AccountRecord>, StoreError>;
+
+    /// One stored account, or `None` if there is none. This default reads every account;
+    /// a store that [reads back](Store::reads_back) reads only the one.
+    ///
+    /// # Errors
+    /// A read failure or an undecodable value.
+    fn load(&self, name: &AccountName) -> Result<Option<AccountRecord>, StoreError> {
+        Ok(self
+            .load_all()?
+            .into_iter()
+            .find(|record| &record.name == name))
+    }
+
+    /// For a store that only this process writes, which reads one account without a round
+    /// trip to another machine: how many bytes of access-token text the broker may keep in
+    /// memory. Beyond them it leaves the tokens asked for least recently to the store, and
+    /// reads each back with [`Store::load`] when it is asked for. `None`: the broker keeps
+    /// every token (a store others write too may hold another broker's newer token).
+    fn reads_back(&self) -> Option<usize> {
+        None
+    }
 
     /// Applies `changes` in order and returns once all of them are durable: one sync for
     /// the whole batch. After a failure the backend recovers by itself (reopens, say) on a

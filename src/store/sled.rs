@@ -26,7 +26,7 @@ use super::merge::{Merge, Source};
 use super::schema::{self, SCHEMA_VERSION};
 use super::seal::{self, Keyring, StoreKey};
 use super::{Change, Config, Store, StoreError};
-use crate::token::AccountRecord;
+use crate::token::{AccountName, AccountRecord};
 
 const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -47,6 +47,12 @@ pub struct SledStore {
     keyring: RwLock<Keyring>,
     /// Serialises writes: sled's concurrent flushes have deadlocked in the past.
     state: Mutex<State>,
+    /// The accounts' tree, for reads of one account (`load`) that need not wait for a
+    /// write's sync under `state`. Kept after a failed write, since reads may still work,
+    /// until the reopen, which must drop every handle to take sled's file lock.
+    reader: RwLock<Option<sled::Tree>>,
+    /// What `reads_back` says: `store.token_memory_mib`.
+    token_memory: usize,
 }
 
 #[derive(Debug, Default)]
@@ -131,10 +137,16 @@ impl SledStore {
             key_file: config.key_file.clone(),
             keyring: RwLock::new(keyring),
             state: Mutex::new(State::default()),
+            reader: RwLock::new(None),
+            token_memory: match config.backend {
+                super::Backend::Sled { token_memory } => token_memory,
+                super::Backend::Postgres { .. } => 0,
+            },
         };
         {
             let mut state = store.lock();
             let (open, decoded) = store.reconcile(&mut state, db, accounts, snapshot)?;
+            store.set_reader(Some(open.accounts.clone()));
             state.open = Some(open);
             state.decoded = Some(decoded);
             if store.next_key_file().exists() {
@@ -255,9 +267,11 @@ impl SledStore {
     fn reopen(&self, state: &mut State) -> Result<(), StoreError> {
         // Drop the failed handles first: sled holds its file lock until they are gone.
         state.open = None;
+        self.set_reader(None);
         let (db, accounts) = reopen_database(&self.dir)?;
         // The broker holds every account already; the decoded copies are not wanted.
         let (open, _) = self.reconcile(state, db, accounts, Vec::new())?;
+        self.set_reader(Some(open.accounts.clone()));
         state.open = Some(open);
         tracing::info!(store = %self.dir.display(), "the store is writable again");
         Ok(())
@@ -271,6 +285,13 @@ impl SledStore {
         }
         let State { open, version, .. } = state;
         Ok((open.as_mut().expect("reopened above"), version))
+    }
+
+    fn set_reader(&self, tree: Option<sled::Tree>) {
+        *self
+            .reader
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = tree;
     }
 
     fn next_key_file(&self) -> PathBuf {
@@ -434,6 +455,31 @@ impl Store for SledStore {
                 schema::decode(&key, &value, &keyring)
             })
             .collect()
+    }
+
+    fn load(&self, name: &AccountName) -> Result<Option<AccountRecord>, StoreError> {
+        let tree = self
+            .reader
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let Some(tree) = tree else {
+            // Reopened after a failed write, and that reopen failed too: the next write tries again.
+            return Err(StoreError::Engine {
+                operation: "read",
+                reason:
+                    "the store is not open since a write failed; it is reopened on the next write"
+                        .into(),
+            });
+        };
+        let Some(value) = tree.get(name.as_str()).map_err(|e| engine("read", e))? else {
+            return Ok(None);
+        };
+        schema::decode(name.as_str().as_bytes(), &value, &self.keyring()).map(Some)
+    }
+
+    fn reads_back(&self) -> Option<usize> {
+        Some(self.token_memory)
     }
 
     fn write(&self, changes: &[Change]) -> Result<(), StoreError> {
@@ -762,7 +808,7 @@ mod tests {
         Config {
             dir: dir.to_owned(),
             key_file: dir.join("store-key"),
-            backend: super::super::Backend::Sled,
+            backend: super::super::Backend::sled(),
         }
     }
 
@@ -1082,7 +1128,7 @@ mod tests {
         let store = SledStore::open(&Config {
             dir: tmp.path().to_owned(),
             key_file: key_file.clone(),
-            backend: super::super::Backend::Sled,
+            backend: super::super::Backend::sled(),
         })
         .unwrap();
         put(&store, &record("a", "rt"));

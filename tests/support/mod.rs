@@ -66,6 +66,14 @@ timeout = "2s"
         self.write("config.toml", &text)
     }
 
+    /// Adds `line` to the `[store]` section of a configuration written by `config`.
+    pub fn with_store_line(&self, config: &Path, line: &str) -> PathBuf {
+        let text = std::fs::read_to_string(config)
+            .unwrap()
+            .replace("\n[refresh]\n", &format!("{line}\n\n[refresh]\n"));
+        self.write("config-store.toml", &text)
+    }
+
     /// Turns loopback TCP on, on a free port, in a configuration written by `config`.
     pub fn with_tcp(&self, config: &Path) -> (PathBuf, u16) {
         let port = free_port();

@@ -564,6 +564,27 @@ fn the_embedded_store_keeps_32_mib_of_tokens_in_memory_unless_told_otherwise() {
     );
     assert_eq!(memory("token_memory_mib = 8").0, 8 << 20);
     assert_eq!(memory("token_memory_mib = 0").0, 0, "every token read back");
+
+    // OPERATIONS.md's sizing snippet, as printed but for the directory.
+    let operations = include_str!("../../docs/OPERATIONS.md");
+    let sizing = &operations[operations.find("## Sizing").unwrap()..];
+    let snippet = sizing
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap()
+        .lines()
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("/var/lib/tokenbroker", &store.display().to_string());
+    let settings = files.load(&snippet, &[]).unwrap();
+    assert_eq!(
+        settings.store.backend,
+        store::Backend::Sled {
+            token_memory: 256 << 20
+        }
+    );
 }
 
 #[test]

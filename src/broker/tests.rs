@@ -1546,3 +1546,25 @@ async fn a_failure_is_stored_with_the_token_that_was_left_to_the_store() {
     let served = h.broker.token(&name("a"), None).await.unwrap();
     assert_eq!(served.token.access_token.expose(), newest);
 }
+
+/// What sinks ask for after a new token: the current one, read back if it is only in the
+/// store, and never a refresh.
+#[tokio::test]
+async fn the_current_token_is_read_back_for_sinks_without_a_refresh() {
+    let h = harness().await;
+    h.import().await;
+    h.sweep().await;
+    assert!(!in_memory(&h, "a"), "no memory for tokens in this harness");
+    let current = h
+        .broker
+        .current_token(&name("a"), Some(Duration::ZERO))
+        .await
+        .unwrap()
+        .expect("a valid token");
+    assert_eq!(
+        current.token.access_token.expose(),
+        h.fake.issued_access_tokens()[0]
+    );
+    assert_eq!(loads(&h), 1);
+    assert_eq!(h.fake.token_calls(), 1, "read back, not refreshed");
+}

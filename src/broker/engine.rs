@@ -51,12 +51,12 @@ impl Broker {
         }
         let mut due = Vec::new();
         let mut corrected = 0;
-        let mut held = Held::default();
+        let mut texts = TextsInMemory::default();
         for slot in slots {
             let unsaved = {
                 let mut state = slot.state();
                 if self.inner.token_memory.is_some() {
-                    held.note(&slot, &mut state);
+                    texts.note(&slot, &mut state);
                 }
                 if self.correct_stepped_expiry(&mut state, now, monotonic) {
                     corrected += 1;
@@ -91,7 +91,7 @@ impl Broker {
             }
         }
         if let Some(budget) = self.inner.token_memory {
-            held.keep_within(budget);
+            texts.keep_within(budget);
         }
         if corrected > 0 {
             tracing::warn!(
@@ -448,13 +448,13 @@ enum Claimed {
 /// The token texts a sweep found in memory: those asked for since the sweep before, and the
 /// others, which are left to the store first when there are more than the budget.
 #[derive(Default)]
-struct Held {
+struct TextsInMemory {
     bytes: usize,
     recent: Vec<Arc<Slot>>,
     idle: Vec<Arc<Slot>>,
 }
 
-impl Held {
+impl TextsInMemory {
     /// Counts `slot`'s text, if it holds one, and starts its next period unasked.
     fn note(&mut self, slot: &Arc<Slot>, state: &mut SlotState) {
         let text = state.text_len();

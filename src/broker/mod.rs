@@ -262,10 +262,7 @@ impl Broker {
         min_valid: Option<Duration>,
     ) -> Result<Option<ServedToken>, BrokerError> {
         let slot = self.slot(name)?;
-        slot.state().asked = true;
-        self.bring_in(&slot).await?;
-        let state = slot.state();
-        Ok(self.servable(&state, min_valid).ok().flatten())
+        Ok(self.serve(&slot, min_valid).await.ok().flatten())
     }
 
     /// What `view` makes of the current token and the time it has left, read where it is
@@ -304,21 +301,43 @@ impl Broker {
         min_valid: Option<Duration>,
     ) -> Result<ServedToken, BrokerError> {
         let slot = self.slot(name)?;
-        slot.state().asked = true;
-        self.bring_in(&slot).await?;
-        if let Some(token) = self.servable(&slot.state(), min_valid)? {
+        if let Some(token) = self.serve(&slot, min_valid).await? {
             return Ok(token);
         }
         if min_valid.is_some() {
             self.may_refresh_for_more_validity(&slot.state())?;
         }
+        // Good enough whether its text is in memory or only in the store.
         let now_ok = |broker: &Self, state: &SlotState| {
-            broker.servable(state, min_valid).ok().flatten().is_some()
+            broker
+                .valid_token(state, min_valid)
+                .ok()
+                .flatten()
+                .is_some()
         };
         self.refresh_shared(&slot, Trigger::Demand, now_ok).await?;
-        let state = slot.state();
-        self.servable(&state, min_valid)?
-            .ok_or_else(|| self.unavailable(&state))
+        self.serve(&slot, min_valid)
+            .await?
+            .ok_or_else(|| self.unavailable(&slot.state()))
+    }
+
+    /// The token `slot` holds, copied out, if it is good enough for `min_valid`: read back
+    /// first if it is only in the store (and again, a bounded number of times, if a sweep
+    /// left it there once more before it was copied out).
+    async fn serve(
+        &self,
+        slot: &Slot,
+        min_valid: Option<Duration>,
+    ) -> Result<Option<ServedToken>, BrokerError> {
+        for _ in 0..3 {
+            slot.state().asked = true;
+            self.bring_in(slot).await?;
+            let state = slot.state();
+            if !state.stored_only {
+                return self.servable(&state, min_valid);
+            }
+        }
+        self.servable(&slot.state(), min_valid)
     }
 
     /// A caller that asks for more validity than a good token has (a large `min_valid`) gets

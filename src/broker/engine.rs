@@ -52,11 +52,11 @@ impl Broker {
         let mut due = Vec::new();
         let mut corrected = 0;
         let mut texts = TextsInMemory::default();
-        for slot in slots {
+        for (index, slot) in slots.iter().enumerate() {
             let unsaved = {
                 let mut state = slot.state();
                 if self.inner.token_memory.is_some() {
-                    texts.note(&slot, &mut state);
+                    texts.note(index, &mut state);
                 }
                 if self.correct_stepped_expiry(&mut state, now, monotonic) {
                     corrected += 1;
@@ -77,6 +77,7 @@ impl Broker {
             };
             if unsaved {
                 let broker = self.clone();
+                let slot = slot.clone();
                 started.push(self.inner.tasks.spawn(async move {
                     // After any refresh in flight, so that what is written is the newest.
                     let _flight = slot.flight.lock().await;
@@ -91,7 +92,7 @@ impl Broker {
             }
         }
         if let Some(budget) = self.inner.token_memory {
-            texts.keep_within(budget);
+            texts.keep_within(budget, &slots);
         }
         if corrected > 0 {
             tracing::warn!(
@@ -445,40 +446,42 @@ enum Claimed {
     Settled(bool),
 }
 
-/// The token texts a sweep found in memory: those asked for since the sweep before, and the
-/// others, which are left to the store first when there are more than the budget.
+/// The token texts a sweep found in memory, by their place in the sweep's list of accounts:
+/// those asked for since the sweep before, and the others, which are left to the store
+/// first when there are more than the budget.
 #[derive(Default)]
 struct TextsInMemory {
     bytes: usize,
-    recent: Vec<Arc<Slot>>,
-    idle: Vec<Arc<Slot>>,
+    recent: Vec<usize>,
+    idle: Vec<usize>,
 }
 
 impl TextsInMemory {
-    /// Counts `slot`'s text, if it holds one, and starts its next period unasked.
-    fn note(&mut self, slot: &Arc<Slot>, state: &mut SlotState) {
+    /// Counts the text of the account at `index`, if it holds one, and starts its next
+    /// period unasked.
+    fn note(&mut self, index: usize, state: &mut SlotState) {
         let text = state.text_len();
         if text == 0 {
             return;
         }
         self.bytes += text;
         if std::mem::take(&mut state.asked) {
-            self.recent.push(slot.clone());
+            self.recent.push(index);
         } else {
-            self.idle.push(slot.clone());
+            self.idle.push(index);
         }
     }
 
     /// Leaves texts to the store until at most `budget` bytes are held: idle accounts'
     /// first, then, if that is not enough, those asked for lately. An account whose record
     /// is not stored yet keeps its text (the store does not hold it).
-    fn keep_within(self, budget: usize) {
+    fn keep_within(self, budget: usize, slots: &[Arc<Slot>]) {
         let mut over = self.bytes.saturating_sub(budget);
-        for slot in self.idle.iter().chain(&self.recent) {
+        for &index in self.idle.iter().chain(&self.recent) {
             if over == 0 {
                 return;
             }
-            let mut state = slot.state();
+            let mut state = slots[index].state();
             if state.unsaved || state.asked {
                 continue;
             }

@@ -149,8 +149,7 @@ impl Broker {
 
     /// Revokes the account's grant at its provider; called with the flight lock held.
     pub(super) async fn revoke_locked(&self, slot: &Slot) -> Result<(), BrokerError> {
-        self.bring_in(slot).await?;
-        let record = slot.state().record.clone();
+        let record = self.bring_in(slot).await?.record.clone();
         let provider = self.provider(&record.provider)?;
         let style = provider.config().preset.revocation().ok_or_else(|| {
             BrokerError::Revoke(format!("provider {} offers no revocation; remove the account without revoking and revoke it in the provider's settings", record.provider))
@@ -169,7 +168,7 @@ impl Broker {
                         .await
                         .map_err(|e| BrokerError::Store(e.to_string()))?;
                     access_token = refreshed.token.as_ref().map(|t| t.access_token.clone());
-                    slot.state().hold(refreshed);
+                    slot.state().record = refreshed;
                 }
                 // The grant is already dead: nothing left to revoke.
                 Err(ProviderError::InvalidGrant { .. }) => return Ok(()),

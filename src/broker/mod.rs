@@ -280,12 +280,10 @@ impl Broker {
         // thread serving the account would write to.
         let accounts = read(&self.inner.accounts);
         let mut state = accounts.get(name)?.state();
-        if state.stored_only {
+        if state.stored_only() {
             return None;
         }
-        if !state.asked {
-            state.asked = true;
-        }
+        state.asked = true;
         let (token, left) = self.valid_token(&state, min_valid).ok().flatten()?;
         Some(view(token, left))
     }
@@ -322,22 +320,15 @@ impl Broker {
     }
 
     /// The token `slot` holds, copied out, if it is good enough for `min_valid`: read back
-    /// first if it is only in the store (and again, a bounded number of times, if a sweep
-    /// left it there once more before it was copied out).
+    /// first if it is only in the store.
     async fn serve(
         &self,
         slot: &Slot,
         min_valid: Option<Duration>,
     ) -> Result<Option<ServedToken>, BrokerError> {
-        for _ in 0..3 {
-            slot.state().asked = true;
-            self.bring_in(slot).await?;
-            let state = slot.state();
-            if !state.stored_only {
-                return self.servable(&state, min_valid);
-            }
-        }
-        self.servable(&slot.state(), min_valid)
+        let mut state = self.bring_in(slot).await?;
+        state.asked = true;
+        self.servable(&state, min_valid)
     }
 
     /// A caller that asks for more validity than a good token has (a large `min_valid`) gets
@@ -383,10 +374,9 @@ impl Broker {
         rejected: &AccessToken,
     ) -> Result<ServedToken, BrokerError> {
         let slot = self.slot(name)?;
-        slot.state().asked = true;
-        self.bring_in(&slot).await?;
         let must_refresh = {
-            let state = slot.state();
+            let mut state = self.bring_in(&slot).await?;
+            state.asked = true;
             let now = self.now();
             let is_current = state
                 .record
@@ -577,11 +567,13 @@ impl Broker {
     ) -> Result<Option<ServedToken>, BrokerError> {
         let valid = self.valid_token(state, min_valid)?;
         Ok(valid
-            .filter(|_| !state.stored_only)
+            .filter(|_| !state.stored_only())
             .map(|(token, left)| ServedToken::new(token, left)))
     }
 
-    /// Reads the access token's text back from the store, if it was left there.
+    /// The account's state, locked, with its access token's text in memory: read back from
+    /// the store first if it was left there. Handed back under the lock that put it there,
+    /// so that no sweep can leave it to the store again before the caller has used it.
     ///
     /// The store holds the token memory knows of, or a newer one whose record is being put
     /// in place (a refresh or import stores before it updates memory): either is the
@@ -590,11 +582,14 @@ impl Broker {
     /// # Errors
     /// The store cannot be read (`store_unavailable`, retried by the caller), or it lost the
     /// account.
-    async fn bring_in(&self, slot: &Slot) -> Result<(), BrokerError> {
+    async fn bring_in<'s>(
+        &self,
+        slot: &'s Slot,
+    ) -> Result<std::sync::MutexGuard<'s, SlotState>, BrokerError> {
         let name = {
             let state = slot.state();
-            if !state.stored_only {
-                return Ok(());
+            if !state.stored_only() {
+                return Ok(state);
             }
             state.record.name.clone()
         };
@@ -606,9 +601,12 @@ impl Broker {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        if !slot.state().stored_only {
-            // Another caller read it back meanwhile.
-            return Ok(());
+        {
+            let state = slot.state();
+            if !state.stored_only() {
+                // Another caller read it back meanwhile.
+                return Ok(state);
+            }
         }
         let loaded = tokio::task::spawn_blocking(move || store.load(&looked_up))
             .await
@@ -621,8 +619,8 @@ impl Broker {
                 retry_after: Duration::from_secs(5),
             })?;
         let mut state = slot.state();
-        if !state.stored_only {
-            return Ok(());
+        if !state.stored_only() {
+            return Ok(state);
         }
         let text = loaded
             .and_then(|record| record.token)
@@ -630,8 +628,7 @@ impl Broker {
         match (state.record.token.as_mut(), text) {
             (Some(token), Some(text)) => {
                 token.access_token = text;
-                state.stored_only = false;
-                Ok(())
+                Ok(state)
             }
             _ => Err(BrokerError::Internal(format!(
                 "the store holds no access token for account {name}, whose token was left to it"
@@ -736,7 +733,6 @@ impl Broker {
                 expires_mono: None,
                 queued: false,
                 asked: false,
-                stored_only: false,
             }),
             flight: Arc::new(tokio::sync::Mutex::new(())),
         })
@@ -826,7 +822,7 @@ impl Broker {
             Some(_) => state.failures.saturating_add(1),
             None => 0,
         };
-        state.hold(record);
+        state.record = record;
         state.not_before = None;
         state.unsaved = false;
         state.expires_mono = None;
@@ -887,10 +883,7 @@ impl Broker {
 /// replace the stored token with an empty one. Every path that writes a slot's record reads
 /// the text back first; this is the check that none was missed.
 fn without_text(record: &AccountRecord) -> Result<(), StoreError> {
-    let empty = record
-        .token
-        .as_ref()
-        .is_some_and(|token| token.access_token.expose().is_empty());
+    let empty = slot::text_is_in_store(record);
     debug_assert!(!empty, "a record without its token's text reached a write");
     if empty {
         return Err(StoreError::Engine {

@@ -31,8 +31,8 @@ impl Broker {
         state.not_before = None;
         state.failures = 0;
         // A token whose text the store held is replaced by one it holds too, once stored.
-        let in_store = state.stored_only;
-        state.hold(record);
+        let in_store = state.stored_only();
+        state.record = record;
         state.expires_mono = Some(expires_mono);
         match saved {
             Ok(()) => {
@@ -71,7 +71,7 @@ impl Broker {
         let policy = self.policy();
         state.failures = state.failures.saturating_add(1);
         state.due_at = now + policy.backoff(state.failures, None, (self.inner.random)());
-        state.hold(record);
+        state.record = record;
         state.unsaved = saved.is_err();
         let message = "the provider's answer gave the access token no lifetime (expires_in zero, negative or not a number); it is not served";
         state.record.last_error = Some(message.into());
@@ -85,42 +85,16 @@ impl Broker {
         error: AttemptError,
         now: SystemTime,
     ) {
-        let (kind, message) = (error.kind(), error.to_string());
         // The failure is stored with the account's token: its text first, if it was left
         // to the store. Without it the failure is recorded in memory only.
-        let readable = self.bring_in(slot).await;
-        let record = {
-            let mut state = slot.state();
-            match &error {
-                AttemptError::Provider(provider_error) => {
-                    self.note_failure(&mut state, provider_error, now)
-                }
-                AttemptError::Unconfigured(_) => {
-                    state.failures += 1;
-                    state.due_at = now + self.policy().backoff_max;
-                }
-            }
-            state.record.last_error = Some(message.clone());
-            if kind == FailureKind::Reauth {
-                state.record.needs_reauth = true;
-            }
-            // Stored with the failure: another broker that adopts it keeps to it too.
-            state.record.retry_at = (kind != FailureKind::Reauth).then_some(state.due_at);
-            let name = &state.record.name;
-            match kind {
-                FailureKind::Reauth => {
-                    tracing::error!(account = %name, error = %message, "grant refused; the account must be connected again")
-                }
-                FailureKind::Configuration => {
-                    tracing::error!(account = %name, error = %message, "refresh refused: configuration error")
-                }
-                FailureKind::Transient => {
-                    tracing::warn!(account = %name, error = %message, failures = state.failures, "refresh failed; will retry")
-                }
-            }
-            state.record.clone()
+        let (record, unreadable) = match self.bring_in(slot).await {
+            Ok(mut state) => (self.failed(&mut state, &error, now), None),
+            Err(unreadable) => (
+                self.failed(&mut slot.state(), &error, now),
+                Some(unreadable),
+            ),
         };
-        if let Err(unreadable) = readable {
+        if let Some(unreadable) = unreadable {
             tracing::warn!(account = %record.name, error = %unreadable, "could not record the failure in the store");
             lease.release().await;
             return;
@@ -134,6 +108,43 @@ impl Broker {
                 tracing::warn!(error = %store_error, "could not record the failure in the store");
             }
         }
+    }
+
+    /// What a failed attempt does to the account: its backoff (or re-auth), its error, and
+    /// the log line; returns the record to store.
+    fn failed(
+        &self,
+        state: &mut SlotState,
+        error: &AttemptError,
+        now: SystemTime,
+    ) -> AccountRecord {
+        let (kind, message) = (error.kind(), error.to_string());
+        match error {
+            AttemptError::Provider(provider_error) => self.note_failure(state, provider_error, now),
+            AttemptError::Unconfigured(_) => {
+                state.failures += 1;
+                state.due_at = now + self.policy().backoff_max;
+            }
+        }
+        state.record.last_error = Some(message.clone());
+        if kind == FailureKind::Reauth {
+            state.record.needs_reauth = true;
+        }
+        // Stored with the failure: another broker that adopts it keeps to it too.
+        state.record.retry_at = (kind != FailureKind::Reauth).then_some(state.due_at);
+        let name = &state.record.name;
+        match kind {
+            FailureKind::Reauth => {
+                tracing::error!(account = %name, error = %message, "grant refused; the account must be connected again")
+            }
+            FailureKind::Configuration => {
+                tracing::error!(account = %name, error = %message, "refresh refused: configuration error")
+            }
+            FailureKind::Transient => {
+                tracing::warn!(account = %name, error = %message, failures = state.failures, "refresh failed; will retry")
+            }
+        }
+        state.record.clone()
     }
 
     /// Schedules the retry after a provider failure.

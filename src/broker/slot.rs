@@ -1,6 +1,6 @@
 //! One account in memory: its record and refresh state behind a lock, the async lock that
 //! makes its refreshes single-flight, and the view of it that clients see. An account may
-//! leave its access token's text to the store (`stored_only`).
+//! leave its access token's text to the store (`SlotState::stored_only`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -37,36 +37,41 @@ pub(super) struct SlotState {
     pub(super) queued: bool,
     /// A caller asked for the account's token since the last sweep.
     pub(super) asked: bool,
-    /// The access token's text is not held here, only in the store (`record.token` keeps
-    /// what is known about it, with its text empty): a sweep left it there to keep within
-    /// the memory for tokens. It is read back (`Broker::bring_in`) before anything needs
-    /// the text, and the record is never written from here meanwhile.
-    pub(super) stored_only: bool,
 }
 
 impl SlotState {
+    /// Whether the access token's text is only in the store: a sweep left it there, to keep
+    /// within the memory for tokens. `record.token` keeps what else is known of it. The
+    /// text is read back (`Broker::bring_in`) before anything needs it, and the record is
+    /// never written meanwhile.
+    pub(super) fn stored_only(&self) -> bool {
+        text_is_in_store(&self.record)
+    }
+
     /// Leaves the access token's text to the store, which holds it: called only once the
     /// record holding it is durable.
     pub(super) fn leave_to_store(&mut self) {
         if let Some(token) = self.record.token.as_mut() {
             token.access_token = crate::secret::AccessToken::new(String::new());
-            self.stored_only = true;
         }
     }
 
     /// The bytes of token text held in memory.
     pub(super) fn text_len(&self) -> usize {
-        match &self.record.token {
-            Some(token) if !self.stored_only => token.access_token.expose().len(),
-            _ => 0,
-        }
+        self.record
+            .token
+            .as_ref()
+            .map_or(0, |token| token.access_token.expose().len())
     }
+}
 
-    /// Replaces the record with one that holds its token's text.
-    pub(super) fn hold(&mut self, record: AccountRecord) {
-        self.record = record;
-        self.stored_only = false;
-    }
+/// Whether `record`'s token text was left to the store: its place holds an empty text,
+/// which no provider issues (`provider::response` refuses an empty token).
+pub(super) fn text_is_in_store(record: &AccountRecord) -> bool {
+    record
+        .token
+        .as_ref()
+        .is_some_and(|token| token.access_token.expose().is_empty())
 }
 
 pub(super) fn view(slot: &Slot) -> AccountView {

@@ -140,7 +140,7 @@ impl SledStore {
             reader: RwLock::new(None),
             token_memory: match config.backend {
                 super::Backend::Sled { token_memory } => token_memory,
-                super::Backend::Postgres { .. } => 0,
+                super::Backend::Postgres { .. } => super::DEFAULT_TOKEN_MEMORY,
             },
         };
         {

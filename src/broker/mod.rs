@@ -252,7 +252,8 @@ impl Broker {
     }
 
     /// The current token, if it has at least `min_valid` left, read back from the store if
-    /// it was left there; `None` when `token` would have to refresh or fail. Never refreshes.
+    /// it was left there; `None` when there is no such token (it needs re-auth, or ran
+    /// out). Never refreshes.
     ///
     /// # Errors
     /// Unknown account, or the store cannot read the token back.
@@ -262,7 +263,9 @@ impl Broker {
         min_valid: Option<Duration>,
     ) -> Result<Option<ServedToken>, BrokerError> {
         let slot = self.slot(name)?;
-        Ok(self.serve(&slot, min_valid).await.ok().flatten())
+        let mut state = self.bring_in(&slot).await?;
+        state.asked = true;
+        Ok(self.servable(&state, min_valid).ok().flatten())
     }
 
     /// What `view` makes of the current token and the time it has left, read where it is

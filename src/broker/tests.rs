@@ -1561,4 +1561,17 @@ async fn the_current_token_is_read_back_for_sinks_without_a_refresh() {
     );
     assert_eq!(loads(&h), 1);
     assert_eq!(h.fake.token_calls(), 1, "read back, not refreshed");
+    // A store that cannot read it back is an error the sinks log, not "no valid token".
+    h.sweep().await;
+    h.unreadable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let unreadable = h
+        .broker
+        .current_token(&name("a"), Some(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(
+        unreadable.to_string().contains("store_unavailable"),
+        "{unreadable}"
+    );
 }

@@ -101,11 +101,6 @@ const STATICS: &[(&str, &str, &str)] = &[
         "SECOND",
         "the per-thread cache of the current second's text",
     ),
-    (
-        "logging/writer.rs",
-        "LINE",
-        "a per-thread buffer the line is copied into",
-    ),
 ];
 
 #[test]

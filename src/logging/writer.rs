@@ -1,5 +1,5 @@
 //! Log lines written in batches by a background thread, so that recording a served token
-//! costs the request an append to a buffer, not a write(2) or a wake-up of another thread.
+//! costs the request a copy into a buffer, not a write(2) or a wake-up of another thread.
 //!
 //! `tracing-appender`'s non-blocking writer hands every line to its thread through a channel,
 //! which wakes that thread once per line: under load, a context switch per token served. Here
@@ -7,7 +7,6 @@
 //! lines arriving meanwhile go out in the same `write`. Nothing is dropped: when the buffer
 //! is full, logging waits for the thread to drain it. Dropping the [`Guard`] writes the rest.
 
-use std::cell::Cell;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -114,21 +113,24 @@ impl Drop for Guard {
     }
 }
 
-/// One log line being formatted; appended to the buffer whole when dropped.
+/// One log line, written straight into the batch: it holds the buffer's lock from
+/// `make_writer` until it is dropped, so that a line arrives whole however many writes make
+/// it. `tracing-subscriber` formats a line first and then writes it in one `write_all`, so
+/// the lock is held for one copy.
 #[derive(Debug)]
 pub struct Line<'a> {
     shared: &'a Shared,
-    /// This thread's line buffer, lent for the line and given back when it is dropped.
-    text: Vec<u8>,
-}
-
-thread_local! {
-    static LINE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// `None` only once dropped.
+    buffer: Option<MutexGuard<'a, Buffer>>,
+    /// The batch was empty when this line began: the writer thread is told once it is in.
+    first: bool,
 }
 
 impl Write for Line<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.text.extend_from_slice(bytes);
+        if let Some(buffer) = &mut self.buffer {
+            buffer.lines.extend_from_slice(bytes);
+        }
         Ok(bytes.len())
     }
 
@@ -143,33 +145,17 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-
-    /// Appends whole lines to the batch, waiting while the buffer is full.
-    fn append(&self, lines: &[u8]) {
-        let mut buffer = self.lock();
-        while buffer.lines.len() >= MAX_BUFFERED && !buffer.closed {
-            buffer = self
-                .drained
-                .wait(buffer)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        let first = buffer.lines.is_empty();
-        buffer.lines.extend_from_slice(lines);
-        drop(buffer);
-        if first {
-            self.pending.notify_one();
-        }
-    }
 }
 
 impl Drop for Line<'_> {
     fn drop(&mut self) {
-        self.shared.append(&self.text);
-        let mut text = std::mem::take(&mut self.text);
-        // An unusually long line's buffer is not kept.
-        if text.capacity() <= 64 * 1024 {
-            text.clear();
-            LINE.set(text);
+        let Some(buffer) = self.buffer.take() else {
+            return;
+        };
+        let wake = self.first && !buffer.lines.is_empty();
+        drop(buffer);
+        if wake {
+            self.shared.pending.notify_one();
         }
     }
 }
@@ -177,10 +163,20 @@ impl Drop for Line<'_> {
 impl<'a> MakeWriter<'a> for BatchWriter {
     type Writer = Line<'a>;
 
+    /// Takes the buffer's lock, waiting first while the buffer is full.
     fn make_writer(&'a self) -> Self::Writer {
+        let mut buffer = self.shared.lock();
+        while buffer.lines.len() >= MAX_BUFFERED && !buffer.closed {
+            buffer = self
+                .shared
+                .drained
+                .wait(buffer)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
         Line {
             shared: &self.shared,
-            text: LINE.take(),
+            first: buffer.lines.is_empty(),
+            buffer: Some(buffer),
         }
     }
 }

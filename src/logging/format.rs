@@ -12,7 +12,7 @@
 //! colours (a terminal) the default format itself is used.
 
 use std::cell::{Cell, RefCell};
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -316,6 +316,19 @@ impl<'a, W: Output> Visitor<'a, W> {
         }
     }
 
+    /// Writes the message: no name, terminal controls escaped if the writer asks for it.
+    fn write_message(&mut self, write: impl FnOnce(&mut dyn fmt::Write) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        self.pad();
+        self.result = if self.sanitize {
+            write(&mut Sanitizing(&mut *self.out))
+        } else {
+            write(&mut *self.out)
+        };
+    }
+
     fn write_integer(&mut self, field: &Field, value: impl itoa::Integer) {
         self.write_field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
@@ -323,8 +336,13 @@ impl<'a, W: Output> Visitor<'a, W> {
 
 impl<W: Output> Visit for Visitor<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if !self.plain || field.name() == "message" {
+        if !self.plain {
             return self.delegate(field, |inner| inner.record_str(field, value));
+        }
+        if field.name() == "message" {
+            // A message given as a string (`message = "…"`, as the audit line gives it) is
+            // written as the default visitor writes a formatted one: bare, controls escaped.
+            return self.write_message(|w| w.write_str(value));
         }
         self.write_field(field, |w| write_str_value(w, value));
     }
@@ -361,15 +379,7 @@ impl<W: Output> Visit for Visitor<'_, W> {
         if field.name() != "message" {
             return self.write_field(field, |w| write!(w, "{value:?}"));
         }
-        if self.result.is_err() {
-            return;
-        }
-        self.pad();
-        self.result = if self.sanitize {
-            write!(Sanitizing(&mut *self.out), "{value:?}")
-        } else {
-            write!(self.out, "{value:?}")
-        };
+        self.write_message(|w| write!(w, "{value:?}"));
     }
 }
 
@@ -385,11 +395,8 @@ struct Sanitizing<'a, W>(&'a mut W);
 
 impl<W: fmt::Write> fmt::Write for Sanitizing<'_, W> {
     fn write_str(&mut self, mut text: &str) -> fmt::Result {
-        // Plain ASCII without a control is the usual message: one pass over its bytes.
-        if text
-            .bytes()
-            .all(|b| b.is_ascii() && !is_terminal_control(char::from(b)))
-        {
+        // Printable ASCII is the usual message, and holds no control: one pass over its bytes.
+        if text.bytes().all(|b| (b' '..=b'~').contains(&b)) {
             return self.0.write_str(text);
         }
         while let Some(at) = text.find(is_terminal_control) {

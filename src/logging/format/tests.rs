@@ -236,7 +236,7 @@ fn timestamps_have_the_shape_of_the_default_timer() {
     assert_eq!(shape(&ours), shape(&theirs));
 }
 
-/// The audit line of a token handed out, as `api::handlers` emits it, through the daemon's
+/// The audit line of a token handed out, as `api::token` emits it, through the daemon's
 /// own format: the one line every token served writes, held to its exact bytes.
 #[test]
 fn the_token_served_audit_line() {
@@ -252,7 +252,8 @@ fn the_token_served_audit_line() {
         .event_format(line)
         .finish();
     tracing::subscriber::with_default(subscriber, || {
-        tracing::info!(target: "tokenbroker::audit", client = "nightly", uid = Some(1000u32), pid = None::<i32>, account = %"dropbox-backup", expires_in = 3599u64, "token served");
+        // As `api::token` gives it: the message a string field, first.
+        tracing::info!(target: "tokenbroker::audit", message = "token served", client = "nightly", uid = Some(1000u32), pid = None::<i32>, account = %"dropbox-backup", expires_in = 3599u64);
     });
     assert_eq!(
         captured.text(),

@@ -50,14 +50,14 @@ fn main() {
     }
 }
 
-/// Logs `events` token-served records, as `handlers::token_response` does.
+/// Logs `events` token-served records, as `api::token` does (the message a string field, uid and pid options).
 fn time(subscriber: impl tracing::Subscriber + Send + Sync, events: u32) -> Duration {
     let client = Arc::<str>::from("nightly-backup");
     tracing::subscriber::with_default(subscriber, || {
         let start = Instant::now();
         for i in 0..events {
             let pid = 4242 + i32::try_from(i % 8).unwrap();
-            tracing::info!(client = &*client, uid = 1000u32, pid, account = %"dropbox-team", expires_in = 14_000u64, "token served");
+            tracing::info!(message = "token served", client = &*client, uid = Some(1000u32), pid = Some(pid), account = %"dropbox-team", expires_in = 14_000u64);
         }
         start.elapsed()
     })

@@ -120,17 +120,14 @@ impl Drop for Guard {
 #[derive(Debug)]
 pub struct Line<'a> {
     shared: &'a Shared,
-    /// `None` only once dropped.
-    buffer: Option<MutexGuard<'a, Buffer>>,
+    buffer: MutexGuard<'a, Buffer>,
     /// The batch was empty when this line began: the writer thread is told once it is in.
     first: bool,
 }
 
 impl Write for Line<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if let Some(buffer) = &mut self.buffer {
-            buffer.lines.extend_from_slice(bytes);
-        }
+        self.buffer.lines.extend_from_slice(bytes);
         Ok(bytes.len())
     }
 
@@ -149,12 +146,8 @@ impl Shared {
 
 impl Drop for Line<'_> {
     fn drop(&mut self) {
-        let Some(buffer) = self.buffer.take() else {
-            return;
-        };
-        let wake = self.first && !buffer.lines.is_empty();
-        drop(buffer);
-        if wake {
+        // Told with the lock still held: the thread takes it once this line has let it go.
+        if self.first && !self.buffer.lines.is_empty() {
             self.shared.pending.notify_one();
         }
     }
@@ -176,7 +169,7 @@ impl<'a> MakeWriter<'a> for BatchWriter {
         Line {
             shared: &self.shared,
             first: buffer.lines.is_empty(),
-            buffer: Some(buffer),
+            buffer,
         }
     }
 }
@@ -243,18 +236,25 @@ mod tests {
         }
     }
 
+    /// Polls, at most 10 s, until `output` holds `text`: long before the guard is dropped.
+    fn wait_for(output: &Shared, text: &str) {
+        for _ in 0..10_000 {
+            if output.text() == text {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(output.text(), text);
+    }
+
     #[test]
     fn a_lone_line_is_written_without_waiting_for_more() {
         let output = Shared::default();
         let (writer, _guard) = batched(output.clone());
         line(&writer, "one\n");
-        // Polled, at most 10 s: the line must come long before the guard is dropped.
-        for _ in 0..10_000 {
-            if !output.text().is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(output.text(), "one\n");
+        wait_for(&output, "one\n");
+        // The thread has written a batch and waits for the next: the next line must wake it.
+        line(&writer, "two\n");
+        wait_for(&output, "one\ntwo\n");
     }
 }

@@ -50,7 +50,8 @@ fn main() {
     }
 }
 
-/// Logs `events` token-served records, as `api::token` does (the message a string field, uid and pid options).
+/// Logs `events` token-served records as `api::token` does: the message a string field, uid
+/// and pid options.
 fn time(subscriber: impl tracing::Subscriber + Send + Sync, events: u32) -> Duration {
     let client = Arc::<str>::from("nightly-backup");
     tracing::subscriber::with_default(subscriber, || {

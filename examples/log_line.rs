@@ -1,6 +1,7 @@
-//! What formatting one "token served" log line costs: `tracing-subscriber`'s default human
-//! format against ours (`tokenbroker::logging::format`), the same event written to `io::sink`
-//! (so that only formatting and dispatch are timed), one after the other in the same run.
+//! What writing one "token served" log line costs: `tracing-subscriber`'s human format
+//! against the daemon's audit layer (`tokenbroker::logging::audit`) over it, the same event
+//! written to `io::sink` (so that only formatting and dispatch are timed), one after the
+//! other in the same run.
 //!
 //! `cargo run --release --example log_line [EVENTS]`
 #![allow(
@@ -14,15 +15,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokenbroker::logging::format::{Fields, Line};
-use tracing_subscriber::fmt::SubscriberBuilder;
+use tokenbroker::logging::audit::Audit;
+use tracing_subscriber::layer::SubscriberExt;
 
 fn main() {
     let events: u32 = std::env::args()
         .nth(1)
         .map_or(500_000, |n| n.parse().unwrap());
-    let builder = || {
-        SubscriberBuilder::default()
+    let human = || {
+        tracing_subscriber::fmt::layer()
             .with_writer(std::io::sink)
             .with_ansi(false)
     };
@@ -32,12 +33,13 @@ fn main() {
         "round", "default", "ours", "ratio"
     );
     for round in 1..=3 {
-        let default = time(builder().finish(), events);
+        let default = time(tracing_subscriber::registry().with(human()), events);
         let ours = time(
-            builder()
-                .fmt_fields(Fields)
-                .event_format(Line::new(true))
-                .finish(),
+            tracing_subscriber::registry().with(Audit::new(
+                tokenbroker::api::AUDIT_TARGET,
+                human(),
+                std::io::sink,
+            )),
             events,
         );
         let per_event = |d: Duration| d.as_nanos() as f64 / f64::from(events);
@@ -58,7 +60,7 @@ fn time(subscriber: impl tracing::Subscriber + Send + Sync, events: u32) -> Dura
         let start = Instant::now();
         for i in 0..events {
             let pid = 4242 + i32::try_from(i % 8).unwrap();
-            tracing::info!(message = "token served", client = &*client, uid = Some(1000u32), pid = Some(pid), account = %"dropbox-team", expires_in = 14_000u64);
+            tracing::info!(target: tokenbroker::api::AUDIT_TARGET, message = "token served", client = &*client, uid = Some(1000u32), pid = Some(pid), account = %"dropbox-team", expires_in = 14_000u64);
         }
         start.elapsed()
     })

@@ -9,9 +9,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokenbroker::cli::{self, Cli, Command, LogFormat};
 use tokenbroker::config::{self, ConfigError, Env};
-use tokenbroker::logging::{format as log_format, writer as log_writer};
+use tokenbroker::logging::{audit::Audit, writer as log_writer, Journald};
 use tokenbroker::store::{self, StoreError};
 use tokenbroker::{daemon, dev};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc rather than glibc's allocator: at 100k accounts the daemon sat at 403 MB after
@@ -154,30 +156,25 @@ fn init_logging(
     let under_journald = env.contains_key("JOURNAL_STREAM");
     let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = log_writer::batched(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer.clone())
-        .with_timer(log_format::Timestamp);
     let no_color = env.get("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let style = || {
-        if under_journald {
-            log_format::Line::journald()
-        } else {
-            log_format::Line::new(true)
-        }
-    };
+    let human = tracing_subscriber::fmt::layer().with_writer(writer.clone());
+    let subscriber = tracing_subscriber::registry().with(filter);
+    let target = tokenbroker::api::AUDIT_TARGET;
+    // The human format's lines, with the token-served line written by a layer of its own
+    // (see `logging::audit`); JSON lines are all the JSON layer's.
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Human if colours(is_terminal, under_journald, no_color) => {
-            builder.with_ansi(true).init()
-        }
-        // Files, pipes and the journal: the same line, written faster (see `log_format`).
-        LogFormat::Human => {
-            builder
+        LogFormat::Json => subscriber.with(human.json().flatten_event(true)).init(),
+        LogFormat::Human if under_journald => {
+            let human = human
                 .with_ansi(false)
-                .fmt_fields(log_format::Fields)
-                .event_format(style())
+                .event_format(Journald(tracing_subscriber::fmt::format().without_time()));
+            subscriber
+                .with(Audit::new(target, human, writer).for_journald())
                 .init();
+        }
+        LogFormat::Human => {
+            let human = human.with_ansi(colours(is_terminal, under_journald, no_color));
+            subscriber.with(Audit::new(target, human, writer)).init();
         }
     }
     guard

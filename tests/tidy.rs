@@ -92,12 +92,7 @@ const STATICS: &[(&str, &str, &str)] = &[
         "rustls' process-wide crypto provider, installed once",
     ),
     (
-        "logging/format.rs",
-        "LINE",
-        "a per-thread buffer the line is built in",
-    ),
-    (
-        "logging/format.rs",
+        "logging/audit.rs",
         "SECOND",
         "the per-thread cache of the current second's text",
     ),
@@ -161,7 +156,7 @@ const SPAWNERS: &[(&str, &str)] = &[
 const CLOCK_READERS: &[(&str, &str)] = &[
     ("clock.rs", "the system clock itself"),
     (
-        "logging/format.rs",
+        "logging/audit.rs",
         "a log line's time is the wall clock's by definition",
     ),
 ];

@@ -32,7 +32,7 @@ use url::Url;
 pub use self::access::{Access, Caller, Client, Peer};
 pub use self::connect::callback_url;
 pub use self::error::ApiError;
-pub use self::token::Answer;
+pub use self::token::{Answer, AUDIT_TARGET};
 use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;

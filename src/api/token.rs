@@ -207,12 +207,13 @@ fn response(
 }
 
 /// The target of the audit line written for every token handed out: `RUST_LOG` can set its
-/// level apart from the rest (`tokenbroker::audit=warn` turns it off).
-const AUDIT_TARGET: &str = "tokenbroker::audit";
+/// level apart from the rest (`tokenbroker::audit=warn` turns it off), and the daemon's
+/// human log format writes its events through a layer of their own.
+pub const AUDIT_TARGET: &str = "tokenbroker::audit";
 
 /// The audit line of every token handed out: who had which account's token (never the token).
 fn log_served(caller: &Caller, account: &str, expires_in: Duration) {
-    // The message as a string field, not a format string: the line's format writes a string
+    // The message as a string field, not a format string: the audit layer writes a string
     // directly, where a format string goes through `core::fmt` (see docs/BENCHMARKS.md).
     tracing::info!(
         target: AUDIT_TARGET,

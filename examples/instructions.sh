@@ -5,6 +5,10 @@
 # when changing the token path. It leaves out the kernel (both servers make the same
 # syscalls per request) and waiting on shared memory.
 #
+# Known problem (2026-12-03): under valgrind sled's I/O threads spin, so that the daemon's
+# store took two minutes to open and a run had not finished after fifteen; until that is
+# solved, count instructions on examples/log_line.rs for the log line (docs/BENCHMARKS.md).
+#
 #   apt-get install valgrind    # once
 #   cargo install oha --locked  # once
 #   examples/instructions.sh    # REQUESTS=10000 by default; prints both counts and the ratio

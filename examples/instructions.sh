@@ -5,14 +5,14 @@
 # when changing the token path. It leaves out the kernel (both servers make the same
 # syscalls per request) and waiting on shared memory.
 #
-# Known problem (2026-12-03): under valgrind sled's I/O threads spin, so that the daemon's
-# store took two minutes to open and a run had not finished after fifteen; until that is
-# solved, count instructions on examples/log_line.rs for the log line (docs/BENCHMARKS.md).
+# Valgrind runs one thread at a time; without `--fair-sched=yes` sled's I/O threads, which
+# spin, starve the others (the store took two minutes to open, and a run did not finish).
 #
 #   apt-get install valgrind    # once
 #   cargo install oha --locked  # once
 #   examples/instructions.sh    # REQUESTS=10000 by default; prints both counts and the ratio
 #   VIA=tcp examples/instructions.sh          # over loopback TCP (the broker with its API key)
+#   BROKER=/tmp/tb-before examples/instructions.sh   # another build of the broker
 #   KEEP_DUMPS=DIR examples/instructions.sh   # also keeps the callgrind dumps in DIR, e.g.
 #     callgrind_annotate --inclusive=yes DIR/broker.out.* | grep Event::dispatch
 set -euo pipefail
@@ -34,14 +34,14 @@ broker_port=$(free_port)
 bare_port=$(free_port)
 
 TOKENBROKER__SERVER__SOCKET="$work/tb.sock" TOKENBROKER__SERVER__HTTP="127.0.0.1:$broker_port" \
-  valgrind --tool=callgrind --callgrind-out-file="$work/broker.out" \
-  target/release/tokenbroker serve --dev 2>"$work/broker.log" &
+  valgrind --tool=callgrind --fair-sched=yes --callgrind-out-file="$work/broker.out" \
+  "${BROKER:-target/release/tokenbroker}" serve --dev 2>"$work/broker.log" &
 broker_pid=$!
 pids+=($broker_pid)
 for _ in $(seq 300); do curl -sf --unix-socket "$work/tb.sock" http://localhost/healthz >/dev/null 2>&1 && break; sleep 0.1; done
 size=$(curl -sf --unix-socket "$work/tb.sock" http://localhost/v1/token/demo | wc -c)
 
-valgrind --tool=callgrind --callgrind-out-file="$work/bare.out" \
+valgrind --tool=callgrind --fair-sched=yes --callgrind-out-file="$work/bare.out" \
   target/release/examples/bare_hyper "$work/bare.sock" "127.0.0.1:$bare_port" "$size" 2>/dev/null &
 bare_pid=$!
 pids+=($bare_pid)

@@ -9,7 +9,8 @@
 //! The line reads as `tracing-subscriber`'s human line for the same event (so that one grep
 //! finds both), but is put together without that format's general machinery, which cost the
 //! daemon more than the rest of a token request's own work: no span scope (the token route
-//! runs in none), no per-thread string, one pass straight into the writer. Strings are
+//! runs in none), no per-thread string; the line is put together in a `Vec` and copied into
+//! the writer once. Strings are
 //! quoted (escaped as `{:?}` escapes them when they need it), numbers written by `itoa`,
 //! `Display` and `Debug` values bare with control characters escaped, so that no value can
 //! start a line of its own.
@@ -25,6 +26,9 @@ use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer};
+
+/// Room for a token-served line with long names, so that it is not grown on the way.
+const LINE_CAPACITY: usize = 256;
 
 /// Writes the events of one target as audit lines into `writer`; hands every other event,
 /// and every span, to `inner`.
@@ -71,9 +75,14 @@ where
         if event.metadata().target() != self.target {
             return self.inner.on_event(event, ctx);
         }
-        let mut out = self.writer.make_writer();
-        // Nowhere to report a failing log write; the daemon goes on.
-        let _ = self.write_line(&mut out, event);
+        // Put together first and then written in one piece: the writer (the batch's lock,
+        // in the daemon) is held for one copy, and the line's many small writes go to a
+        // plain `Vec`.
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        if self.write_line(&mut line, event).is_ok() {
+            // Nowhere to report a failing log write; the daemon goes on.
+            let _ = self.writer.make_writer().write_all(&line);
+        }
     }
 
     // Everything else is the wrapped layer's.

@@ -7,28 +7,34 @@
 //!
 //! The idle timeout is a watchdog task per connection that wakes every half timeout, not
 //! hyper's header-read timeout, which arms and drops a timer for every request: on the token
-//! route that timer cost more than a tenth of the daemon's work per request.
+//! route that timer cost more than a tenth of the daemon's work per request. Shutdown tells
+//! each open connection through a flag it reads at every poll (see [`until_drained`]), not
+//! through hyper-util's `GracefulShutdown`, whose watch takes a lock shared by every
+//! connection at every poll.
 //!
 //! A token held in memory is answered as soon as hyper hands over the request, before hyper
 //! polls for the answer (see `Connection::answer`), so the request is gone when hyper reads
 //! the next one into the same buffer.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Response;
 use futures_util::future::{self, BoxFuture, Either, Ready};
+use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Answer, Peer, Service};
 
@@ -107,7 +113,7 @@ async fn serve<S, F, Fut>(
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<Option<(S, Peer)>>>,
 {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(max_connections));
     let open = Arc::new(Open::default());
     let mut full_since_warned = None;
@@ -152,18 +158,22 @@ async fn serve<S, F, Fut>(
             peer,
             activity: Activity::default(),
             close: CancellationToken::new(),
+            drain: Drain::default(),
         });
         let id = open.add(&shared);
         let service = hyper::service::service_fn({
             let shared = Arc::clone(&shared);
             move |request: hyper::Request<Incoming>| shared.answer(request)
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        let task = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let task = connections.spawn({
+            let shared = Arc::clone(&shared);
+            async move {
+                if let Err(error) = until_drained(connection, &shared.drain).await {
+                    tracing::debug!(error = %error, "connection ended with an error");
+                }
+                drop(permit);
             }
-            drop(permit);
         });
         let open = Arc::clone(&open);
         tokio::spawn(async move {
@@ -171,7 +181,9 @@ async fn serve<S, F, Fut>(
             open.remove(id);
         });
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    open.drain();
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
         .await
         .is_err()
     {
@@ -208,6 +220,13 @@ impl Open {
 
     fn remove(&self, id: u64) {
         self.lock().by_age.remove(&id);
+    }
+
+    /// Tells every open connection to finish the request it is answering, if any, and close.
+    fn drain(&self) {
+        for connection in self.lock().by_age.values() {
+            connection.drain.tell();
+        }
     }
 
     /// Closes the connection open longest that sent no whole request yet or, if none, the
@@ -248,6 +267,48 @@ struct Connection {
     activity: Activity,
     /// Fired to close the connection (it was chosen to make room for another).
     close: CancellationToken,
+    /// Told when the listener stops.
+    drain: Drain,
+}
+
+/// The listener's word to one connection that it is stopping.
+#[derive(Debug, Default)]
+struct Drain {
+    told: AtomicBool,
+    /// The connection's task, woken when told.
+    waker: AtomicWaker,
+}
+
+impl Drain {
+    fn tell(&self) {
+        self.told.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// Runs hyper's `connection` until it ends, shutting it down gracefully once `drain` is told:
+/// a request being answered is finished, and the connection then closes. At each poll this
+/// reads one flag and registers the task's waker with this connection alone; hyper-util's
+/// `GracefulShutdown` polls a `Notify` there instead, whose lock every connection shares
+/// (about 300 instructions per token request, `docs/BENCHMARKS.md`).
+async fn until_drained<C: GracefulConnection>(
+    connection: C,
+    drain: &Drain,
+) -> Result<(), C::Error> {
+    let mut connection = pin!(connection);
+    let mut told = false;
+    std::future::poll_fn(|cx| {
+        if !told {
+            // Registered before the flag is read, so that a `tell` in between wakes us.
+            drain.waker.register(cx.waker());
+            if drain.told.load(Ordering::Acquire) {
+                told = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+        connection.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// What hyper waits on for an answer: ready at once for a token served from memory.
@@ -379,6 +440,7 @@ mod tests {
             peer: ADMIN,
             activity: Activity::default(),
             close: CancellationToken::new(),
+            drain: Drain::default(),
         });
         let witness = Witness(Arc::new(()));
 
@@ -436,32 +498,112 @@ mod tests {
         assert_eq!(response.status(), 200);
     }
 
+    /// A new connection to `address` with `request` sent on it and its answer read, in lower
+    /// case.
+    async fn connection_with_an_answer(
+        address: std::net::SocketAddr,
+        request: &str,
+    ) -> (tokio::net::TcpStream, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 4096];
+        let read = timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            stream,
+            String::from_utf8_lossy(&answer[..read]).to_lowercase(),
+        )
+    }
+
     /// The issue #15 attack: a local user with no key holds every connection with
     /// keep-alive requests for `/healthz`. Its answers end their connections.
     #[tokio::test]
     async fn a_caller_that_is_no_client_cannot_hold_the_connections() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let api = api().await;
         api.import("corp").await;
         let address = listening(&api, 8).await;
         let mut held = Vec::new();
         for _ in 0..8 {
-            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            stream
-                .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                .await
-                .unwrap();
-            let mut answer = vec![0; 4096];
-            let read = timeout(Duration::from_secs(5), stream.read(&mut answer))
-                .await
-                .unwrap()
-                .unwrap();
-            let answer = String::from_utf8_lossy(&answer[..read]).to_lowercase();
+            let (stream, answer) = connection_with_an_answer(
+                address,
+                "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            )
+            .await;
             assert!(answer.starts_with("http/1.1 200"), "{answer}");
             assert!(answer.contains("connection: close"), "{answer}");
             held.push(stream);
         }
         token_within_a_second(address).await;
+    }
+
+    /// At shutdown a request being answered gets its answer and its connection then closes;
+    /// a connection waiting for its next request is closed at once; the listener returns
+    /// once both are done.
+    #[tokio::test]
+    async fn at_shutdown_a_request_being_answered_is_finished_and_idle_connections_close() {
+        use tokio::io::AsyncReadExt;
+        let api = api().await;
+        api.import("corp").await;
+        // A TCP listener whose callers count as the admin on the socket, who may force a
+        // refresh.
+        let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let address = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(serve(api.service.clone(), cancel.clone(), 8, move || {
+            let listener = Arc::clone(&listener);
+            async move {
+                let (stream, _) = listener.accept().await?;
+                Ok(Some((stream, ADMIN)))
+            }
+        }));
+
+        // A keep-alive connection that has had its answer and waits for its next request.
+        let (mut idle, answer) = connection_with_an_answer(
+            address,
+            "GET /v1/token/corp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        let mut answer = vec![0; 4096];
+
+        // A request being answered: a refresh the provider takes its time over.
+        let calls = api.fake.token_calls();
+        api.fake.set_latency(Duration::from_millis(300));
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let slow = tokio::spawn(
+            http.post(format!("http://{address}/v1/accounts/corp/refresh"))
+                .send(),
+        );
+        api.fake
+            .wait_for_calls(calls + 1, Duration::from_secs(5))
+            .await;
+        cancel.cancel();
+
+        let read = timeout(Duration::from_secs(2), idle.read(&mut answer))
+            .await
+            .expect("the idle connection is still open after the listener stopped")
+            .unwrap();
+        assert_eq!(read, 0, "the idle connection is closed");
+        let response = timeout(Duration::from_secs(5), slow)
+            .await
+            .expect("the request being answered got no answer")
+            .unwrap()
+            .unwrap();
+        let closing = response.headers().get("connection").cloned();
+        let status = response.status();
+        assert_eq!(status, 200, "{}", response.text().await.unwrap());
+        assert_eq!(
+            closing.unwrap(),
+            "close",
+            "its connection closes once it is answered"
+        );
+        timeout(DRAIN_TIMEOUT / 2, served)
+            .await
+            .expect("the listener did not return once its connections had finished")
+            .unwrap();
     }
 
     /// What a test's log lines were written to.

@@ -40,7 +40,7 @@ const TCP: Peer = Peer::Tcp(std::net::SocketAddr::new(
 
 /// The API as the listeners serve it (`service`), with the router and state behind it.
 pub(super) struct Api {
-    fake: FakeProvider,
+    pub(super) fake: FakeProvider,
     pub(super) service: Service,
     state: AppState,
     _dir: tempfile::TempDir,

@@ -8,7 +8,7 @@
 //! The idle timeout is a watchdog task per connection that wakes every half timeout, not
 //! hyper's header-read timeout, which arms and drops a timer for every request: on the token
 //! route that timer cost more than a tenth of the daemon's work per request. Shutdown tells
-//! each open connection through a flag it reads at every poll (see [`until_drained`]), not
+//! each open connection through a flag it reads at every poll (see `until_drained`), not
 //! through hyper-util's `GracefulShutdown`, whose watch takes a lock shared by every
 //! connection at every poll.
 //!

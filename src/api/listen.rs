@@ -290,7 +290,7 @@ impl Drain {
 /// a request being answered is finished, and the connection then closes. At each poll this
 /// reads one flag and registers the task's waker with this connection alone; hyper-util's
 /// `GracefulShutdown` polls a `Notify` there instead, whose lock every connection shares
-/// (about 300 instructions per token request, `docs/BENCHMARKS.md`).
+/// (about 250 instructions per token request, `docs/BENCHMARKS.md`).
 async fn until_drained<C: GracefulConnection>(
     connection: C,
     drain: &Drain,

@@ -10,14 +10,13 @@
 //! finds both), but is put together without that format's general machinery, which cost the
 //! daemon more than the rest of a token request's own work: no span scope (the token route
 //! runs in none), no per-thread string; the line is put together in a `Vec` and copied into
-//! the writer once. Strings are
-//! quoted (escaped as `{:?}` escapes them when they need it), numbers written by `itoa`,
-//! `Display` and `Debug` values bare with control characters escaped, so that no value can
-//! start a line of its own.
+//! the writer once. Strings are quoted (escaped as `{:?}` escapes them when they need it),
+//! numbers written by `itoa`, `Display` and `Debug` values bare with control characters
+//! escaped, so that no value can start a line of its own.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
-use std::io::{self, Write};
+use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -79,10 +78,9 @@ where
         // in the daemon) is held for one copy, and the line's many small writes go to a
         // plain `Vec`.
         let mut line = Vec::with_capacity(LINE_CAPACITY);
-        if self.write_line(&mut line, event).is_ok() {
-            // Nowhere to report a failing log write; the daemon goes on.
-            let _ = self.writer.make_writer().write_all(&line);
-        }
+        self.write_line(&mut line, event);
+        // Nowhere to report a failing log write; the daemon goes on.
+        let _ = self.writer.make_writer().write_all(&line);
     }
 
     // Everything else is the wrapped layer's.
@@ -126,24 +124,19 @@ where
 
 impl<L, W> Audit<L, W> {
     /// `time LEVEL target: message fields`, and the newline.
-    fn write_line(&self, out: &mut impl Write, event: &Event<'_>) -> io::Result<()> {
+    fn write_line(&self, line: &mut Vec<u8>, event: &Event<'_>) {
         let meta = event.metadata();
         if self.journald {
-            out.write_all(super::priority(*meta.level()).as_bytes())?;
+            line.extend_from_slice(super::priority(*meta.level()).as_bytes());
         } else {
-            write_time(out, (self.now)())?;
-            out.write_all(b" ")?;
+            write_time(line, (self.now)());
+            line.push(b' ');
         }
-        out.write_all(super::padded_level(*meta.level()).as_bytes())?;
-        out.write_all(meta.target().as_bytes())?;
-        out.write_all(b":")?;
-        let mut fields = Fields {
-            out,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        out.write_all(b"\n")
+        line.extend_from_slice(super::padded_level(*meta.level()).as_bytes());
+        line.extend_from_slice(meta.target().as_bytes());
+        line.push(b':');
+        event.record(&mut Fields(line));
+        line.push(b'\n');
     }
 }
 
@@ -156,71 +149,57 @@ fn current_time() -> SystemTime {
 }
 
 /// Writes each field as ` name=value`, the message as ` value`.
-struct Fields<'a, O> {
-    out: &'a mut O,
-    result: io::Result<()>,
-}
+struct Fields<'a>(&'a mut Vec<u8>);
 
-impl<O: Write> Fields<'_, O> {
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut O) -> io::Result<()>) {
-        if self.result.is_ok() {
-            self.result = self.name(field).and_then(|()| value(self.out));
-        }
-    }
-
-    fn name(&mut self, field: &Field) -> io::Result<()> {
-        self.out.write_all(b" ")?;
+impl Fields<'_> {
+    /// The separator and, but for the message, `name=`; then the value, by the caller.
+    fn name(&mut self, field: &Field) -> &mut Vec<u8> {
+        self.0.push(b' ');
         if field.name() != "message" {
-            self.out.write_all(field.name().as_bytes())?;
-            self.out.write_all(b"=")?;
+            self.0.extend_from_slice(field.name().as_bytes());
+            self.0.push(b'=');
         }
-        Ok(())
+        self.0
     }
 }
 
-impl<O: Write> Visit for Fields<'_, O> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field, |out| {
-            let quoted = field.name() != "message";
-            if is_plain(value) {
-                if quoted {
-                    out.write_all(b"\"")?;
-                }
-                out.write_all(value.as_bytes())?;
-                if quoted {
-                    out.write_all(b"\"")?;
-                }
-                Ok(())
-            } else {
-                write!(out, "{value:?}")
-            }
-        });
+        let quoted = field.name() != "message";
+        let out = self.name(field);
+        if !is_plain(value) {
+            // `{:?}` of a string cannot fail.
+            let _ = write!(out, "{value:?}");
+        } else if quoted {
+            out.push(b'"');
+            out.extend_from_slice(value.as_bytes());
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(value.as_bytes());
+        }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |out| {
-            out.write_all(itoa::Buffer::new().format(value).as_bytes())
-        });
+        let out = self.name(field);
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |out| {
-            out.write_all(itoa::Buffer::new().format(value).as_bytes())
-        });
+        let out = self.name(field);
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.field(field, |out| {
-            out.write_all(if value { b"true" } else { b"false" })
-        });
+        let out = self.name(field);
+        out.extend_from_slice(if value { b"true" } else { b"false" });
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.field(field, |out| write_escaped(out, format_args!("{value}")));
+        write_escaped(self.name(field), format_args!("{value}"));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.field(field, |out| write_escaped(out, format_args!("{value:?}")));
+        write_escaped(self.name(field), format_args!("{value:?}"));
     }
 }
 
@@ -232,38 +211,29 @@ fn is_plain(value: &str) -> bool {
 }
 
 /// Writes formatted text with its control characters (a newline, a terminal escape)
-/// escaped as `{:?}` escapes them, the rest as it is.
-fn write_escaped(out: &mut impl Write, text: fmt::Arguments<'_>) -> io::Result<()> {
-    struct Escaping<'a, O> {
-        out: &'a mut O,
-        error: Option<io::Error>,
-    }
-    impl<O: Write> fmt::Write for Escaping<'_, O> {
+/// escaped as `{:?}` escapes them, the rest as it is. A value whose formatting fails keeps
+/// what it wrote: the line is written all the same.
+fn write_escaped(out: &mut Vec<u8>, text: fmt::Arguments<'_>) {
+    struct Escaping<'a>(&'a mut Vec<u8>);
+    impl fmt::Write for Escaping<'_> {
         fn write_str(&mut self, text: &str) -> fmt::Result {
-            let result = if text.chars().any(char::is_control) {
-                text.chars().try_for_each(|c| {
-                    if c.is_control() {
-                        write!(self.out, "{}", c.escape_debug())
-                    } else {
-                        self.out.write_all(c.encode_utf8(&mut [0; 4]).as_bytes())
-                    }
-                })
-            } else {
-                self.out.write_all(text.as_bytes())
-            };
-            result.map_err(|error| {
-                self.error = Some(error);
-                fmt::Error
-            })
+            if !text.chars().any(char::is_control) {
+                self.0.extend_from_slice(text.as_bytes());
+                return Ok(());
+            }
+            for c in text.chars() {
+                if c.is_control() {
+                    // Writing to a `Vec` cannot fail.
+                    let _ = write!(self.0, "{}", c.escape_debug());
+                } else {
+                    self.0
+                        .extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+            }
+            Ok(())
         }
     }
-    let mut escaping = Escaping { out, error: None };
-    match escaping.write_fmt(text) {
-        Ok(()) => Ok(()),
-        Err(fmt::Error) => Err(escaping
-            .error
-            .unwrap_or_else(|| io::Error::other("a value's formatting failed"))),
-    }
+    let _ = Escaping(out).write_fmt(text);
 }
 
 /// The first second after the year 9999.
@@ -286,14 +256,14 @@ thread_local! {
 /// Writes `time` in RFC 3339 UTC with microseconds (`2026-11-29T07:42:58.123456Z`), as
 /// `tracing_subscriber::fmt::time::SystemTime` does; the date and time of day are rendered
 /// once per second on each thread, the microseconds for every line.
-fn write_time(out: &mut impl Write, time: SystemTime) -> io::Result<()> {
+fn write_time(out: &mut Vec<u8>, time: SystemTime) {
     let Some(since_epoch) = time
         .duration_since(UNIX_EPOCH)
         .ok()
         .filter(|t| t.as_secs() < YEAR_10000)
     else {
         // A clock set before 1970 or after 9999: humantime cannot say, nor can we.
-        return out.write_all(b"<unknown time>");
+        return out.extend_from_slice(b"<unknown time>");
     };
     let second = since_epoch.as_secs();
     // A million more, written by `itoa`, is a 1 and then the six digits.
@@ -314,10 +284,10 @@ fn write_time(out: &mut impl Write, time: SystemTime) -> io::Result<()> {
                 slot.insert(SecondCache { second, text })
             }
         };
-        out.write_all(cached.text.as_bytes())?;
-        out.write_all(micros.as_bytes())?;
-        out.write_all(b"Z")
-    })
+        out.extend_from_slice(cached.text.as_bytes());
+        out.extend_from_slice(micros.as_bytes());
+        out.push(b'Z');
+    });
 }
 
 #[cfg(test)]
